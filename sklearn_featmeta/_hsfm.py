@@ -1,0 +1,532 @@
+"""Numerics of HSFM on a softmax-linear head, in plain PyTorch.
+
+This module is the core of the package and imports no scikit-learn: it takes
+tensors and returns tensors. The scikit-learn layer (``_meta_head.py``) does the
+validation, the splits and the fitted attributes.
+
+Notation. A head is ``(W, b)`` with ``W`` of shape (n_classes, n_features);
+logits are ``X @ W.T + b``. The support set ``S`` (rows of feature space) is the
+learnable parameter of the outer problem. The inner problem is ``inner_steps``
+steps of plain gradient descent on the mean cross-entropy of the support set.
+
+The hypergradient of the outer loss with respect to ``S`` is computed in closed
+form (:func:`support_hypergradient`): a forward pass that stores the inner
+iterates and a hand-written reverse pass through them. It matches the autograd
+reference (:func:`support_hypergradient_autograd`, second-order graphs through
+``torch.autograd.grad(create_graph=True)``) to rounding, at a fraction of the
+overhead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = [
+    "HSFMSettings",
+    "HSFMResult",
+    "resolve_device",
+    "fit_softmax_head",
+    "softmax_head_gradient",
+    "support_hypergradient",
+    "support_hypergradient_autograd",
+    "select_hard_set",
+    "sample_support",
+    "inner_lr_from_lipschitz",
+    "fit_hsfm",
+]
+
+
+# --------------------------------------------------------------------------- #
+# Devices
+# --------------------------------------------------------------------------- #
+def resolve_device(spec: str) -> torch.device:
+    """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a device.
+
+    Raises ``ValueError`` when the device does not exist on this machine, so a
+    model configured for a GPU fails loudly rather than silently running on CPU.
+    """
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={spec!r} is not a valid device; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from exc
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={spec!r} was requested but CUDA is not available on this "
+                "machine (torch.cuda.is_available() is False). Use device='cpu' or 'auto'."
+            )
+        index = 0 if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={spec!r} was requested but this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)."
+            )
+        return torch.device("cuda", index)
+    if device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device={spec!r} was requested but MPS is not available.")
+        return device
+    raise ValueError(f"device={spec!r} is not supported; use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+
+
+# --------------------------------------------------------------------------- #
+# Softmax-linear loss and its gradients
+# --------------------------------------------------------------------------- #
+def _one_hot(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.nn.functional.one_hot(y, n_classes).to(dtype)
+
+
+def softmax_head_gradient(
+    X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy of ``(W, b)`` on ``(X, Y)`` and its gradient, in closed form.
+
+    ``Y`` is one-hot. Returns ``(loss, grad_W, grad_b)``.
+    """
+    logits = X @ W.T + b
+    log_p = torch.log_softmax(logits, dim=1)
+    loss = -(Y * log_p).sum() / X.shape[0]
+    residual = (log_p.exp() - Y) / X.shape[0]
+    return loss, residual.T @ X, residual.sum(0)
+
+
+def _per_row_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits, y, reduction="none")
+
+
+# --------------------------------------------------------------------------- #
+# Initial (ERM) head
+# --------------------------------------------------------------------------- #
+def fit_softmax_head(
+    X: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    *,
+    l2: float,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression by L-BFGS, the ERM head of step 1.
+
+    Minimises ``mean cross-entropy + l2 / 2 * ||W||^2`` (bias not penalised),
+    which is scikit-learn's multinomial ``LogisticRegression(C)`` objective with
+    ``l2 = 1 / (C * n_samples)``. Runs on ``X``'s device and dtype.
+    """
+    n_features = X.shape[1]
+    Y = _one_hot(y, n_classes, X.dtype)
+    W = torch.zeros(n_classes, n_features, dtype=X.dtype, device=X.device, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=X.dtype, device=X.device, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [W, b],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=tol,
+        tolerance_change=tol * 1e-3,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss, grad_W, grad_b = softmax_head_gradient(X, Y, W.detach(), b.detach())
+        # Closed-form gradients: no autograd graph over the (possibly huge) X.
+        W.grad = grad_W + l2 * W.detach()
+        b.grad = grad_b
+        return loss + 0.5 * l2 * (W.detach() ** 2).sum()
+
+    optimizer.step(closure)
+    return W.detach(), b.detach()
+
+
+# --------------------------------------------------------------------------- #
+# The bilevel problem
+# --------------------------------------------------------------------------- #
+def support_hypergradient(
+    S: torch.Tensor,
+    Y_support: torch.Tensor,
+    H: torch.Tensor,
+    Y_hard: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    inner_lr: float,
+    inner_steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outer loss after the unrolled inner loop, and its gradient with respect to ``S``.
+
+    Inner loop: ``inner_steps`` steps of gradient descent with step ``inner_lr``
+    on the mean cross-entropy of ``(S, Y_support)``, starting from ``(W, b)``.
+    Outer loss: mean cross-entropy of the adapted head on ``(H, Y_hard)``.
+    ``Y_support`` and ``Y_hard`` are one-hot.
+
+    The reverse pass is written out by hand. With ``P_t`` the support
+    probabilities at step ``t``, ``E_t = (P_t - Y) / n`` and an adjoint
+    ``(A_W, A_b)`` of the next iterate, one inner step contributes
+    ``-lr * (R_t @ W_t + E_t @ A_W)`` to the gradient of ``S`` and maps the
+    adjoint to ``A - lr * (R_t.T @ S, R_t.sum(0))``, where
+    ``R_t = J_t(S @ A_W.T + A_b) / n`` applies the per-row softmax Jacobian.
+    """
+    n_support = S.shape[0]
+    weights, probabilities = [], []
+    W_t, b_t = W, b
+    for _ in range(inner_steps):
+        P = torch.softmax(S @ W_t.T + b_t, dim=1)
+        weights.append(W_t)
+        probabilities.append(P)
+        residual = (P - Y_support) / n_support
+        W_t = W_t - inner_lr * (residual.T @ S)
+        b_t = b_t - inner_lr * residual.sum(0)
+
+    log_p_hard = torch.log_softmax(H @ W_t.T + b_t, dim=1)
+    outer_loss = -(Y_hard * log_p_hard).sum() / H.shape[0]
+    residual_hard = (log_p_hard.exp() - Y_hard) / H.shape[0]
+    adjoint_W = residual_hard.T @ H
+    adjoint_b = residual_hard.sum(0)
+
+    grad_S = torch.zeros_like(S)
+    for W_t, P in zip(reversed(weights), reversed(probabilities), strict=True):
+        residual = (P - Y_support) / n_support
+        Q = S @ adjoint_W.T + adjoint_b
+        PQ = P * Q
+        R = (PQ - P * PQ.sum(1, keepdim=True)) / n_support
+        grad_S -= inner_lr * (R @ W_t + residual @ adjoint_W)
+        adjoint_W = adjoint_W - inner_lr * (R.T @ S)
+        adjoint_b = adjoint_b - inner_lr * R.sum(0)
+    return outer_loss, grad_S
+
+
+def support_hypergradient_autograd(
+    S: torch.Tensor,
+    Y_support: torch.Tensor,
+    H: torch.Tensor,
+    Y_hard: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    inner_lr: float,
+    inner_steps: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference implementation of :func:`support_hypergradient` by autograd.
+
+    The straightforward version of the paper: ``torch.autograd.grad`` with
+    ``create_graph=True`` at every inner step, then backpropagation of the outer
+    loss to ``S``. Slow; kept as the test oracle for the closed form.
+    """
+    S = S.detach().requires_grad_(True)
+    W_t = W.detach().clone().requires_grad_(True)
+    b_t = b.detach().clone().requires_grad_(True)
+    y_support = Y_support.argmax(1)
+    for _ in range(inner_steps):
+        inner_loss = torch.nn.functional.cross_entropy(S @ W_t.T + b_t, y_support)
+        grad_W, grad_b = torch.autograd.grad(inner_loss, (W_t, b_t), create_graph=True)
+        W_t = W_t - inner_lr * grad_W
+        b_t = b_t - inner_lr * grad_b
+    outer_loss = torch.nn.functional.cross_entropy(H @ W_t.T + b_t, Y_hard.argmax(1))
+    (grad_S,) = torch.autograd.grad(outer_loss, S)
+    return outer_loss.detach(), grad_S
+
+
+def _rank_within_cells(order: torch.Tensor, cells: torch.Tensor, n_cells: int) -> torch.Tensor:
+    """Rank of each position of ``order`` among rows of the same cell (0 = first)."""
+    by_cell = order[torch.argsort(cells[order], stable=True)]
+    counts = torch.bincount(cells, minlength=n_cells)
+    starts = torch.cumsum(counts, 0) - counts
+    ranks = torch.arange(by_cell.numel(), device=cells.device) - starts[cells[by_cell]]
+    return by_cell, ranks
+
+
+def select_hard_set(
+    losses: torch.Tensor, cells: torch.Tensor, n_cells: int, size_per_cell: int
+) -> torch.Tensor:
+    """Indices of the ``size_per_cell`` highest-loss rows of every cell.
+
+    A cell with fewer rows contributes all of them. Vectorised: one sort by
+    loss, one stable sort by cell, no loop over cells.
+    """
+    by_loss = torch.argsort(losses, descending=True, stable=True)
+    by_cell, ranks = _rank_within_cells(by_loss, cells, n_cells)
+    return by_cell[ranks < size_per_cell]
+
+
+def sample_support(
+    y: torch.Tensor, n_classes: int, size_per_class: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Indices of a class-balanced random sample: ``size_per_class`` rows per class.
+
+    A class with fewer rows contributes all of them. The permutation is drawn on
+    the CPU so that a seed gives the same sample on every device.
+    """
+    permutation = torch.randperm(y.numel(), generator=generator).to(y.device)
+    by_class, ranks = _rank_within_cells(permutation, y, n_classes)
+    return by_class[ranks < size_per_class]
+
+
+def inner_lr_from_lipschitz(S: torch.Tensor, scale: float = 1.0, n_power_iter: int = 50) -> float:
+    """``scale / L`` for the Lipschitz constant ``L`` of the support loss's gradient.
+
+    For the mean softmax cross-entropy of a linear head, the Hessian is bounded
+    by ``||[S, 1]||_2^2 / (2 n)`` (the softmax Jacobian has norm at most 1/2),
+    so a step of ``1 / L`` is a safe gradient-descent step whatever the scale of
+    the features. The spectral norm comes from a deterministic power iteration.
+    """
+    S_aug = torch.cat([S, torch.ones_like(S[:, :1])], dim=1)
+    v = torch.ones(S_aug.shape[1], dtype=S.dtype, device=S.device)
+    v = v / v.norm()
+    sigma_sq = torch.tensor(0.0, dtype=S.dtype, device=S.device)
+    for _ in range(n_power_iter):
+        u = S_aug.T @ (S_aug @ v)
+        sigma_sq = u.norm()
+        if sigma_sq <= 0:
+            break
+        v = u / sigma_sq
+    lipschitz = float(sigma_sq) / (2.0 * S.shape[0])
+    return scale / max(lipschitz, 1e-12)
+
+
+# --------------------------------------------------------------------------- #
+# The HSFM loop
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class HSFMSettings:
+    """Hyper-parameters of one HSFM run, in the core's terms.
+
+    ``inner_lr=None`` sets the inner step to ``inner_lr_scale / L`` from the
+    initial support set (:func:`inner_lr_from_lipschitz`). The head update is
+    ``inner_steps`` steps of plain gradient descent (``head_update="gradient"``:
+    the very map the support set was optimised through) or of Adam
+    (``"adam"``, the paper), with step ``head_lr`` (None: the inner step).
+    """
+
+    support_size_per_class: int
+    inner_steps: int
+    inner_lr: float | None
+    outer_lr: float
+    outer_steps: int
+    hard_set_size: int
+    n_epochs: int
+    head_update: str = "gradient"
+    head_lr: float | None = None
+    inner_lr_scale: float = 1.0
+    max_grad_norm: float = 10.0
+    n_iter_no_change: int | None = None
+
+
+@dataclass
+class HSFMResult:
+    """What :func:`fit_hsfm` returns; heads are in standardised feature space."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    initial_weight: torch.Tensor
+    initial_bias: torch.Tensor
+    support_init: torch.Tensor
+    support_edited: torch.Tensor
+    support_labels: torch.Tensor
+    support_index: torch.Tensor
+    mean: torch.Tensor
+    scale: torch.Tensor
+    inner_lr: float
+    head_lr: float
+    best_epoch: int
+    n_epochs_run: int
+    history: dict[str, list[float]] = field(default_factory=dict)
+    diverged: bool = False
+
+
+def _group_scores(
+    logits: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, n_groups: int
+) -> tuple[float, float, float]:
+    """Worst-group accuracy, average accuracy and mean cross-entropy of ``logits``."""
+    correct = (logits.argmax(1) == y).to(logits.dtype)
+    counts = torch.bincount(groups, minlength=n_groups)
+    hits = torch.bincount(groups, weights=correct, minlength=n_groups)
+    present = counts > 0
+    worst = (hits[present] / counts[present]).min()
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    return float(worst), float(correct.mean()), float(loss)
+
+
+def standardize(X: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``(X - mean) / scale`` in place (``X`` is the core's own copy)."""
+    return X.sub_(mean).div_(scale)
+
+
+def feature_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation; constant features get scale 1."""
+    var, mean = torch.var_mean(X, dim=0, correction=0)
+    scale = var.sqrt()
+    scale = torch.where(scale > 10 * torch.finfo(X.dtype).eps * mean.abs().clamp_min(1), scale, 1)
+    return mean, scale
+
+
+def fit_hsfm(
+    pool_X: torch.Tensor,
+    pool_y: torch.Tensor,
+    heldout_X: torch.Tensor,
+    heldout_y: torch.Tensor,
+    heldout_cells: torch.Tensor,
+    *,
+    n_classes: int,
+    n_cells: int,
+    hard_set_cells: torch.Tensor,
+    n_hard_set_cells: int,
+    settings: HSFMSettings,
+    generator: torch.Generator,
+    erm_l2: float,
+    initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> HSFMResult:
+    """Run HSFM (DESIGN.md, "The method") and return the selected head.
+
+    Parameters
+    ----------
+    pool_X, pool_y : tensors
+        Training pool in raw feature space (modified in place: standardised).
+        Source of the ERM head and of the support set.
+    heldout_X, heldout_y : tensors
+        Held-out rows in raw feature space (standardised in place).
+    heldout_cells : tensor of int
+        Selection group of every held-out row, ``0 .. n_cells - 1``; the
+        epoch with the best worst-cell accuracy (ties: lower loss) is kept.
+    hard_set_cells : tensor of int
+        Partition of the held-out rows used to mine the hard set: the
+        ``hard_set_size`` highest-loss rows of each part.
+    erm_l2 : float
+        L2 strength of the ERM head on standardised features (ignored when
+        ``initial_head`` is given).
+    initial_head : (W, b) or None
+        Initial head in raw feature space.
+    on_epoch : callable or None
+        Called with each epoch's record (for progress output).
+    """
+    mean, scale = feature_moments(pool_X)
+    standardize(pool_X, mean, scale)
+    standardize(heldout_X, mean, scale)
+
+    if initial_head is None:
+        W0, b0 = fit_softmax_head(pool_X, pool_y, n_classes, l2=erm_l2)
+    else:
+        raw_W, raw_b = initial_head
+        W0, b0 = raw_W * scale, raw_b + raw_W @ mean
+
+    support_index = sample_support(pool_y, n_classes, settings.support_size_per_class, generator)
+    support_init = pool_X[support_index].clone()
+    support_labels = pool_y[support_index]
+    Y_support = _one_hot(support_labels, n_classes, pool_X.dtype)
+
+    if settings.inner_lr is None:
+        inner_lr = inner_lr_from_lipschitz(support_init, settings.inner_lr_scale)
+    else:
+        inner_lr = float(settings.inner_lr)
+    head_lr = inner_lr if settings.head_lr is None else float(settings.head_lr)
+
+    S = support_init.clone()
+    W, b = W0.clone(), b0.clone()
+    support_optimizer = torch.optim.Adam([S], lr=settings.outer_lr)
+    if settings.head_update == "adam":
+        head_optimizer = torch.optim.Adam([W, b], lr=head_lr)
+    else:
+        head_optimizer = torch.optim.SGD([W, b], lr=head_lr)
+    Y_heldout = _one_hot(heldout_y, n_classes, heldout_X.dtype)
+
+    history: dict[str, list[float]] = {
+        "worst_group_accuracy": [],
+        "average_accuracy": [],
+        "heldout_loss": [],
+        "outer_loss": [],
+    }
+    best = (-math.inf, math.inf)
+    best_state = (W0, b0, support_init, 0)
+    heldout_logits = heldout_X @ W.T + b
+    diverged = False
+    epochs_without_improvement = 0
+    epoch = 0
+
+    for epoch in range(1, settings.n_epochs + 1):
+        # (a) hard set under the current head
+        losses = _per_row_cross_entropy(heldout_logits, heldout_y)
+        hard = select_hard_set(losses, hard_set_cells, n_hard_set_cells, settings.hard_set_size)
+        H, Y_hard = heldout_X[hard], Y_heldout[hard]
+
+        # (b) outer steps: edit the support set through the unrolled inner loop
+        outer_losses = []
+        for _ in range(settings.outer_steps):
+            outer_loss, grad_S = support_hypergradient(
+                S, Y_support, H, Y_hard, W, b,
+                inner_lr=inner_lr, inner_steps=settings.inner_steps,
+            )  # fmt: skip
+            if not (torch.isfinite(outer_loss) and torch.isfinite(grad_S).all()):
+                diverged = True
+                break
+            S.grad = grad_S
+            torch.nn.utils.clip_grad_norm_([S], settings.max_grad_norm)
+            support_optimizer.step()
+            outer_losses.append(float(outer_loss))
+        if diverged:
+            break
+
+        # (c) head update on the edited (detached) support set
+        for _ in range(settings.inner_steps):
+            _, W.grad, b.grad = softmax_head_gradient(S, Y_support, W, b)
+            head_optimizer.step()
+        heldout_logits = heldout_X @ W.T + b
+        if not torch.isfinite(heldout_logits).all():
+            diverged = True
+            break
+
+        # (d) model selection on the held-out rows
+        worst, average, heldout_loss = _group_scores(
+            heldout_logits, heldout_y, heldout_cells, n_cells
+        )
+        record = {
+            "epoch": epoch,
+            "worst_group_accuracy": worst,
+            "average_accuracy": average,
+            "heldout_loss": heldout_loss,
+            "outer_loss": sum(outer_losses) / len(outer_losses),
+        }
+        for key in history:
+            history[key].append(record[key])
+        if on_epoch is not None:
+            on_epoch(record)
+        if (worst, -heldout_loss) > (best[0], -best[1]):
+            best = (worst, heldout_loss)
+            best_state = (W.clone(), b.clone(), S.clone(), epoch)
+            epochs_without_improvement = 0
+        else:
+            epochs_without_improvement += 1
+            if (
+                settings.n_iter_no_change is not None
+                and epochs_without_improvement >= settings.n_iter_no_change
+            ):
+                break
+
+    best_W, best_b, best_S, best_epoch = best_state
+    return HSFMResult(
+        weight=best_W,
+        bias=best_b,
+        initial_weight=W0,
+        initial_bias=b0,
+        support_init=support_init,
+        support_edited=best_S,
+        support_labels=support_labels,
+        support_index=support_index,
+        mean=mean,
+        scale=scale,
+        inner_lr=inner_lr,
+        head_lr=head_lr,
+        best_epoch=best_epoch,
+        n_epochs_run=len(history["worst_group_accuracy"]),
+        history=history,
+        diverged=diverged,
+    )

@@ -1,0 +1,468 @@
+"""MetaAugmentedHeadClassifier: the scikit-learn face of HSFM.
+
+Validation, the pool / held-out split and the fitted attributes live here; the
+numerics live in :mod:`sklearn_featmeta._hsfm` (imported inside ``fit`` so that
+a fitted model predicts and unpickles without torch).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
+
+from ._groups import as_group_array, cell_codes, encode_groups, split_pool_and_heldout
+from ._linear import LinearHeadMixin, binary_to_softmax_head, softmax_to_fitted_head
+from ._presets import PAPER_PRESETS
+
+
+class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
+    """Linear head on frozen embeddings, made robust to spurious features by HSFM.
+
+    Fits a softmax-linear head by hard-set-guided feature-space meta-learning
+    (HSFM): a class-balanced support set drawn from the training pool is edited
+    in feature space so that a head adapted on it for a few gradient steps does
+    well on the hardest held-out rows; the head is trained on the edited support
+    set and the epoch with the best held-out worst-group accuracy is kept.
+
+    Rows whose ``groups`` entry is known are the held-out (annotated) rows;
+    rows with an unknown group (``-1``, ``None`` or NaN) are the training pool.
+    Features are standardised inside with the training pool's statistics, and
+    ``coef_`` / ``intercept_`` apply to the raw features.
+
+    Parameters
+    ----------
+    support_size_per_class : int, default=16
+        Rows per class in the support set (the paper's ``n_s``). A class with
+        fewer training rows uses all of them (with a warning).
+    inner_steps : int, default=15
+        Gradient steps of the inner loop, and Adam steps of each head update
+        (the paper's ``T``).
+    inner_lr : float or "auto", default="auto"
+        Step size of the inner gradient descent (the paper's ``alpha``).
+        ``"auto"`` uses ``1 / L``, ``L`` being the Lipschitz constant of the
+        support loss's gradient on standardised features, so the step adapts to
+        the data's scale and size.
+    outer_lr : float, default=0.1
+        Adam learning rate of the support-set edits (the paper's ``eta``).
+    outer_steps : int, default=15
+        Support-set updates per epoch (the paper's ``KH``).
+    hard_set_size : int, default=64
+        Held-out rows in the hard set per class, or per (class, group) cell
+        when ``hard_set="group"`` (the paper's ``K_hard``).
+    hard_set : {"class", "group"}, default="class"
+        How the hard set is mined: the highest-loss held-out rows of each class
+        (the paper), or of each (class, group) cell.
+    n_epochs : int, default=40
+        Epochs of hard-set mining, support edits and head update (``E``).
+    head_update : {"gradient", "adam"}, default="gradient"
+        How the head learns from the edited support set each epoch:
+        ``inner_steps`` steps of plain gradient descent, the same map the
+        support set was optimised through (``"gradient"``), or of Adam, as the
+        paper does (``"adam"``).
+    head_lr : float or None, default=None
+        Step size of the head update. None uses the inner step size.
+    n_iter_no_change : int or None, default=None
+        Stop when the held-out worst-group accuracy has not improved for this
+        many epochs. None runs every epoch.
+    max_grad_norm : float, default=10.0
+        The support-set gradient is clipped to this norm.
+    validation_fraction : float, default=0.2
+        Share of rows held out when every row's group is known (stratified by
+        class and group) or when ``groups`` is None (stratified by class).
+        Unused when some groups are known and others unknown.
+    erm_C : float, default=1.0
+        Inverse L2 strength of the initial ERM head, a multinomial logistic
+        regression on the standardised training pool (as ``LogisticRegression(C=...)``).
+    initial_head : tuple (coef, intercept) or None, default=None
+        Start from this head instead of fitting one (e.g. the final layer of
+        the network that produced the embeddings). Shapes as
+        ``LogisticRegression``'s ``coef_`` and ``intercept_``, in raw feature space.
+    device : str, default="auto"
+        Where to compute: ``"auto"`` (CUDA when available), ``"cpu"``,
+        ``"cuda"`` or ``"cuda:N"``. An unavailable device is an error.
+    n_threads : int or None, default=None
+        Torch CPU threads during ``fit`` (restored afterwards). Set 1 when many
+        fits run in parallel (grid searches on joblib or Dask workers).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the held-out split and a local ``torch.Generator`` for the
+        support draw; never the global seed.
+    verbose : int, default=0
+        Print progress per epoch when positive.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    coef_ : ndarray of shape (1, n_features) or (n_classes, n_features)
+    intercept_ : ndarray of shape (1,) or (n_classes,)
+    initial_coef_, initial_intercept_ : ndarray
+        The initial (ERM or given) head, same shapes.
+    support_init_ : ndarray of shape (n_support, n_features)
+        Support set before editing, in raw feature space.
+    support_edited_ : ndarray of shape (n_support, n_features)
+        Support set after editing, at the selected epoch.
+    support_labels_ : ndarray of shape (n_support,)
+    history_ : dict of ndarray
+        Per epoch: ``worst_group_accuracy``, ``average_accuracy`` and
+        ``heldout_loss`` of the head on the held-out rows, and the mean
+        ``outer_loss`` of the epoch's support updates.
+    best_epoch_ : int
+        Selected epoch (1-based; 0 if the first epoch diverged and the initial
+        head was kept).
+    n_iter_ : int
+        Epochs run.
+    inner_lr_ : float
+        Inner step size used (resolved from ``"auto"``).
+    device_ : str
+        Device the model was fitted on.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when ``X`` has string column names.
+
+    See Also
+    --------
+    sklearn_featmeta.baselines.DFRClassifier : Deep feature reweighting baseline.
+
+    References
+    ----------
+    Parast, Islam, Won, Azam, Akhtar. "HSFM: Hard-Set-Guided Feature-Space
+    Meta-Learning for Robust Classification under Spurious Correlations",
+    ECCV 2026, arXiv:2603.29313.
+
+    Examples
+    --------
+    >>> from sklearn_featmeta import MetaAugmentedHeadClassifier
+    >>> from sklearn_featmeta.datasets import make_spurious_embeddings
+    >>> X, y, groups = make_spurious_embeddings(n_samples=600, random_state=0)
+    >>> clf = MetaAugmentedHeadClassifier(n_epochs=5, random_state=0).fit(X, y, groups)
+    >>> clf.predict(X[:3]).shape
+    (3,)
+    """
+
+    _parameter_constraints: dict = {
+        "support_size_per_class": [Interval(Integral, 1, None, closed="left")],
+        "inner_steps": [Interval(Integral, 1, None, closed="left")],
+        "inner_lr": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+        "outer_lr": [Interval(Real, 0, None, closed="neither")],
+        "outer_steps": [Interval(Integral, 1, None, closed="left")],
+        "hard_set_size": [Interval(Integral, 1, None, closed="left")],
+        "hard_set": [StrOptions({"class", "group"})],
+        "n_epochs": [Interval(Integral, 1, None, closed="left")],
+        "head_update": [StrOptions({"gradient", "adam"})],
+        "head_lr": [None, Interval(Real, 0, None, closed="neither")],
+        "n_iter_no_change": [None, Interval(Integral, 1, None, closed="left")],
+        "max_grad_norm": [Interval(Real, 0, None, closed="neither")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "erm_C": [Interval(Real, 0, None, closed="neither")],
+        "initial_head": [None, tuple],
+        "device": [str],
+        "n_threads": [None, Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        support_size_per_class=16,
+        inner_steps=15,
+        inner_lr="auto",
+        outer_lr=0.1,
+        outer_steps=15,
+        hard_set_size=64,
+        hard_set="class",
+        n_epochs=40,
+        head_update="gradient",
+        head_lr=None,
+        n_iter_no_change=None,
+        max_grad_norm=10.0,
+        validation_fraction=0.2,
+        erm_C=1.0,
+        initial_head=None,
+        device="auto",
+        n_threads=None,
+        random_state=None,
+        verbose=0,
+    ):
+        self.support_size_per_class = support_size_per_class
+        self.inner_steps = inner_steps
+        self.inner_lr = inner_lr
+        self.outer_lr = outer_lr
+        self.outer_steps = outer_steps
+        self.hard_set_size = hard_set_size
+        self.hard_set = hard_set
+        self.n_epochs = n_epochs
+        self.head_update = head_update
+        self.head_lr = head_lr
+        self.n_iter_no_change = n_iter_no_change
+        self.max_grad_norm = max_grad_norm
+        self.validation_fraction = validation_fraction
+        self.erm_C = erm_C
+        self.initial_head = initial_head
+        self.device = device
+        self.n_threads = n_threads
+        self.random_state = random_state
+        self.verbose = verbose
+
+    @classmethod
+    def from_preset(cls, name: str, **params) -> MetaAugmentedHeadClassifier:
+        """The estimator with the paper's settings for one data set.
+
+        Parameters
+        ----------
+        name : {"waterbirds", "celeba", "metashift", "dominoes"}
+            Data set whose ResNet-50 settings the paper reports.
+        **params
+            Further parameters (``random_state``, ``device``, ...); they may
+            not override the preset's own.
+        """
+        if name not in PAPER_PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PAPER_PRESETS)}.")
+        clash = sorted(set(params) & set(PAPER_PRESETS[name]))
+        if clash:
+            raise ValueError(
+                f"Preset {name!r} fixes {clash}; build the estimator directly to change them."
+            )
+        return cls(**PAPER_PRESETS[name], **params)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y, groups=None) -> MetaAugmentedHeadClassifier:
+        """Fit the head by HSFM.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Embeddings.
+        y : array-like of shape (n_samples,)
+            Class labels (any hashable type, two or more classes).
+        groups : array-like of shape (n_samples,), default=None
+            Spurious group of each row; ``-1``, ``None`` or NaN where unknown.
+            Known rows are held out (hard set, model selection); unknown rows
+            form the training pool. None: selection by worst-class accuracy on
+            a stratified hold-out.
+
+        Returns
+        -------
+        self : object
+            Fitted estimator.
+        """
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], y_numeric=False)
+        check_classification_targets(y)
+        self.classes_, y_encoded = np.unique(y, return_inverse=True)
+        y_encoded = y_encoded.ravel()
+        n_classes = self.classes_.shape[0]
+        if n_classes < 2:
+            raise ValueError(
+                "MetaAugmentedHeadClassifier needs samples of at least 2 classes, "
+                f"but the data contains only one class: {self.classes_[0]!r}."
+            )
+        group_codes = None
+        if groups is not None:
+            group_codes, _ = encode_groups(as_group_array(groups, X.shape[0]))
+            if (group_codes < 0).all():
+                warnings.warn(
+                    "No row of groups is known (all -1 / None / NaN): fitting as with "
+                    "groups=None, selecting by worst-class accuracy on a hold-out.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+                group_codes = None
+
+        rng = check_random_state(self.random_state)
+        pool, heldout, heldout_groups = split_pool_and_heldout(
+            y_encoded, group_codes, self.validation_fraction, rng
+        )
+        groups_split_rows = group_codes is not None and (group_codes < 0).any()
+        self._check_split(y_encoded, pool, heldout, groups_split_rows)
+        initial_head = self._initial_head_in_softmax_form(X.shape[1], n_classes)
+
+        from . import _hsfm  # torch stays out of prediction and unpickling
+
+        with _torch_threads(self.n_threads):
+            device = _hsfm.resolve_device(self.device)
+            generator = _hsfm.torch.Generator().manual_seed(
+                int(rng.randint(np.iinfo(np.int32).max))
+            )
+            result = self._run_core(
+                _hsfm, X, y_encoded, pool, heldout, heldout_groups, n_classes,
+                device, generator, initial_head,
+            )  # fmt: skip
+        self._store_result(result, X[pool[result.support_index.cpu().numpy()]], device)
+        return self
+
+    def _check_split(self, y_encoded, pool, heldout, groups_split_rows):
+        n_classes = self.classes_.shape[0]
+        pool_counts = np.bincount(y_encoded[pool], minlength=n_classes)
+        heldout_counts = np.bincount(y_encoded[heldout], minlength=n_classes)
+        if heldout.size == 0:
+            raise ValueError(
+                "No rows are left for the held-out set: give at least two rows per class "
+                "(or rows with known groups)."
+            )
+        if (pool_counts == 0).any():
+            raise ValueError(
+                f"Class(es) {self.classes_[pool_counts == 0].tolist()} have no training rows: "
+                "every row of them has a known group. Mark some of their rows unknown "
+                "(-1 / None), or give every row a known group so that validation_fraction "
+                "of them are held out."
+            )
+        # A hold-out drawn by us may miss a class of a single row; one the user
+        # drew by marking groups must not, or that class is never evaluated.
+        if groups_split_rows and (heldout_counts == 0).any():
+            raise ValueError(
+                f"Class(es) {self.classes_[heldout_counts == 0].tolist()} have no rows with "
+                "a known group, so the hard set and model selection cannot see them. Give "
+                "some of their rows a known group."
+            )
+        short = self.classes_[pool_counts < self.support_size_per_class]
+        if short.size:
+            warnings.warn(
+                f"Class(es) {short.tolist()} have fewer training rows "
+                f"({pool_counts[pool_counts < self.support_size_per_class].tolist()}) than "
+                f"support_size_per_class={self.support_size_per_class}; their support uses "
+                "every training row they have.",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def _initial_head_in_softmax_form(self, n_features, n_classes):
+        if self.initial_head is None:
+            return None
+        if len(self.initial_head) != 2:
+            raise ValueError("initial_head must be a tuple (coef, intercept).")
+        coef = np.asarray(self.initial_head[0], dtype=np.float64)
+        intercept = np.asarray(self.initial_head[1], dtype=np.float64).reshape(-1)
+        n_rows = 1 if n_classes == 2 else n_classes
+        if coef.shape != (n_rows, n_features) or intercept.shape != (n_rows,):
+            raise ValueError(
+                f"initial_head must have coef of shape ({n_rows}, {n_features}) and intercept "
+                f"of shape ({n_rows},) for {n_classes} classes and {n_features} features, "
+                f"as LogisticRegression's; got {coef.shape} and {intercept.shape}."
+            )
+        if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+            raise ValueError("initial_head contains NaN or infinity.")
+        if n_classes == 2:
+            coef, intercept = binary_to_softmax_head(coef, intercept)
+        return coef, intercept
+
+    def _settings(self, _hsfm):
+        return _hsfm.HSFMSettings(
+            support_size_per_class=self.support_size_per_class,
+            inner_steps=self.inner_steps,
+            inner_lr=None if self.inner_lr == "auto" else self.inner_lr,
+            outer_lr=self.outer_lr,
+            outer_steps=self.outer_steps,
+            hard_set_size=self.hard_set_size,
+            n_epochs=self.n_epochs,
+            head_update=self.head_update,
+            head_lr=self.head_lr,
+            max_grad_norm=self.max_grad_norm,
+            n_iter_no_change=self.n_iter_no_change,
+        )
+
+    def _run_core(
+        self, _hsfm, X, y, pool, heldout, heldout_groups, n_classes, device, generator, initial_head
+    ):
+        torch = _hsfm.torch
+        cells, n_cells = cell_codes(y[heldout], heldout_groups)
+        hard_cells, n_hard_cells = (
+            (cells, n_cells) if self.hard_set == "group" else (y[heldout], n_classes)
+        )
+
+        def tensor(array, dtype=torch.float32):
+            return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+
+        if initial_head is not None:
+            initial_head = (tensor(initial_head[0]), tensor(initial_head[1]))
+        start = time.perf_counter()
+        if self.verbose:
+            print(
+                f"[{type(self).__name__}] {pool.size} training rows, {heldout.size} held-out "
+                f"rows in {n_cells} groups, {X.shape[1]} features, device {device}"
+            )
+        result = _hsfm.fit_hsfm(
+            tensor(X[pool]),
+            tensor(y[pool], torch.int64),
+            tensor(X[heldout]),
+            tensor(y[heldout], torch.int64),
+            tensor(cells, torch.int64),
+            n_classes=n_classes,
+            n_cells=n_cells,
+            hard_set_cells=tensor(hard_cells, torch.int64),
+            n_hard_set_cells=n_hard_cells,
+            settings=self._settings(_hsfm),
+            generator=generator,
+            erm_l2=1.0 / (self.erm_C * pool.size),
+            initial_head=initial_head,
+            on_epoch=self._print_epoch if self.verbose else None,
+        )
+        if result.diverged:
+            warnings.warn(
+                f"The bilevel loss became non-finite in epoch {result.n_epochs_run + 1}; "
+                f"training stopped and epoch {result.best_epoch} was kept. Lower outer_lr "
+                "or inner_lr.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        if self.verbose:
+            print(
+                f"[{type(self).__name__}] done in {time.perf_counter() - start:.2f}s: "
+                f"best epoch {result.best_epoch} of {result.n_epochs_run} "
+                f"(inner_lr {result.inner_lr:.3g})"
+            )
+        return result
+
+    def _print_epoch(self, record):
+        print(
+            f"[{type(self).__name__}] epoch {record['epoch']:>3}/{self.n_epochs}: "
+            f"worst-group acc {record['worst_group_accuracy']:.4f}, "
+            f"average acc {record['average_accuracy']:.4f}, "
+            f"held-out loss {record['heldout_loss']:.4f}, "
+            f"outer loss {record['outer_loss']:.4f}"
+        )
+
+    def _store_result(self, result, support_rows, device):
+        def numpy(tensor):
+            return tensor.detach().cpu().double().numpy()
+
+        mean, scale = numpy(result.mean), numpy(result.scale)
+        self.coef_, self.intercept_ = softmax_to_fitted_head(
+            numpy(result.weight), numpy(result.bias), mean, scale
+        )
+        self.initial_coef_, self.initial_intercept_ = softmax_to_fitted_head(
+            numpy(result.initial_weight), numpy(result.initial_bias), mean, scale
+        )
+        self.support_init_ = support_rows.astype(np.float64)
+        self.support_edited_ = numpy(result.support_edited) * scale + mean
+        self.support_labels_ = self.classes_[result.support_labels.cpu().numpy()]
+        self.history_ = {key: np.asarray(values) for key, values in result.history.items()}
+        self.best_epoch_ = int(result.best_epoch)
+        self.n_iter_ = int(result.n_epochs_run)
+        self.inner_lr_ = float(result.inner_lr)
+        self.device_ = str(device)
+
+
+class _torch_threads:
+    """Context manager: torch's CPU thread count for the duration of a fit."""
+
+    def __init__(self, n_threads):
+        self.n_threads = n_threads
+
+    def __enter__(self):
+        if self.n_threads is not None:
+            import torch
+
+            self._previous = torch.get_num_threads()
+            torch.set_num_threads(self.n_threads)
+
+    def __exit__(self, *exc):
+        if self.n_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._previous)

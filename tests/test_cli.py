@@ -1,0 +1,84 @@
+"""The featmeta command, run as users run it (subprocess)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sklearn_featmeta.datasets import make_spurious_embeddings
+
+
+def featmeta(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "sklearn_featmeta.cli", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    X, y, groups = make_spurious_embeddings(n_samples=300, n_features=8, random_state=0)
+    np.savez(folder / "train.npz", X=X, y=y, groups=groups)
+    known = groups != -1
+    np.savez(folder / "test.npz", X=X[known], y=y[known], groups=groups[known])
+    np.save(folder / "X.npy", X[:5])
+    np.savez(folder / "no_y.npz", X=X)
+    return folder
+
+
+def test_fit_predict_evaluate(data_dir):
+    fitted = featmeta("fit", "train.npz", "-o", "model.joblib", "--n-epochs", 3,
+                      "--random-state", 0, "--hard-set", "group", "-v", cwd=data_dir)  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    assert "epoch   3/3" in fitted.stdout and "saved model.joblib" in fitted.stdout
+
+    predicted = featmeta("predict", "model.joblib", "X.npy", cwd=data_dir)
+    assert predicted.returncode == 0, predicted.stderr
+    assert len(predicted.stdout.split()) == 5
+    assert set(predicted.stdout.split()) <= {"0", "1"}
+
+    probabilities = featmeta(
+        "predict", "model.joblib", "test.npz", "--proba", "-o", "p.npy", cwd=data_dir
+    )
+    assert probabilities.returncode == 0, probabilities.stderr
+    proba = np.load(data_dir / "p.npy")
+    assert proba.shape == (60, 2)
+    np.testing.assert_allclose(proba.sum(1), 1)
+
+    evaluated = featmeta("evaluate", "model.joblib", "test.npz", cwd=data_dir)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "<- worst" in evaluated.stdout and "worst-group accuracy" in evaluated.stdout
+
+
+def test_fit_with_preset(data_dir):
+    fitted = featmeta(
+        "fit", "train.npz", "-o", "paper.joblib", "--preset", "metashift", cwd=data_dir
+    )
+    assert fitted.returncode == 0, fitted.stderr
+    assert "best epoch" in fitted.stdout
+
+
+def test_errors_are_reported_without_traceback(data_dir):
+    missing = featmeta("fit", "no_y.npz", "-o", "m.joblib", cwd=data_dir)
+    assert missing.returncode == 2
+    assert "missing array(s) ['y']" in missing.stderr and "Traceback" not in missing.stderr
+    absent = featmeta("evaluate", "nothing.joblib", "test.npz", cwd=data_dir)
+    assert absent.returncode == 2 and "no such model file" in absent.stderr
+    bad_param = featmeta("fit", "train.npz", "-o", "m.joblib", "--hard-set", "cells", cwd=data_dir)
+    assert bad_param.returncode == 2 and "hard_set" in bad_param.stderr
+
+
+def test_demo_prints_both_models_per_group(tmp_path):
+    demo = featmeta("demo", "--n-samples", 2000, cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    lines = demo.stdout.splitlines()
+    assert any(
+        "LogisticRegression (ERM)" in line and "MetaAugmentedHeadClassifier" in line
+        for line in lines
+    )
+    worst_line = next(line for line in lines if line.startswith("worst-group"))
+    erm, ours = (float(v) for v in worst_line.split()[1:])
+    assert ours > erm
+    assert sum(line.count("*") for line in lines if line.startswith("y=")) == 2

@@ -1,0 +1,215 @@
+"""The pure-torch core: gradients, hypergradients, hard-set mining, divergence guard."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from sklearn_featmeta import _hsfm
+
+
+def _problem(n_support=7, n_hard=9, n_features=5, n_classes=3, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    S = torch.randn(n_support, n_features, generator=g, dtype=dtype)
+    H = torch.randn(n_hard, n_features, generator=g, dtype=dtype)
+    W = torch.randn(n_classes, n_features, generator=g, dtype=dtype)
+    b = torch.randn(n_classes, generator=g, dtype=dtype)
+    y_support = torch.arange(n_support) % n_classes
+    y_hard = torch.randint(0, n_classes, (n_hard,), generator=g)
+    Y_support = torch.nn.functional.one_hot(y_support, n_classes).to(dtype)
+    Y_hard = torch.nn.functional.one_hot(y_hard, n_classes).to(dtype)
+    return S, Y_support, H, Y_hard, W, b
+
+
+def test_softmax_head_gradient_matches_autograd():
+    S, Y, _, _, W, b = _problem()
+    loss, grad_W, grad_b = _hsfm.softmax_head_gradient(S, Y, W, b)
+    W_ = W.clone().requires_grad_(True)
+    b_ = b.clone().requires_grad_(True)
+    reference = torch.nn.functional.cross_entropy(S @ W_.T + b_, Y.argmax(1))
+    reference.backward()
+    torch.testing.assert_close(loss, reference.detach())
+    torch.testing.assert_close(grad_W, W_.grad)
+    torch.testing.assert_close(grad_b, b_.grad)
+
+
+@pytest.mark.parametrize(
+    "n_classes, inner_steps, inner_lr", [(2, 1, 0.5), (3, 6, 0.7), (4, 15, 0.2)]
+)
+def test_hypergradient_matches_finite_differences(n_classes, inner_steps, inner_lr):
+    """d(outer loss)/d(support) in float64 against central differences."""
+    S, Y_support, H, Y_hard, W, b = _problem(n_classes=n_classes, seed=n_classes)
+    kwargs = {"inner_lr": inner_lr, "inner_steps": inner_steps}
+    _, grad_S = _hsfm.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
+    eps = 1e-6
+    numeric = torch.zeros_like(S)
+    for i in range(S.shape[0]):
+        for j in range(S.shape[1]):
+            plus, minus = S.clone(), S.clone()
+            plus[i, j] += eps
+            minus[i, j] -= eps
+            loss_plus, _ = _hsfm.support_hypergradient(plus, Y_support, H, Y_hard, W, b, **kwargs)
+            loss_minus, _ = _hsfm.support_hypergradient(minus, Y_support, H, Y_hard, W, b, **kwargs)
+            numeric[i, j] = (loss_plus - loss_minus) / (2 * eps)
+    assert grad_S.abs().max() > 1e-4  # the check is not vacuous
+    torch.testing.assert_close(grad_S, numeric, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_closed_form_hypergradient_matches_autograd_oracle(n_classes):
+    """The fast path equals the second-order autograd reference (float64: 1e-10)."""
+    S, Y_support, H, Y_hard, W, b = _problem(
+        n_support=40, n_hard=30, n_features=12, n_classes=n_classes, seed=7
+    )
+    kwargs = {"inner_lr": 0.3, "inner_steps": 10}
+    loss, grad = _hsfm.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
+    loss_ref, grad_ref = _hsfm.support_hypergradient_autograd(
+        S, Y_support, H, Y_hard, W, b, **kwargs
+    )
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_closed_form_hypergradient_matches_oracle_in_float32():
+    """float32, the dtype of fits: agreement to 1e-4 relative."""
+    S, Y_support, H, Y_hard, W, b = _problem(
+        n_support=64, n_hard=64, n_features=32, n_classes=2, seed=3, dtype=torch.float32
+    )
+    kwargs = {"inner_lr": 0.5, "inner_steps": 15}
+    _, grad = _hsfm.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
+    _, grad_ref = _hsfm.support_hypergradient_autograd(S, Y_support, H, Y_hard, W, b, **kwargs)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_erm_head_matches_multinomial_logistic_regression():
+    rng = np.random.RandomState(0)
+    X = rng.standard_normal((300, 6))
+    y = (X[:, 0] + 0.5 * X[:, 1] + 0.3 * rng.standard_normal(300) > 0).astype(int) + (X[:, 2] > 1)
+    C = 0.5
+    W, b = _hsfm.fit_softmax_head(
+        torch.from_numpy(X), torch.from_numpy(y), 3, l2=1.0 / (C * X.shape[0]), tol=1e-10
+    )
+    reference = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
+    # softmax heads are defined up to a shift common to all classes
+    centred = W.numpy() - W.numpy().mean(0)
+    np.testing.assert_allclose(centred, reference.coef_, atol=1e-4)
+    np.testing.assert_allclose(b.numpy() - b.numpy().mean(), reference.intercept_, atol=1e-4)
+
+
+def test_select_hard_set_takes_top_losses_per_cell():
+    g = torch.Generator().manual_seed(0)
+    losses = torch.rand(200, generator=g)
+    cells = torch.randint(0, 5, (200,), generator=g)
+    cells[cells == 4] = 3  # cell 4 is empty
+    cells[:2] = 4  # ... now holds two rows only
+    chosen = _hsfm.select_hard_set(losses, cells, 6, size_per_cell=10)
+    expected = []
+    for cell in range(6):
+        rows = torch.nonzero(cells == cell).ravel()
+        expected += rows[torch.argsort(losses[rows], descending=True)[:10]].tolist()
+    assert sorted(chosen.tolist()) == sorted(expected)
+    assert (
+        torch.bincount(cells[chosen], minlength=6) == torch.tensor([10, 10, 10, 10, 2, 0])
+    ).all()
+
+
+def test_sample_support_is_balanced_and_seeded():
+    y = torch.tensor([0] * 50 + [1] * 8 + [2] * 30)
+    index = _hsfm.sample_support(y, 3, 10, torch.Generator().manual_seed(1))
+    assert torch.bincount(y[index]).tolist() == [10, 8, 10]
+    assert index.unique().numel() == index.numel()
+    again = _hsfm.sample_support(y, 3, 10, torch.Generator().manual_seed(1))
+    other = _hsfm.sample_support(y, 3, 10, torch.Generator().manual_seed(2))
+    assert torch.equal(index, again)
+    assert not torch.equal(index, other)
+
+
+def test_auto_inner_lr_is_inverse_lipschitz_bound():
+    g = torch.Generator().manual_seed(0)
+    S = 3.0 * torch.randn(40, 8, generator=g, dtype=torch.float64) + 2.0
+    lr = _hsfm.inner_lr_from_lipschitz(S)
+    S_aug = torch.cat([S, torch.ones(40, 1, dtype=S.dtype)], 1)
+    exact = torch.linalg.matrix_norm(S_aug, ord=2) ** 2 / (2 * 40)
+    assert lr == pytest.approx(1.0 / float(exact), rel=1e-6)
+    # gradient descent with that step decreases the support loss monotonically
+    Y = torch.nn.functional.one_hot(torch.arange(40) % 3, 3).double()
+    W, b = torch.zeros(3, 8, dtype=S.dtype), torch.zeros(3, dtype=S.dtype)
+    previous = np.inf
+    for _ in range(50):
+        loss, grad_W, grad_b = _hsfm.softmax_head_gradient(S, Y, W, b)
+        assert float(loss) <= previous + 1e-12
+        previous = float(loss)
+        W, b = W - lr * grad_W, b - lr * grad_b
+
+
+def _fit(settings, seed=0, **kwargs):
+    g = torch.Generator().manual_seed(seed)
+    n, d = 120, 6
+    X = torch.randn(n, d, generator=g)
+    y = (X[:, 0] > 0).long()
+    return _hsfm.fit_hsfm(
+        X[:80].clone(), y[:80], X[80:].clone(), y[80:], y[80:],
+        n_classes=2, n_cells=2, hard_set_cells=y[80:], n_hard_set_cells=2,
+        settings=settings, generator=torch.Generator().manual_seed(seed), erm_l2=1e-2, **kwargs,
+    )  # fmt: skip
+
+
+def test_divergence_stops_and_keeps_finite_head(monkeypatch):
+    """A non-finite outer loss in epoch 3 stops training and keeps the best earlier epoch."""
+    real = _hsfm.support_hypergradient
+    calls = {"n": 0}
+
+    def failing_in_epoch_3(*args, **kwargs):
+        calls["n"] += 1
+        loss, grad = real(*args, **kwargs)
+        if calls["n"] > 4:  # two outer steps per epoch
+            grad = grad * float("nan")
+        return loss, grad
+
+    monkeypatch.setattr(_hsfm, "support_hypergradient", failing_in_epoch_3)
+    settings = _hsfm.HSFMSettings(
+        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
+        outer_steps=2, hard_set_size=10, n_epochs=6,
+    )  # fmt: skip
+    result = _fit(settings)
+    assert result.diverged
+    assert result.n_epochs_run == 2
+    assert result.best_epoch in (1, 2)
+    for tensor in (result.weight, result.bias, result.support_edited):
+        assert torch.isfinite(tensor).all()
+
+
+def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
+    settings = _hsfm.HSFMSettings(
+        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
+        outer_steps=2, hard_set_size=10, n_epochs=8,
+    )  # fmt: skip
+    records = []
+    result = _fit(settings, on_epoch=records.append)
+    worst = np.array(result.history["worst_group_accuracy"])
+    loss = np.array(result.history["heldout_loss"])
+    candidates = np.flatnonzero(worst == worst.max())
+    assert result.best_epoch == candidates[np.argmin(loss[candidates])] + 1
+    assert [r["epoch"] for r in records] == list(range(1, 9))
+
+
+def test_early_stopping():
+    settings = _hsfm.HSFMSettings(
+        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=1e-6,
+        outer_steps=1, hard_set_size=10, n_epochs=50, head_lr=1e-9, n_iter_no_change=3,
+    )  # fmt: skip
+    result = _fit(settings)
+    assert result.n_epochs_run == result.best_epoch + 3 < 50
+
+
+def test_resolve_device():
+    assert _hsfm.resolve_device("cpu").type == "cpu"
+    assert _hsfm.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="not a valid device"):
+        _hsfm.resolve_device("gpu please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            _hsfm.resolve_device("cuda:0")
+    else:
+        with pytest.raises(ValueError, match="CUDA device"):
+            _hsfm.resolve_device(f"cuda:{torch.cuda.device_count()}")

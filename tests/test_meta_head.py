@@ -1,0 +1,436 @@
+"""MetaAugmentedHeadClassifier: outputs, groups semantics, bad input, determinism, pickling."""
+
+import pickle
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+
+from sklearn_featmeta import PAPER_PRESETS, MetaAugmentedHeadClassifier
+from sklearn_featmeta.datasets import _demo_problem, make_spurious_embeddings
+from sklearn_featmeta.metrics import worst_group_accuracy_score
+
+FAST = {"n_epochs": 4, "outer_steps": 3, "inner_steps": 5, "random_state": 0}
+
+
+@pytest.fixture(scope="module")
+def spurious():
+    return make_spurious_embeddings(n_samples=600, n_features=16, random_state=0)
+
+
+def _rows_of(X, rows):
+    """Which rows of ``X`` each row of ``rows`` is (exact match), -1 if none."""
+    index = {row.tobytes(): i for i, row in enumerate(X)}
+    return np.array([index.get(row.tobytes(), -1) for row in rows])
+
+
+# --------------------------------------------------------------------------- #
+# The method works
+# --------------------------------------------------------------------------- #
+def test_worst_group_accuracy_well_above_logistic_regression():
+    (X, y, groups), (X_test, y_test, groups_test) = _demo_problem(random_state=0)
+    erm = LogisticRegression().fit(X[groups == -1], y[groups == -1])
+    model = MetaAugmentedHeadClassifier(random_state=0).fit(X, y, groups)
+    erm_wga = worst_group_accuracy_score(y_test, erm.predict(X_test), groups=groups_test)
+    our_wga = worst_group_accuracy_score(y_test, model.predict(X_test), groups=groups_test)
+    assert our_wga >= erm_wga + 0.20, (erm_wga, our_wga)
+
+
+def test_fit_improves_on_its_initial_head(spurious):
+    X, y, groups = spurious
+    model = MetaAugmentedHeadClassifier(random_state=0, n_epochs=10).fit(X, y, groups)
+    known = groups != -1
+    initial = LogisticRegression()
+    initial.classes_ = model.classes_
+    initial.coef_, initial.intercept_ = model.initial_coef_, model.initial_intercept_
+    before = worst_group_accuracy_score(y[known], initial.predict(X[known]), groups=groups[known])
+    after = worst_group_accuracy_score(y[known], model.predict(X[known]), groups=groups[known])
+    assert after > before + 0.1
+
+
+# --------------------------------------------------------------------------- #
+# Outputs like LogisticRegression
+# --------------------------------------------------------------------------- #
+def test_binary_output_shapes_match_logistic_regression(spurious):
+    X, y, groups = spurious
+    ours = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    reference = LogisticRegression().fit(X, y)
+    for attribute in ("coef_", "intercept_", "classes_"):
+        assert getattr(ours, attribute).shape == getattr(reference, attribute).shape
+    for method in ("decision_function", "predict_proba", "predict_log_proba", "predict"):
+        assert getattr(ours, method)(X).shape == getattr(reference, method)(X).shape
+    assert ours.n_features_in_ == 16
+    proba = ours.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    np.testing.assert_allclose(np.log(proba), ours.predict_log_proba(X))
+    # the score of classes_[1], as in LogisticRegression
+    np.testing.assert_array_equal(
+        ours.predict(X), ours.classes_[(ours.decision_function(X) > 0).astype(int)]
+    )
+    np.testing.assert_allclose(
+        ours.decision_function(X), X @ ours.coef_.ravel() + ours.intercept_[0], rtol=1e-5
+    )
+
+
+def test_multiclass_string_labels():
+    X, y, _ = make_spurious_embeddings(n_samples=450, n_features=12, n_classes=3, random_state=1)
+    labels = np.array(["cat", "dog", "emu"])[y]
+    model = MetaAugmentedHeadClassifier(**FAST).fit(X, labels)
+    assert model.coef_.shape == (3, 12) and model.intercept_.shape == (3,)
+    assert model.decision_function(X).shape == (450, 3)
+    assert set(model.predict(X)) <= {"cat", "dog", "emu"}
+    assert set(model.support_labels_) == {"cat", "dog", "emu"}
+    assert model.score(X, labels) > 0.6
+
+
+def test_non_contiguous_integer_labels(spurious):
+    X, y, groups = spurious
+    labels = np.where(y == 1, 7, -3)
+    model = MetaAugmentedHeadClassifier(**FAST).fit(X, labels, groups)
+    np.testing.assert_array_equal(model.classes_, [-3, 7])
+    assert set(np.unique(model.predict(X))) <= {-3, 7}
+
+
+def test_coef_applies_to_raw_features():
+    """Standardisation is internal: a given initial head comes back unchanged."""
+    X, y, groups = make_spurious_embeddings(n_samples=400, n_features=8, random_state=2)
+    X = X * np.linspace(0.1, 50, 8).astype(np.float32) + 100.0  # badly scaled, offset
+    head = LogisticRegression(max_iter=5000).fit(X, y)
+    model = MetaAugmentedHeadClassifier(initial_head=(head.coef_, head.intercept_), **FAST)
+    model.fit(X, y, groups)
+    np.testing.assert_allclose(model.initial_coef_, head.coef_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.initial_intercept_, head.intercept_, rtol=1e-4, atol=1e-4)
+    # the support set is reported in raw space: its rows are rows of X
+    assert (_rows_of(X, model.support_init_.astype(np.float32)) >= 0).all()
+
+
+def test_fitted_attributes(spurious):
+    X, y, groups = spurious
+    model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    n_support = 2 * model.support_size_per_class
+    assert model.support_init_.shape == model.support_edited_.shape == (n_support, 16)
+    assert model.support_labels_.shape == (n_support,)
+    assert not np.allclose(model.support_init_, model.support_edited_)
+    assert set(model.history_) == {
+        "worst_group_accuracy",
+        "average_accuracy",
+        "heldout_loss",
+        "outer_loss",
+    }
+    assert all(len(v) == model.n_iter_ == 4 for v in model.history_.values())
+    assert 1 <= model.best_epoch_ <= model.n_iter_
+    assert (
+        model.history_["worst_group_accuracy"][model.best_epoch_ - 1]
+        == model.history_["worst_group_accuracy"].max()
+    )
+    assert model.device_ == "cpu"
+    assert model.inner_lr_ > 0
+    for attribute in ("coef_", "intercept_", "support_edited_"):
+        assert np.isfinite(getattr(model, attribute)).all()
+
+
+def test_feature_names_in(spurious):
+    pd = pytest.importorskip("pandas")
+    X, y, groups = spurious
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
+    model = MetaAugmentedHeadClassifier(**FAST).fit(frame, y, groups)
+    np.testing.assert_array_equal(model.feature_names_in_, frame.columns)
+
+
+def test_verbose_prints_every_epoch(spurious, capsys):
+    X, y, groups = spurious
+    MetaAugmentedHeadClassifier(**FAST, verbose=1).fit(X, y, groups)
+    out = capsys.readouterr().out
+    assert out.count("worst-group acc") == 4
+    assert "best epoch" in out and "held-out rows" in out
+
+
+def test_no_output_when_quiet(spurious, capsys):
+    X, y, groups = spurious
+    MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    assert capsys.readouterr().out == ""
+
+
+# --------------------------------------------------------------------------- #
+# groups semantics
+# --------------------------------------------------------------------------- #
+def test_partial_groups_split_pool_and_heldout(spurious):
+    """Unknown-group rows feed the support set; known rows never do."""
+    X, y, groups = spurious
+    model = MetaAugmentedHeadClassifier(**FAST, support_size_per_class=40).fit(X, y, groups)
+    rows = _rows_of(X, model.support_init_.astype(np.float32))
+    assert (rows >= 0).all()
+    assert (groups[rows] == -1).all()
+
+
+@pytest.mark.parametrize("unknown", [None, np.nan])
+def test_string_groups_with_missing_values(spurious, unknown):
+    X, y, groups = spurious
+    names = np.array(["maj-0", "min-0", "min-1", "maj-1"], dtype=object)[np.clip(groups, 0, 3)]
+    names[groups == -1] = unknown
+    by_strings = MetaAugmentedHeadClassifier(**FAST).fit(X, y, names)
+    by_ints = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    np.testing.assert_allclose(by_strings.coef_, by_ints.coef_)
+
+
+def test_float_groups_with_nan_and_pandas_na(spurious):
+    pd = pytest.importorskip("pandas")
+    X, y, groups = spurious
+    as_float = np.where(groups == -1, np.nan, groups).astype(float)
+    as_nullable = pd.Series(groups, dtype="Int64").where(groups != -1, pd.NA)
+    reference = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    for variant in (as_float, as_nullable, list(groups)):
+        model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, variant)
+        np.testing.assert_allclose(model.coef_, reference.coef_)
+
+
+def test_all_groups_known_holds_out_a_stratified_fraction(spurious):
+    X, y, _ = spurious
+    attribute = (np.arange(y.size) % 5 == 0).astype(int)
+    groups = y * 2 + attribute
+    model = MetaAugmentedHeadClassifier(
+        **FAST, validation_fraction=0.25, support_size_per_class=500
+    )
+    with pytest.warns(UserWarning, match="fewer training rows"):
+        model.fit(X, y, groups)
+    # the support took every training row: 75% of the rows of each (class, group) cell
+    rows = _rows_of(X, model.support_init_.astype(np.float32))
+    for cell in np.unique(groups):
+        held_out = np.sum(groups == cell) - np.sum(groups[rows] == cell)
+        assert held_out == round(0.25 * np.sum(groups == cell))
+
+
+def test_groups_none_holds_out_by_class_and_selects_worst_class(spurious):
+    X, y, _ = spurious
+    model = MetaAugmentedHeadClassifier(
+        **FAST, validation_fraction=0.2, support_size_per_class=1000
+    )
+    with pytest.warns(UserWarning, match="fewer training rows"):
+        model.fit(X, y)
+    counts = np.bincount(y)
+    np.testing.assert_array_equal(
+        np.bincount(np.searchsorted(model.classes_, model.support_labels_)),
+        counts - np.rint(0.2 * counts),
+    )
+    assert np.isfinite(model.history_["worst_group_accuracy"]).all()
+
+
+def test_all_groups_unknown_falls_back_with_warning(spurious):
+    X, y, _ = spurious
+    with pytest.warns(UserWarning, match="No row of groups is known"):
+        model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, np.full(y.size, -1))
+    reference = MetaAugmentedHeadClassifier(**FAST).fit(X, y)
+    np.testing.assert_allclose(model.coef_, reference.coef_)
+
+
+def test_hard_set_per_group_runs_and_differs(spurious):
+    X, y, groups = spurious
+    by_class = MetaAugmentedHeadClassifier(**FAST, hard_set_size=20).fit(X, y, groups)
+    by_group = MetaAugmentedHeadClassifier(**FAST, hard_set_size=20, hard_set="group").fit(
+        X, y, groups
+    )
+    assert not np.allclose(by_class.coef_, by_group.coef_)
+
+
+# --------------------------------------------------------------------------- #
+# Bad input
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_x_is_rejected(spurious, bad):
+    X, y, groups = spurious
+    X = X.copy()
+    X[3, 2] = bad
+    with pytest.raises(ValueError, match="NaN|infinity"):
+        MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+
+
+def test_1d_and_empty_x_are_rejected():
+    with pytest.raises(ValueError, match="Expected 2D array"):
+        MetaAugmentedHeadClassifier().fit(np.arange(10.0), np.arange(10) % 2)
+    with pytest.raises(ValueError, match="0 sample"):
+        MetaAugmentedHeadClassifier().fit(np.empty((0, 3)), np.empty(0))
+
+
+def test_length_mismatches_are_rejected(spurious):
+    X, y, groups = spurious
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        MetaAugmentedHeadClassifier().fit(X, y[:-1], groups)
+    with pytest.raises(ValueError, match="groups has 599 entries but X has 600 rows"):
+        MetaAugmentedHeadClassifier().fit(X, y, groups[:-1])
+    with pytest.raises(ValueError, match="groups must be 1-D"):
+        MetaAugmentedHeadClassifier().fit(X, y, groups.reshape(-1, 2))
+
+
+def test_single_class_is_rejected(spurious):
+    X, _, _ = spurious
+    with pytest.raises(ValueError, match="only one class"):
+        MetaAugmentedHeadClassifier().fit(X, np.zeros(X.shape[0]))
+
+
+def test_class_with_few_training_rows_warns_once(spurious):
+    X, y, groups = spurious
+    keep = (
+        (y == 0) | (groups != -1) | (np.cumsum((y == 1) & (groups == -1)) <= 5)
+    )  # five class-1 training rows
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = MetaAugmentedHeadClassifier(**FAST).fit(X[keep], y[keep], groups[keep])
+    messages = [str(w.message) for w in caught if "fewer training rows" in str(w.message)]
+    assert len(messages) == 1 and "[1]" in messages[0]
+    assert np.sum(model.support_labels_ == 1) == 5
+
+
+def test_class_without_known_group_rows_is_rejected(spurious):
+    X, y, groups = spurious
+    groups = np.where(y == 1, -1, groups)
+    with pytest.raises(ValueError, match=r"Class\(es\) \[1\] have no rows with a known group"):
+        MetaAugmentedHeadClassifier().fit(X, y, groups)
+
+
+def test_class_without_training_rows_is_rejected(spurious):
+    X, y, groups = spurious
+    groups = np.where(y == 1, 3, groups)
+    with pytest.raises(ValueError, match=r"Class\(es\) \[1\] have no training rows"):
+        MetaAugmentedHeadClassifier().fit(X, y, groups)
+
+
+def test_mixed_type_groups_are_rejected(spurious):
+    X, y, groups = spurious
+    mixed = groups.astype(object)
+    mixed[:3] = "a"
+    with pytest.raises(ValueError, match="mixes labels of types"):
+        MetaAugmentedHeadClassifier().fit(X, y, mixed)
+
+
+def test_read_only_memmap_input(spurious, tmp_path):
+    X, y, groups = spurious
+    path = tmp_path / "X.npy"
+    np.save(path, X)
+    X_map = np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch's "non-writable array" warning
+        model = MetaAugmentedHeadClassifier(**FAST).fit(X_map, y, groups)
+    reference = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    np.testing.assert_allclose(model.coef_, reference.coef_)
+
+
+def test_unavailable_device_is_a_clear_error(spurious):
+    torch = pytest.importorskip("torch")
+    X, y, groups = spurious
+    with pytest.raises(ValueError, match="not a valid device"):
+        MetaAugmentedHeadClassifier(device="tpu-ish").fit(X, y, groups)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            MetaAugmentedHeadClassifier(device="cuda").fit(X, y, groups)
+
+
+@pytest.mark.parametrize(
+    "head, message",
+    [
+        ((np.zeros((2, 16)), np.zeros(2)), r"coef of shape \(1, 16\)"),
+        ((np.zeros((1, 16)),), "tuple"),
+    ],
+)
+def test_bad_initial_head_is_rejected(spurious, head, message):
+    X, y, groups = spurious
+    with pytest.raises(ValueError, match=message):
+        MetaAugmentedHeadClassifier(initial_head=head).fit(X, y, groups)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"hard_set": "cell"}, {"inner_lr": "fast"}, {"n_epochs": 0}, {"validation_fraction": 1.0}],
+)
+def test_invalid_parameters_are_rejected(spurious, params):
+    X, y, groups = spurious
+    with pytest.raises(ValueError, match="parameter of MetaAugmentedHeadClassifier"):
+        MetaAugmentedHeadClassifier(**params).fit(X, y, groups)
+
+
+# --------------------------------------------------------------------------- #
+# Determinism, threads, presets
+# --------------------------------------------------------------------------- #
+def test_same_seed_gives_identical_model(spurious):
+    X, y, groups = spurious
+    first = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    second = clone(first).fit(X, y, groups)
+    np.testing.assert_array_equal(first.coef_, second.coef_)
+    np.testing.assert_array_equal(first.support_edited_, second.support_edited_)
+    other = MetaAugmentedHeadClassifier(**{**FAST, "random_state": 1}).fit(X, y, groups)
+    assert not np.array_equal(first.coef_, other.coef_)
+
+
+def test_fit_leaves_torch_global_state_alone(spurious):
+    torch = pytest.importorskip("torch")
+    X, y, groups = spurious
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    threads = torch.get_num_threads()
+    torch.manual_seed(123)
+    MetaAugmentedHeadClassifier(**FAST, n_threads=1).fit(X, y, groups)
+    assert torch.equal(torch.rand(3), expected)  # the global generator was not used
+    assert torch.get_num_threads() == threads
+
+
+def test_presets_reproduce_the_paper_settings():
+    model = MetaAugmentedHeadClassifier.from_preset("waterbirds", random_state=3)
+    assert model.get_params()["random_state"] == 3
+    expected = {"support_size_per_class": 16, "inner_steps": 15, "inner_lr": 5e-5, "outer_lr": 1.0,
+                "outer_steps": 15, "hard_set_size": 64, "n_epochs": 40, "hard_set": "class",
+                "head_update": "adam", "head_lr": None}  # fmt: skip
+    assert {k: model.get_params()[k] for k in expected} == expected
+    celeba = MetaAugmentedHeadClassifier.from_preset("celeba").get_params()
+    assert (celeba["support_size_per_class"], celeba["inner_steps"], celeba["outer_steps"]) == (
+        1024,
+        10,
+        5,
+    )
+    assert set(PAPER_PRESETS) == {"waterbirds", "celeba", "metashift", "dominoes"}
+    with pytest.raises(ValueError, match="Unknown preset"):
+        MetaAugmentedHeadClassifier.from_preset("imagenet")
+    with pytest.raises(ValueError, match="fixes"):
+        MetaAugmentedHeadClassifier.from_preset("dominoes", n_epochs=3)
+
+
+# --------------------------------------------------------------------------- #
+# Pickling, and prediction without torch
+# --------------------------------------------------------------------------- #
+def test_import_does_not_import_torch():
+    code = "import sys, sklearn_featmeta, sklearn_featmeta.metrics; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_pickle_round_trip_predicts_without_torch(spurious, tmp_path):
+    X, y, groups = spurious
+    model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    path = tmp_path / "model.pkl"
+    path.write_bytes(pickle.dumps(model))
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "expected.npy", model.predict_proba(X))
+    script = textwrap.dedent(
+        f"""
+        import sys, pickle, numpy as np
+
+        class BlockTorch:  # any "import torch" now raises ImportError
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "torch":
+                    raise ImportError("torch is blocked in this test")
+
+        sys.meta_path.insert(0, BlockTorch())
+        model = pickle.loads(open({str(path)!r}, "rb").read())
+        X = np.load({str(tmp_path / "X.npy")!r})
+        np.testing.assert_allclose(model.predict_proba(X), np.load({str(tmp_path / "expected.npy")!r}))
+        model.predict(X); model.decision_function(X); model.score(X, model.predict(X))
+        assert "torch" not in sys.modules
+        print("ok", model.device_)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok", "cpu"]
