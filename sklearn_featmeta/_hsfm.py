@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -86,17 +86,29 @@ def _one_hot(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tenso
     return torch.nn.functional.one_hot(y, n_classes).to(dtype)
 
 
-def softmax_head_gradient(
-    X: torch.Tensor, Y: torch.Tensor, W: torch.Tensor, b: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy of ``(W, b)`` on ``(X, Y)`` and its gradient, in closed form.
+def _row_weights(X: torch.Tensor, row_weight: torch.Tensor | None) -> torch.Tensor:
+    """Column of per-row loss weights summing to one (uniform when None)."""
+    if row_weight is None:
+        return torch.full((X.shape[0], 1), 1.0 / X.shape[0], dtype=X.dtype, device=X.device)
+    return row_weight.reshape(-1, 1)
 
-    ``Y`` is one-hot. Returns ``(loss, grad_W, grad_b)``.
+
+def softmax_head_gradient(
+    X: torch.Tensor,
+    Y: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor,
+    row_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cross-entropy of ``(W, b)`` on ``(X, Y)`` and its gradient, in closed form.
+
+    ``Y`` is one-hot. The loss is the mean over rows, or the ``row_weight``
+    weighted sum (weights summing to one). Returns ``(loss, grad_W, grad_b)``.
     """
-    logits = X @ W.T + b
-    log_p = torch.log_softmax(logits, dim=1)
-    loss = -(Y * log_p).sum() / X.shape[0]
-    residual = (log_p.exp() - Y) / X.shape[0]
+    weight = _row_weights(X, row_weight)
+    log_p = torch.log_softmax(torch.addmm(b, X, W.T), dim=1)
+    loss = -(weight * Y * log_p).sum()
+    residual = (log_p.exp() - Y) * weight
     return loss, residual.T @ X, residual.sum(0)
 
 
@@ -161,11 +173,13 @@ def support_hypergradient(
     *,
     inner_lr: float,
     inner_steps: int,
+    support_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outer loss after the unrolled inner loop, and its gradient with respect to ``S``.
 
     Inner loop: ``inner_steps`` steps of gradient descent with step ``inner_lr``
-    on the mean cross-entropy of ``(S, Y_support)``, starting from ``(W, b)``.
+    on the cross-entropy of ``(S, Y_support)`` (mean over rows, or weighted by
+    ``support_weight``, summing to one), starting from ``(W, b)``.
     Outer loss: mean cross-entropy of the adapted head on ``(H, Y_hard)``.
     ``Y_support`` and ``Y_hard`` are one-hot.
 
@@ -174,34 +188,46 @@ def support_hypergradient(
     ``(A_W, A_b)`` of the next iterate, one inner step contributes
     ``-lr * (R_t @ W_t + E_t @ A_W)`` to the gradient of ``S`` and maps the
     adjoint to ``A - lr * (R_t.T @ S, R_t.sum(0))``, where
-    ``R_t = J_t(S @ A_W.T + A_b) / n`` applies the per-row softmax Jacobian.
+    ``R_t = J_t(S @ A_W.T + A_b) / n`` applies the per-row softmax Jacobian
+    (``1 / n`` being the row weights)
+    ``J = diag(p) - p p^T``.
     """
-    n_support = S.shape[0]
-    weights, probabilities = [], []
+    # Scale factors are folded into fused multiply-adds: this loop runs
+    # epochs x outer_steps x inner_steps times, so its op count is the cost.
+    step = inner_lr
+    row_weight = _row_weights(S, support_weight)
+    weights, residuals, probabilities = [], [], []
     W_t, b_t = W, b
     for _ in range(inner_steps):
-        P = torch.softmax(S @ W_t.T + b_t, dim=1)
+        P = torch.softmax(torch.addmm(b_t, S, W_t.T), dim=1)
+        residual = (P - Y_support) * row_weight  # gradient of the loss w.r.t. the logits
         weights.append(W_t)
+        residuals.append(residual)
         probabilities.append(P)
-        residual = (P - Y_support) / n_support
-        W_t = W_t - inner_lr * (residual.T @ S)
-        b_t = b_t - inner_lr * residual.sum(0)
+        W_t = torch.addmm(W_t, residual.T, S, alpha=-step)
+        b_t = b_t.add(residual.sum(0), alpha=-step)
 
-    log_p_hard = torch.log_softmax(H @ W_t.T + b_t, dim=1)
+    log_p_hard = torch.log_softmax(torch.addmm(b_t, H, W_t.T), dim=1)
     outer_loss = -(Y_hard * log_p_hard).sum() / H.shape[0]
     residual_hard = (log_p_hard.exp() - Y_hard) / H.shape[0]
     adjoint_W = residual_hard.T @ H
     adjoint_b = residual_hard.sum(0)
 
-    grad_S = torch.zeros_like(S)
-    for W_t, P in zip(reversed(weights), reversed(probabilities), strict=True):
-        residual = (P - Y_support) / n_support
-        Q = S @ adjoint_W.T + adjoint_b
-        PQ = P * Q
-        R = (PQ - P * PQ.sum(1, keepdim=True)) / n_support
-        grad_S -= inner_lr * (R @ W_t + residual @ adjoint_W)
-        adjoint_W = adjoint_W - inner_lr * (R.T @ S)
-        adjoint_b = adjoint_b - inner_lr * R.sum(0)
+    # Each step adds -lr * (R_t @ W_t + E_t @ A_W) to the gradient of S: keep the
+    # thin factors and multiply once, instead of 2 * inner_steps passes over S.
+    left, right = [], []
+    for W_t, residual, P in zip(
+        reversed(weights), reversed(residuals), reversed(probabilities), strict=True
+    ):
+        PQ = P * torch.addmm(adjoint_b, S, adjoint_W.T)
+        # softmax Jacobian times Q, per row, weighted
+        R = torch.addcmul(PQ, P, PQ.sum(1, keepdim=True), value=-1.0).mul_(row_weight)
+        left += [R, residual]
+        right += [W_t, adjoint_W]
+        adjoint_W = torch.addmm(adjoint_W, R.T, S, alpha=-step)
+        adjoint_b = adjoint_b.add(R.sum(0), alpha=-step)
+    grad_S = torch.cat(left, dim=1) @ torch.cat(right, dim=0)
+    grad_S.mul_(-step)
     return outer_loss, grad_S
 
 
@@ -215,6 +241,7 @@ def support_hypergradient_autograd(
     *,
     inner_lr: float,
     inner_steps: int,
+    support_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference implementation of :func:`support_hypergradient` by autograd.
 
@@ -226,8 +253,10 @@ def support_hypergradient_autograd(
     W_t = W.detach().clone().requires_grad_(True)
     b_t = b.detach().clone().requires_grad_(True)
     y_support = Y_support.argmax(1)
+    row_weight = _row_weights(S, support_weight).ravel()
     for _ in range(inner_steps):
-        inner_loss = torch.nn.functional.cross_entropy(S @ W_t.T + b_t, y_support)
+        per_row = torch.nn.functional.cross_entropy(S @ W_t.T + b_t, y_support, reduction="none")
+        inner_loss = (row_weight * per_row).sum()
         grad_W, grad_b = torch.autograd.grad(inner_loss, (W_t, b_t), create_graph=True)
         W_t = W_t - inner_lr * grad_W
         b_t = b_t - inner_lr * grad_b
@@ -259,27 +288,36 @@ def select_hard_set(
 
 
 def sample_support(
-    y: torch.Tensor, n_classes: int, size_per_class: int, generator: torch.Generator
+    cells: torch.Tensor, n_cells: int, size_per_cell: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """Indices of a class-balanced random sample: ``size_per_class`` rows per class.
+    """Indices of a balanced random sample: ``size_per_cell`` rows of every cell.
 
-    A class with fewer rows contributes all of them. The permutation is drawn on
-    the CPU so that a seed gives the same sample on every device.
+    Cells are classes (support from the training pool) or (class, group) cells
+    (support from the annotated rows). A cell with fewer rows contributes all
+    of them. The permutation is drawn on the CPU so that a seed gives the same
+    sample on every device.
     """
-    permutation = torch.randperm(y.numel(), generator=generator).to(y.device)
-    by_class, ranks = _rank_within_cells(permutation, y, n_classes)
-    return by_class[ranks < size_per_class]
+    permutation = torch.randperm(cells.numel(), generator=generator).to(cells.device)
+    by_cell, ranks = _rank_within_cells(permutation, cells, n_cells)
+    return by_cell[ranks < size_per_cell]
 
 
-def inner_lr_from_lipschitz(S: torch.Tensor, scale: float = 1.0, n_power_iter: int = 50) -> float:
+def inner_lr_from_lipschitz(
+    S: torch.Tensor,
+    scale: float = 1.0,
+    support_weight: torch.Tensor | None = None,
+    n_power_iter: int = 50,
+) -> float:
     """``scale / L`` for the Lipschitz constant ``L`` of the support loss's gradient.
 
-    For the mean softmax cross-entropy of a linear head, the Hessian is bounded
-    by ``||[S, 1]||_2^2 / (2 n)`` (the softmax Jacobian has norm at most 1/2),
-    so a step of ``1 / L`` is a safe gradient-descent step whatever the scale of
-    the features. The spectral norm comes from a deterministic power iteration.
+    For the (weighted) mean softmax cross-entropy of a linear head, the Hessian
+    is bounded by ``||diag(sqrt(w)) [S, 1]||_2^2 / 2`` (the softmax Jacobian has
+    norm at most 1/2; ``w = 1/n`` for a plain mean), so a step of ``1 / L`` is a
+    safe gradient-descent step whatever the scale of the features. The spectral
+    norm comes from a deterministic power iteration.
     """
-    S_aug = torch.cat([S, torch.ones_like(S[:, :1])], dim=1)
+    root_weight = _row_weights(S, support_weight).sqrt()
+    S_aug = torch.cat([S, torch.ones_like(S[:, :1])], dim=1) * root_weight
     v = torch.ones(S_aug.shape[1], dtype=S.dtype, device=S.device)
     v = v / v.norm()
     sigma_sq = torch.tensor(0.0, dtype=S.dtype, device=S.device)
@@ -289,7 +327,7 @@ def inner_lr_from_lipschitz(S: torch.Tensor, scale: float = 1.0, n_power_iter: i
         if sigma_sq <= 0:
             break
         v = u / sigma_sq
-    lipschitz = float(sigma_sq) / (2.0 * S.shape[0])
+    lipschitz = float(sigma_sq) / 2.0
     return scale / max(lipschitz, 1e-12)
 
 
@@ -315,6 +353,7 @@ class HSFMSettings:
     hard_set_size: int
     n_epochs: int
     head_update: str = "gradient"
+    support_source: str = "pool"
     head_lr: float | None = None
     inner_lr_scale: float = 1.0
     max_grad_norm: float = 10.0
@@ -322,25 +361,47 @@ class HSFMSettings:
 
 
 @dataclass
+class RunResult:
+    """One bilevel run: the selected head and support, in standardised space."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    support_edited: torch.Tensor
+    support_labels: torch.Tensor
+    support_index: torch.Tensor  # rows of the support's source (pool or held-out)
+    selection_index: torch.Tensor  # held-out rows that chose the epoch
+    best_epoch: int
+    history: dict[str, list[float]]
+    diverged: bool
+
+
+@dataclass
 class HSFMResult:
-    """What :func:`fit_hsfm` returns; heads are in standardised feature space."""
+    """What :func:`fit_hsfm` returns; heads are in standardised feature space.
+
+    ``weight`` and ``bias`` are the mean of the runs' selected heads (one run,
+    or two when the annotated rows are cross-fitted).
+    """
 
     weight: torch.Tensor
     bias: torch.Tensor
     initial_weight: torch.Tensor
     initial_bias: torch.Tensor
-    support_init: torch.Tensor
-    support_edited: torch.Tensor
-    support_labels: torch.Tensor
-    support_index: torch.Tensor
     mean: torch.Tensor
     scale: torch.Tensor
     inner_lr: float
     head_lr: float
-    best_epoch: int
-    n_epochs_run: int
-    history: dict[str, list[float]] = field(default_factory=dict)
-    diverged: bool = False
+    runs: list[RunResult]
+    support_from_heldout: bool
+
+    @property
+    def diverged(self) -> bool:
+        return any(run.diverged for run in self.runs)
+
+    def edited_support_in_raw_space(self) -> torch.Tensor:
+        """Every run's edited support, concatenated, mapped back to raw features."""
+        edited = torch.cat([run.support_edited for run in self.runs])
+        return edited.mul_(self.scale).add_(self.mean)
 
 
 def _group_scores(
@@ -362,11 +423,26 @@ def standardize(X: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> tor
 
 
 def feature_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and standard deviation; constant features get scale 1."""
-    var, mean = torch.var_mean(X, dim=0, correction=0)
-    scale = var.sqrt()
+    """Per-feature mean and standard deviation; constant features get scale 1.
+
+    Two passes over blocks of about a million entries, accumulated in float64:
+    no temporary the size of ``X`` (a fit's memory budget is a small multiple of ``X``).
+    """
+    chunk_rows = max(1, 2**20 // max(1, X.shape[1]))
+    # one reused float64 buffer: fresh temporaries per block grow the resident set
+    buffer = torch.empty(
+        min(chunk_rows, X.shape[0]), X.shape[1], dtype=torch.float64, device=X.device
+    )
+    total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+    for block in X.split(chunk_rows):
+        total += buffer[: block.shape[0]].copy_(block).sum(0)
+    mean = total / X.shape[0]
+    squares = torch.zeros_like(total)
+    for block in X.split(chunk_rows):
+        squares += buffer[: block.shape[0]].copy_(block).sub_(mean).square_().sum(0)
+    scale = (squares / X.shape[0]).sqrt()
     scale = torch.where(scale > 10 * torch.finfo(X.dtype).eps * mean.abs().clamp_min(1), scale, 1)
-    return mean, scale
+    return mean.to(X.dtype), scale.to(X.dtype)
 
 
 def fit_hsfm(
@@ -384,19 +460,27 @@ def fit_hsfm(
     generator: torch.Generator,
     erm_l2: float,
     initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
+    heldout_folds: torch.Tensor | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> HSFMResult:
     """Run HSFM (DESIGN.md, "The method") and return the selected head.
+
+    With ``settings.support_source == "pool"`` (the paper) there is one run:
+    support from the training pool, hard set and selection on all held-out
+    rows. With ``"annotated"`` the held-out rows are cross-fitted over the two
+    ``heldout_folds``: each run draws its support and hard set from one fold
+    and selects its epoch on the other, and the two heads are averaged, so no
+    epoch is selected on rows that shaped it.
 
     Parameters
     ----------
     pool_X, pool_y : tensors
         Training pool in raw feature space (modified in place: standardised).
-        Source of the ERM head and of the support set.
+        Source of the ERM head (and of the support set, for ``"pool"``).
     heldout_X, heldout_y : tensors
         Held-out rows in raw feature space (standardised in place).
     heldout_cells : tensor of int
-        Selection group of every held-out row, ``0 .. n_cells - 1``; the
+        (class, group) cell of every held-out row, ``0 .. n_cells - 1``; the
         epoch with the best worst-cell accuracy (ties: lower loss) is kept.
     hard_set_cells : tensor of int
         Partition of the held-out rows used to mine the hard set: the
@@ -406,6 +490,9 @@ def fit_hsfm(
         ``initial_head`` is given).
     initial_head : (W, b) or None
         Initial head in raw feature space.
+    heldout_folds : tensor of int or None
+        Fold (0 or 1) of every held-out row, rows sorted by fold; needed when
+        the support comes from the annotated rows.
     on_epoch : callable or None
         Called with each epoch's record (for progress output).
     """
@@ -419,25 +506,105 @@ def fit_hsfm(
         raw_W, raw_b = initial_head
         W0, b0 = raw_W * scale, raw_b + raw_W @ mean
 
-    support_index = sample_support(pool_y, n_classes, settings.support_size_per_class, generator)
-    support_init = pool_X[support_index].clone()
-    support_labels = pool_y[support_index]
-    Y_support = _one_hot(support_labels, n_classes, pool_X.dtype)
-
-    if settings.inner_lr is None:
-        inner_lr = inner_lr_from_lipschitz(support_init, settings.inner_lr_scale)
+    n_heldout = heldout_y.numel()
+    if settings.support_source == "annotated":
+        if heldout_folds is None:
+            raise ValueError("support_source='annotated' needs heldout_folds")
+        # rows come sorted by fold: each fold is a contiguous block, so views, not copies
+        fold_end = int((heldout_folds == 0).sum())
+        first, second = slice(0, fold_end), slice(fold_end, n_heldout)
+        plans = [(second, first), (first, second)]  # (shaping rows, selection rows)
     else:
-        inner_lr = float(settings.inner_lr)
-    head_lr = inner_lr if settings.head_lr is None else float(settings.head_lr)
+        plans = [(slice(0, n_heldout), slice(0, n_heldout))]
 
-    S = support_init.clone()
+    inner_lr = head_lr = None
+    runs = []
+    for run, (shaping_rows, selection_rows) in enumerate(plans):
+        support = _draw_support(
+            pool_X, pool_y, heldout_X, heldout_y, heldout_cells, shaping_rows,
+            n_classes, n_cells, settings, generator,
+        )  # fmt: skip
+        if inner_lr is None:  # one inner step for every run: from the first run's support
+            inner_lr = (
+                inner_lr_from_lipschitz(support[0], settings.inner_lr_scale, support[3])
+                if settings.inner_lr is None
+                else float(settings.inner_lr)
+            )
+            head_lr = inner_lr if settings.head_lr is None else float(settings.head_lr)
+        runs.append(
+            _bilevel_run(
+                support, heldout_X, heldout_y, heldout_cells, n_cells,
+                hard_set_cells, n_hard_set_cells, shaping_rows, selection_rows,
+                W0, b0, n_classes, settings, inner_lr, head_lr,
+                None if on_epoch is None else lambda record, run=run: on_epoch({"run": run, **record}),
+            )
+        )  # fmt: skip
+        del support
+    weight = torch.stack([r.weight for r in runs]).mean(0)
+    bias = torch.stack([r.bias for r in runs]).mean(0)
+    return HSFMResult(
+        weight=weight,
+        bias=bias,
+        initial_weight=W0,
+        initial_bias=b0,
+        mean=mean,
+        scale=scale,
+        inner_lr=inner_lr,
+        head_lr=head_lr,
+        runs=runs,
+        support_from_heldout=settings.support_source == "annotated",
+    )
+
+
+def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel where this torch and device support it (same maths)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def _draw_support(
+    pool_X, pool_y, heldout_X, heldout_y, heldout_cells, shaping_rows,
+    n_classes, n_cells, settings, generator,
+):  # fmt: skip
+    """(rows, labels, index into the source, row weights) of a run's initial support set.
+
+    From the pool: ``support_size_per_class`` rows per class, equal weights.
+    From the annotated rows: up to ``support_size_per_class`` rows of every
+    (class, group) cell, weighted so that every cell counts equally.
+    """
+    if settings.support_source == "annotated":
+        chosen = sample_support(
+            heldout_cells[shaping_rows], n_cells, settings.support_size_per_class, generator
+        )
+        index = chosen + shaping_rows.start
+        cells = heldout_cells[index]
+        counts = torch.bincount(cells, minlength=n_cells).to(heldout_X.dtype)
+        weight = 1.0 / (counts[cells] * (counts > 0).sum())
+        return heldout_X[index], heldout_y[index], index, weight  # a gather: a new tensor
+    index = sample_support(pool_y, n_classes, settings.support_size_per_class, generator)
+    return pool_X[index], pool_y[index], index, None
+
+
+def _bilevel_run(
+    support, heldout_X, heldout_y, heldout_cells, n_cells, hard_set_cells, n_hard_set_cells,
+    shaping_rows, selection_rows, W0, b0, n_classes, settings, inner_lr, head_lr, on_epoch,
+) -> RunResult:  # fmt: skip
+    """Steps 3-4 of the method for one support draw: epochs of (a) to (d)."""
+    S, support_labels, support_index, support_weight = support  # S: the run's own copy
+    Y_support = _one_hot(support_labels, n_classes, S.dtype)
     W, b = W0.clone(), b0.clone()
-    support_optimizer = torch.optim.Adam([S], lr=settings.outer_lr)
+    support_optimizer = _adam([S], settings.outer_lr)
     if settings.head_update == "adam":
-        head_optimizer = torch.optim.Adam([W, b], lr=head_lr)
+        head_optimizer = _adam([W, b], head_lr)
     else:
         head_optimizer = torch.optim.SGD([W, b], lr=head_lr)
-    Y_heldout = _one_hot(heldout_y, n_classes, heldout_X.dtype)
+    shaping_X, shaping_y = heldout_X[shaping_rows], heldout_y[shaping_rows]
+    Y_shaping = _one_hot(shaping_y, n_classes, heldout_X.dtype)
+    shaping_cells = hard_set_cells[shaping_rows]
+    selection_X, selection_y = heldout_X[selection_rows], heldout_y[selection_rows]
+    selection_cells = heldout_cells[selection_rows]
 
     history: dict[str, list[float]] = {
         "worst_group_accuracy": [],
@@ -446,30 +613,30 @@ def fit_hsfm(
         "outer_loss": [],
     }
     best = (-math.inf, math.inf)
-    best_state = (W0, b0, support_init, 0)
-    heldout_logits = heldout_X @ W.T + b
+    best_S = S.clone()  # the support at the best epoch; the initial one until then
+    best_state = (W0, b0, 0)
     diverged = False
     epochs_without_improvement = 0
-    epoch = 0
 
     for epoch in range(1, settings.n_epochs + 1):
         # (a) hard set under the current head
-        losses = _per_row_cross_entropy(heldout_logits, heldout_y)
-        hard = select_hard_set(losses, hard_set_cells, n_hard_set_cells, settings.hard_set_size)
-        H, Y_hard = heldout_X[hard], Y_heldout[hard]
+        losses = _per_row_cross_entropy(torch.addmm(b, shaping_X, W.T), shaping_y)
+        hard = select_hard_set(losses, shaping_cells, n_hard_set_cells, settings.hard_set_size)
+        H, Y_hard = shaping_X[hard], Y_shaping[hard]
 
         # (b) outer steps: edit the support set through the unrolled inner loop
         outer_losses = []
         for _ in range(settings.outer_steps):
             outer_loss, grad_S = support_hypergradient(
                 S, Y_support, H, Y_hard, W, b,
-                inner_lr=inner_lr, inner_steps=settings.inner_steps,
+                inner_lr=inner_lr, inner_steps=settings.inner_steps, support_weight=support_weight,
             )  # fmt: skip
-            if not (torch.isfinite(outer_loss) and torch.isfinite(grad_S).all()):
+            S.grad = grad_S
+            # the clipping's norm is finite exactly when the gradient is
+            norm = torch.nn.utils.clip_grad_norm_([S], settings.max_grad_norm)
+            if not (torch.isfinite(outer_loss) and torch.isfinite(norm)):
                 diverged = True
                 break
-            S.grad = grad_S
-            torch.nn.utils.clip_grad_norm_([S], settings.max_grad_norm)
             support_optimizer.step()
             outer_losses.append(float(outer_loss))
         if diverged:
@@ -477,16 +644,16 @@ def fit_hsfm(
 
         # (c) head update on the edited (detached) support set
         for _ in range(settings.inner_steps):
-            _, W.grad, b.grad = softmax_head_gradient(S, Y_support, W, b)
+            _, W.grad, b.grad = softmax_head_gradient(S, Y_support, W, b, support_weight)
             head_optimizer.step()
-        heldout_logits = heldout_X @ W.T + b
-        if not torch.isfinite(heldout_logits).all():
+        selection_logits = torch.addmm(b, selection_X, W.T)
+        if not torch.isfinite(selection_logits).all():
             diverged = True
             break
 
         # (d) model selection on the held-out rows
         worst, average, heldout_loss = _group_scores(
-            heldout_logits, heldout_y, heldout_cells, n_cells
+            selection_logits, selection_y, selection_cells, n_cells
         )
         record = {
             "epoch": epoch,
@@ -501,7 +668,8 @@ def fit_hsfm(
             on_epoch(record)
         if (worst, -heldout_loss) > (best[0], -best[1]):
             best = (worst, heldout_loss)
-            best_state = (W.clone(), b.clone(), S.clone(), epoch)
+            best_state = (W.clone(), b.clone(), epoch)
+            best_S.copy_(S)
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
@@ -511,22 +679,17 @@ def fit_hsfm(
             ):
                 break
 
-    best_W, best_b, best_S, best_epoch = best_state
-    return HSFMResult(
+    best_W, best_b, best_epoch = best_state
+    return RunResult(
         weight=best_W,
         bias=best_b,
-        initial_weight=W0,
-        initial_bias=b0,
-        support_init=support_init,
         support_edited=best_S,
         support_labels=support_labels,
         support_index=support_index,
-        mean=mean,
-        scale=scale,
-        inner_lr=inner_lr,
-        head_lr=head_lr,
+        selection_index=torch.arange(
+            selection_rows.start, selection_rows.stop, device=support_index.device
+        ),
         best_epoch=best_epoch,
-        n_epochs_run=len(history["worst_group_accuracy"]),
         history=history,
         diverged=diverged,
     )

@@ -18,7 +18,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
-from ._groups import as_group_array, cell_codes, encode_groups, split_pool_and_heldout
+from ._groups import (
+    as_group_array,
+    cell_codes,
+    encode_groups,
+    split_pool_and_heldout,
+    stratified_holdout,
+)
 from ._linear import LinearHeadMixin, binary_to_softmax_head, softmax_to_fitted_head
 from ._presets import PAPER_PRESETS
 
@@ -39,9 +45,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
 
     Parameters
     ----------
-    support_size_per_class : int, default=16
-        Rows per class in the support set (the paper's ``n_s``). A class with
-        fewer training rows uses all of them (with a warning).
+    support_size_per_class : int, default=1000
+        Rows in the support set per class when it comes from the training pool
+        (the paper's ``n_s``; a class with fewer training rows uses all of
+        them, with a warning), or at most per (class, group) cell when it comes
+        from the annotated rows (see ``support_source``).
     inner_steps : int, default=15
         Gradient steps of the inner loop, and Adam steps of each head update
         (the paper's ``T``).
@@ -50,14 +58,14 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ``"auto"`` uses ``1 / L``, ``L`` being the Lipschitz constant of the
         support loss's gradient on standardised features, so the step adapts to
         the data's scale and size.
-    outer_lr : float, default=0.1
+    outer_lr : float, default=0.01
         Adam learning rate of the support-set edits (the paper's ``eta``).
-    outer_steps : int, default=15
+    outer_steps : int, default=5
         Support-set updates per epoch (the paper's ``KH``).
     hard_set_size : int, default=64
         Held-out rows in the hard set per class, or per (class, group) cell
         when ``hard_set="group"`` (the paper's ``K_hard``).
-    hard_set : {"class", "group"}, default="class"
+    hard_set : {"class", "group"}, default="group"
         How the hard set is mined: the highest-loss held-out rows of each class
         (the paper), or of each (class, group) cell.
     n_epochs : int, default=40
@@ -69,6 +77,14 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         paper does (``"adam"``).
     head_lr : float or None, default=None
         Step size of the head update. None uses the inner step size.
+    support_source : {"pool", "annotated"}, default="annotated"
+        Where the support set is drawn from: ``support_size_per_class`` random
+        training rows per class (the paper), or the annotated (held-out) rows,
+        cross-fitted: they are split in two folds stratified by (class,
+        group); each of two runs takes up to ``support_size_per_class`` rows of
+        every cell of one fold as its support (cells weighted equally in the
+        support loss) and its hard set from that fold, selects its epoch on the
+        other fold, and the two heads are averaged.
     n_iter_no_change : int or None, default=None
         Stop when the held-out worst-group accuracy has not improved for this
         many epochs. None runs every epoch.
@@ -105,19 +121,22 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     initial_coef_, initial_intercept_ : ndarray
         The initial (ERM or given) head, same shapes.
     support_init_ : ndarray of shape (n_support, n_features)
-        Support set before editing, in raw feature space.
+        Support set before editing: rows of ``X`` (of every run, concatenated).
     support_edited_ : ndarray of shape (n_support, n_features)
-        Support set after editing, at the selected epoch.
+        Support set after editing, at each run's selected epoch, in raw
+        feature space.
     support_labels_ : ndarray of shape (n_support,)
     history_ : dict of ndarray
-        Per epoch: ``worst_group_accuracy``, ``average_accuracy`` and
-        ``heldout_loss`` of the head on the held-out rows, and the mean
-        ``outer_loss`` of the epoch's support updates.
-    best_epoch_ : int
-        Selected epoch (1-based; 0 if the first epoch diverged and the initial
-        head was kept).
+        One entry per run and epoch (long format; ``pandas.DataFrame(history_)``
+        makes a table): ``run``, ``epoch``, the ``worst_group_accuracy``,
+        ``average_accuracy`` and ``heldout_loss`` of the head on the run's
+        selection rows, and the mean ``outer_loss`` of the epoch's support updates.
+    best_epoch_ : ndarray of shape (n_runs,)
+        Selected epoch of each run (1-based; 0 if its first epoch diverged and
+        the initial head was kept). One run with ``support_source="pool"``, two
+        (cross-fitted folds) with ``"annotated"``.
     n_iter_ : int
-        Epochs run.
+        Most epochs run by a run.
     inner_lr_ : float
         Inner step size used (resolved from ``"auto"``).
     device_ : str
@@ -156,6 +175,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         "hard_set": [StrOptions({"class", "group"})],
         "n_epochs": [Interval(Integral, 1, None, closed="left")],
         "head_update": [StrOptions({"gradient", "adam"})],
+        "support_source": [StrOptions({"pool", "annotated"})],
         "head_lr": [None, Interval(Real, 0, None, closed="neither")],
         "n_iter_no_change": [None, Interval(Integral, 1, None, closed="left")],
         "max_grad_norm": [Interval(Real, 0, None, closed="neither")],
@@ -170,16 +190,17 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
 
     def __init__(
         self,
-        support_size_per_class=16,
+        support_size_per_class=1000,
         inner_steps=15,
         inner_lr="auto",
-        outer_lr=0.1,
-        outer_steps=15,
+        outer_lr=0.01,
+        outer_steps=5,
         hard_set_size=64,
-        hard_set="class",
+        hard_set="group",
         n_epochs=40,
         head_update="gradient",
         head_lr=None,
+        support_source="annotated",
         n_iter_no_change=None,
         max_grad_norm=10.0,
         validation_fraction=0.2,
@@ -200,6 +221,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.n_epochs = n_epochs
         self.head_update = head_update
         self.head_lr = head_lr
+        self.support_source = support_source
         self.n_iter_no_change = n_iter_no_change
         self.max_grad_norm = max_grad_norm
         self.validation_fraction = validation_fraction
@@ -281,6 +303,14 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         groups_split_rows = group_codes is not None and (group_codes < 0).any()
         self._check_split(y_encoded, pool, heldout, groups_split_rows)
         initial_head = self._initial_head_in_softmax_form(X.shape[1], n_classes)
+        heldout_folds = None
+        if self.support_source == "annotated":
+            # cross-fitting folds, stratified by (class, group); rows ordered by fold
+            cells, _ = cell_codes(y_encoded[heldout], heldout_groups)
+            second_fold = stratified_holdout(cells, 0.5, rng)
+            order = np.argsort(second_fold, kind="stable")
+            heldout, heldout_groups = heldout[order], heldout_groups[order]
+            heldout_folds = second_fold[order].astype(np.int64)
 
         from . import _hsfm  # torch stays out of prediction and unpickling
 
@@ -290,10 +320,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 int(rng.randint(np.iinfo(np.int32).max))
             )
             result = self._run_core(
-                _hsfm, X, y_encoded, pool, heldout, heldout_groups, n_classes,
-                device, generator, initial_head,
+                _hsfm, X, y_encoded, pool, heldout, heldout_groups, heldout_folds,
+                n_classes, device, generator, initial_head,
             )  # fmt: skip
-        self._store_result(result, X[pool[result.support_index.cpu().numpy()]], device)
+        self._store_result(result, X, heldout if result.support_from_heldout else pool, device)
         return self
 
     def _check_split(self, y_encoded, pool, heldout, groups_split_rows):
@@ -321,7 +351,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 "some of their rows a known group."
             )
         short = self.classes_[pool_counts < self.support_size_per_class]
-        if short.size:
+        if short.size and self.support_source == "pool":
             warnings.warn(
                 f"Class(es) {short.tolist()} have fewer training rows "
                 f"({pool_counts[pool_counts < self.support_size_per_class].tolist()}) than "
@@ -362,13 +392,15 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             n_epochs=self.n_epochs,
             head_update=self.head_update,
             head_lr=self.head_lr,
+            support_source=self.support_source,
             max_grad_norm=self.max_grad_norm,
             n_iter_no_change=self.n_iter_no_change,
         )
 
     def _run_core(
-        self, _hsfm, X, y, pool, heldout, heldout_groups, n_classes, device, generator, initial_head
-    ):
+        self, _hsfm, X, y, pool, heldout, heldout_groups, heldout_folds,
+        n_classes, device, generator, initial_head,
+    ):  # fmt: skip
         torch = _hsfm.torch
         cells, n_cells = cell_codes(y[heldout], heldout_groups)
         hard_cells, n_hard_cells = (
@@ -400,34 +432,37 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             generator=generator,
             erm_l2=1.0 / (self.erm_C * pool.size),
             initial_head=initial_head,
+            heldout_folds=None if heldout_folds is None else tensor(heldout_folds, torch.int64),
             on_epoch=self._print_epoch if self.verbose else None,
         )
-        if result.diverged:
-            warnings.warn(
-                f"The bilevel loss became non-finite in epoch {result.n_epochs_run + 1}; "
-                f"training stopped and epoch {result.best_epoch} was kept. Lower outer_lr "
-                "or inner_lr.",
-                RuntimeWarning,
-                stacklevel=4,
-            )
+        for number, run in enumerate(result.runs, 1):
+            if run.diverged:
+                warnings.warn(
+                    f"The bilevel loss became non-finite in epoch "
+                    f"{len(run.history['outer_loss']) + 1} of run {number}; that run stopped "
+                    f"and kept epoch {run.best_epoch}. Lower outer_lr or inner_lr.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
         if self.verbose:
+            best = ", ".join(str(run.best_epoch) for run in result.runs)
             print(
                 f"[{type(self).__name__}] done in {time.perf_counter() - start:.2f}s: "
-                f"best epoch {result.best_epoch} of {result.n_epochs_run} "
-                f"(inner_lr {result.inner_lr:.3g})"
+                f"best epoch {best} of {self.n_epochs} (inner_lr {result.inner_lr:.3g})"
             )
         return result
 
     def _print_epoch(self, record):
+        run = f"run {record['run'] + 1}, " if self.support_source == "annotated" else ""
         print(
-            f"[{type(self).__name__}] epoch {record['epoch']:>3}/{self.n_epochs}: "
+            f"[{type(self).__name__}] {run}epoch {record['epoch']:>3}/{self.n_epochs}: "
             f"worst-group acc {record['worst_group_accuracy']:.4f}, "
             f"average acc {record['average_accuracy']:.4f}, "
             f"held-out loss {record['heldout_loss']:.4f}, "
             f"outer loss {record['outer_loss']:.4f}"
         )
 
-    def _store_result(self, result, support_rows, device):
+    def _store_result(self, result, X, support_source_rows, device):
         def numpy(tensor):
             return tensor.detach().cpu().double().numpy()
 
@@ -438,12 +473,28 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.initial_coef_, self.initial_intercept_ = softmax_to_fitted_head(
             numpy(result.initial_weight), numpy(result.initial_bias), mean, scale
         )
-        self.support_init_ = support_rows.astype(np.float64)
-        self.support_edited_ = numpy(result.support_edited) * scale + mean
-        self.support_labels_ = self.classes_[result.support_labels.cpu().numpy()]
-        self.history_ = {key: np.asarray(values) for key, values in result.history.items()}
-        self.best_epoch_ = int(result.best_epoch)
-        self.n_iter_ = int(result.n_epochs_run)
+        runs = result.runs
+        support_rows = np.concatenate(
+            [support_source_rows[r.support_index.cpu().numpy()] for r in runs]
+        )
+        # float32, as computed: with many annotated rows these are the largest attributes
+        self.support_init_ = X[support_rows].astype(np.float32)  # exact rows, no round trip
+        self.support_edited_ = result.edited_support_in_raw_space().cpu().numpy()
+        self.support_labels_ = self.classes_[
+            np.concatenate([r.support_labels.cpu().numpy() for r in runs])
+        ]
+        self.history_ = {
+            "run": np.concatenate(
+                [np.full(len(r.history["outer_loss"]), i) for i, r in enumerate(runs)]
+            ),
+            "epoch": np.concatenate([np.arange(1, len(r.history["outer_loss"]) + 1) for r in runs]),
+        }
+        for key in runs[0].history:
+            self.history_[key] = np.concatenate(
+                [np.asarray(r.history[key], dtype=float) for r in runs]
+            )
+        self.best_epoch_ = np.array([r.best_epoch for r in runs])
+        self.n_iter_ = int(max(len(r.history["outer_loss"]) for r in runs))
         self.inner_lr_ = float(result.inner_lr)
         self.device_ = str(device)
 

@@ -11,6 +11,7 @@ from types import MappingProxyType
 
 # What the paper's algorithm does wherever the paper does not vary it.
 _PAPER_ALGORITHM = {
+    "support_source": "pool",  # support: n_s random training rows per class
     "hard_set": "class",  # hard set: the K_hard highest-loss held-out rows per class
     "head_update": "adam",  # head update: T Adam steps on the edited support ...
     "head_lr": None,  # ... with the inner step size alpha

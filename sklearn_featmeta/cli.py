@@ -85,11 +85,16 @@ def _cmd_fit(args) -> None:
     estimator.set_params(verbose=args.verbose)
     estimator.fit(X, y, groups)
     joblib.dump(estimator, args.output)
-    history = estimator.history_["worst_group_accuracy"]
+    history = estimator.history_
+    kept = [
+        f"epoch {best}: {history['worst_group_accuracy'][(history['run'] == run) & (history['epoch'] == best)][0]:.4f}"
+        for run, best in enumerate(estimator.best_epoch_)
+        if best > 0
+    ]
     print(
-        f"fitted on {X.shape[0]} rows x {X.shape[1]} features, device {estimator.device_}: "
-        f"best epoch {estimator.best_epoch_} of {estimator.n_iter_}, held-out worst-group "
-        f"accuracy {history[estimator.best_epoch_ - 1] if estimator.best_epoch_ else float('nan'):.4f}"
+        f"fitted on {X.shape[0]} rows x {X.shape[1]} features, device {estimator.device_}, "
+        f"{estimator.n_iter_} epochs; held-out worst-group accuracy at the kept "
+        f"epoch(s): {', '.join(kept) or 'none (initial head kept)'}"
     )
     print(f"saved {args.output}")
 

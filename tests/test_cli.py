@@ -57,7 +57,7 @@ def test_fit_with_preset(data_dir):
         "fit", "train.npz", "-o", "paper.joblib", "--preset", "metashift", cwd=data_dir
     )
     assert fitted.returncode == 0, fitted.stderr
-    assert "best epoch" in fitted.stdout
+    assert "worst-group accuracy at the kept epoch(s): epoch" in fitted.stdout
 
 
 def test_errors_are_reported_without_traceback(data_dir):

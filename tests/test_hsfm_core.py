@@ -171,11 +171,11 @@ def test_divergence_stops_and_keeps_finite_head(monkeypatch):
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
         outer_steps=2, hard_set_size=10, n_epochs=6,
     )  # fmt: skip
-    result = _fit(settings)
-    assert result.diverged
-    assert result.n_epochs_run == 2
-    assert result.best_epoch in (1, 2)
-    for tensor in (result.weight, result.bias, result.support_edited):
+    (run,) = _fit(settings).runs
+    assert run.diverged
+    assert len(run.history["outer_loss"]) == 2
+    assert run.best_epoch in (1, 2)
+    for tensor in (run.weight, run.bias, run.support_edited):
         assert torch.isfinite(tensor).all()
 
 
@@ -185,7 +185,7 @@ def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
         outer_steps=2, hard_set_size=10, n_epochs=8,
     )  # fmt: skip
     records = []
-    result = _fit(settings, on_epoch=records.append)
+    (result,) = _fit(settings, on_epoch=records.append).runs
     worst = np.array(result.history["worst_group_accuracy"])
     loss = np.array(result.history["heldout_loss"])
     candidates = np.flatnonzero(worst == worst.max())
@@ -198,8 +198,8 @@ def test_early_stopping():
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=1e-6,
         outer_steps=1, hard_set_size=10, n_epochs=50, head_lr=1e-9, n_iter_no_change=3,
     )  # fmt: skip
-    result = _fit(settings)
-    assert result.n_epochs_run == result.best_epoch + 3 < 50
+    (result,) = _fit(settings).runs
+    assert len(result.history["outer_loss"]) == result.best_epoch + 3 < 50
 
 
 def test_resolve_device():
@@ -213,3 +213,63 @@ def test_resolve_device():
     else:
         with pytest.raises(ValueError, match="CUDA device"):
             _hsfm.resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_weighted_support_hypergradient_matches_oracle_and_finite_differences():
+    S, Y_support, H, Y_hard, W, b = _problem(n_support=8, n_classes=3, seed=11)
+    weight = torch.linspace(1.0, 3.0, 8, dtype=S.dtype)
+    weight = weight / weight.sum()
+    kwargs = {"inner_lr": 0.6, "inner_steps": 5, "support_weight": weight}
+    loss, grad = _hsfm.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
+    loss_ref, grad_ref = _hsfm.support_hypergradient_autograd(
+        S, Y_support, H, Y_hard, W, b, **kwargs
+    )
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+    i, j, eps = 3, 2, 1e-6
+    plus, minus = S.clone(), S.clone()
+    plus[i, j] += eps
+    minus[i, j] -= eps
+    numeric = (
+        _hsfm.support_hypergradient(plus, Y_support, H, Y_hard, W, b, **kwargs)[0]
+        - _hsfm.support_hypergradient(minus, Y_support, H, Y_hard, W, b, **kwargs)[0]
+    ) / (2 * eps)
+    assert float(grad[i, j]) == pytest.approx(float(numeric), rel=1e-6)
+    # uniform weights are the plain mean
+    uniform = torch.full((8,), 1 / 8, dtype=S.dtype)
+    _, grad_uniform = _hsfm.support_hypergradient(
+        S, Y_support, H, Y_hard, W, b, inner_lr=0.6, inner_steps=5, support_weight=uniform
+    )
+    _, grad_mean = _hsfm.support_hypergradient(
+        S, Y_support, H, Y_hard, W, b, inner_lr=0.6, inner_steps=5
+    )
+    torch.testing.assert_close(grad_uniform, grad_mean)
+
+
+def test_annotated_support_is_cross_fitted():
+    """Each run's support and hard set come from one fold, its selection from the other."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(300, 6, generator=g)
+    y = (X[:, 0] > 0).long()
+    heldout_cells = y[200:] * 2 + (X[200:, 1] > 0).long()
+    settings = _hsfm.HSFMSettings(
+        support_size_per_class=1000, inner_steps=3, inner_lr=None, outer_lr=0.01,
+        outer_steps=2, hard_set_size=10, n_epochs=3, support_source="annotated",
+    )  # fmt: skip
+    folds = (torch.arange(100) >= 48).long()  # rows sorted by fold
+    result = _hsfm.fit_hsfm(
+        X[:200].clone(), y[:200], X[200:].clone(), y[200:], heldout_cells,
+        n_classes=2, n_cells=4, hard_set_cells=heldout_cells, n_hard_set_cells=4,
+        settings=settings, generator=torch.Generator().manual_seed(0), erm_l2=1e-2,
+        heldout_folds=folds,
+    )  # fmt: skip
+    assert result.support_from_heldout and len(result.runs) == 2
+    selections = [set(run.selection_index.tolist()) for run in result.runs]
+    assert selections[0].isdisjoint(selections[1]) and selections[0] | selections[1] == set(
+        range(100)
+    )
+    assert selections[0] == set(range(48))  # each run selects on its own fold ...
+    for run, selection in zip(result.runs, selections, strict=True):
+        # ... and draws its support (every row: cap 1000 per cell) from the other
+        assert set(run.support_index.tolist()) == set(range(100)) - selection
+    torch.testing.assert_close(result.weight, (result.runs[0].weight + result.runs[1].weight) / 2)

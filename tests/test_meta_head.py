@@ -16,6 +16,7 @@ from sklearn_featmeta.datasets import _demo_problem, make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
 FAST = {"n_epochs": 4, "outer_steps": 3, "inner_steps": 5, "random_state": 0}
+POOL_SUPPORT = {"support_source": "pool", "support_size_per_class": 16}  # the paper's protocol
 
 
 @pytest.fixture(scope="module")
@@ -110,28 +111,45 @@ def test_coef_applies_to_raw_features():
 
 
 def test_fitted_attributes(spurious):
+    """Defaults: the support is the annotated rows, cross-fitted in two runs."""
     X, y, groups = spurious
     model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
-    n_support = 2 * model.support_size_per_class
-    assert model.support_init_.shape == model.support_edited_.shape == (n_support, 16)
-    assert model.support_labels_.shape == (n_support,)
+    known = np.flatnonzero(groups != -1)
+    rows = _rows_of(X, model.support_init_.astype(np.float32))
+    np.testing.assert_array_equal(np.sort(rows), known)  # every annotated row, once
+    assert model.support_edited_.shape == model.support_init_.shape == (known.size, 16)
+    np.testing.assert_array_equal(model.support_labels_, y[rows])
     assert not np.allclose(model.support_init_, model.support_edited_)
     assert set(model.history_) == {
+        "run",
+        "epoch",
         "worst_group_accuracy",
         "average_accuracy",
         "heldout_loss",
         "outer_loss",
     }
-    assert all(len(v) == model.n_iter_ == 4 for v in model.history_.values())
-    assert 1 <= model.best_epoch_ <= model.n_iter_
-    assert (
-        model.history_["worst_group_accuracy"][model.best_epoch_ - 1]
-        == model.history_["worst_group_accuracy"].max()
-    )
+    assert all(len(v) == 8 for v in model.history_.values())
+    np.testing.assert_array_equal(model.history_["run"], [0] * 4 + [1] * 4)
+    np.testing.assert_array_equal(model.history_["epoch"], [1, 2, 3, 4] * 2)
+    assert model.n_iter_ == 4 and model.best_epoch_.shape == (2,)
+    for run, best in enumerate(model.best_epoch_):
+        accuracy = model.history_["worst_group_accuracy"][model.history_["run"] == run]
+        assert accuracy[best - 1] == accuracy.max()
     assert model.device_ == "cpu"
     assert model.inner_lr_ > 0
     for attribute in ("coef_", "intercept_", "support_edited_"):
         assert np.isfinite(getattr(model, attribute)).all()
+
+
+def test_fitted_attributes_with_support_from_the_pool(spurious):
+    X, y, groups = spurious
+    model = MetaAugmentedHeadClassifier(**FAST, **POOL_SUPPORT).fit(X, y, groups)
+    assert model.support_init_.shape == model.support_edited_.shape == (32, 16)
+    counts = np.bincount(np.searchsorted(model.classes_, model.support_labels_))
+    assert counts.tolist() == [16, 16]
+    np.testing.assert_array_equal(model.history_["run"], 0)
+    np.testing.assert_array_equal(model.history_["epoch"], [1, 2, 3, 4])
+    assert model.best_epoch_.shape == (1,)
 
 
 def test_feature_names_in(spurious):
@@ -146,7 +164,8 @@ def test_verbose_prints_every_epoch(spurious, capsys):
     X, y, groups = spurious
     MetaAugmentedHeadClassifier(**FAST, verbose=1).fit(X, y, groups)
     out = capsys.readouterr().out
-    assert out.count("worst-group acc") == 4
+    assert out.count("worst-group acc") == 8  # two cross-fitted runs of four epochs
+    assert "run 2, epoch   4/4" in out
     assert "best epoch" in out and "held-out rows" in out
 
 
@@ -160,12 +179,22 @@ def test_no_output_when_quiet(spurious, capsys):
 # groups semantics
 # --------------------------------------------------------------------------- #
 def test_partial_groups_split_pool_and_heldout(spurious):
-    """Unknown-group rows feed the support set; known rows never do."""
+    """Paper protocol: unknown-group rows feed the support set; known rows never do."""
     X, y, groups = spurious
-    model = MetaAugmentedHeadClassifier(**FAST, support_size_per_class=40).fit(X, y, groups)
+    params = {**POOL_SUPPORT, "support_size_per_class": 40}
+    model = MetaAugmentedHeadClassifier(**FAST, **params).fit(X, y, groups)
     rows = _rows_of(X, model.support_init_.astype(np.float32))
     assert (rows >= 0).all()
     assert (groups[rows] == -1).all()
+
+
+def test_annotated_support_caps_rows_per_cell(spurious):
+    X, y, groups = spurious
+    model = MetaAugmentedHeadClassifier(**FAST, support_size_per_class=5).fit(X, y, groups)
+    rows = _rows_of(X, model.support_init_.astype(np.float32))
+    assert (groups[rows] != -1).all()
+    # two runs, each at most 5 rows of each of the 4 cells of its fold
+    assert np.bincount(groups[rows]).tolist() == [10, 10, 10, 10]
 
 
 @pytest.mark.parametrize("unknown", [None, np.nan])
@@ -175,7 +204,8 @@ def test_string_groups_with_missing_values(spurious, unknown):
     names[groups == -1] = unknown
     by_strings = MetaAugmentedHeadClassifier(**FAST).fit(X, y, names)
     by_ints = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
-    np.testing.assert_allclose(by_strings.coef_, by_ints.coef_)
+    # same partition; only float32 summation order may differ
+    np.testing.assert_allclose(by_strings.coef_, by_ints.coef_, rtol=1e-5)
 
 
 def test_float_groups_with_nan_and_pandas_na(spurious):
@@ -186,37 +216,26 @@ def test_float_groups_with_nan_and_pandas_na(spurious):
     reference = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
     for variant in (as_float, as_nullable, list(groups)):
         model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, variant)
-        np.testing.assert_allclose(model.coef_, reference.coef_)
+        np.testing.assert_allclose(model.coef_, reference.coef_, rtol=1e-5)
 
 
 def test_all_groups_known_holds_out_a_stratified_fraction(spurious):
     X, y, _ = spurious
     attribute = (np.arange(y.size) % 5 == 0).astype(int)
     groups = y * 2 + attribute
-    model = MetaAugmentedHeadClassifier(
-        **FAST, validation_fraction=0.25, support_size_per_class=500
-    )
-    with pytest.warns(UserWarning, match="fewer training rows"):
-        model.fit(X, y, groups)
-    # the support took every training row: 75% of the rows of each (class, group) cell
+    model = MetaAugmentedHeadClassifier(**FAST, validation_fraction=0.25).fit(X, y, groups)
+    # the annotated support is the held-out rows: 25% of the rows of each (class, group) cell
     rows = _rows_of(X, model.support_init_.astype(np.float32))
     for cell in np.unique(groups):
-        held_out = np.sum(groups == cell) - np.sum(groups[rows] == cell)
-        assert held_out == round(0.25 * np.sum(groups == cell))
+        assert np.sum(groups[rows] == cell) == round(0.25 * np.sum(groups == cell))
 
 
 def test_groups_none_holds_out_by_class_and_selects_worst_class(spurious):
     X, y, _ = spurious
-    model = MetaAugmentedHeadClassifier(
-        **FAST, validation_fraction=0.2, support_size_per_class=1000
-    )
-    with pytest.warns(UserWarning, match="fewer training rows"):
-        model.fit(X, y)
+    model = MetaAugmentedHeadClassifier(**FAST, validation_fraction=0.2).fit(X, y)
     counts = np.bincount(y)
-    np.testing.assert_array_equal(
-        np.bincount(np.searchsorted(model.classes_, model.support_labels_)),
-        counts - np.rint(0.2 * counts),
-    )
+    support_counts = np.bincount(np.searchsorted(model.classes_, model.support_labels_))
+    np.testing.assert_array_equal(support_counts, np.rint(0.2 * counts))
     assert np.isfinite(model.history_["worst_group_accuracy"]).all()
 
 
@@ -230,10 +249,10 @@ def test_all_groups_unknown_falls_back_with_warning(spurious):
 
 def test_hard_set_per_group_runs_and_differs(spurious):
     X, y, groups = spurious
-    by_class = MetaAugmentedHeadClassifier(**FAST, hard_set_size=20).fit(X, y, groups)
-    by_group = MetaAugmentedHeadClassifier(**FAST, hard_set_size=20, hard_set="group").fit(
-        X, y, groups
-    )
+    by_class = MetaAugmentedHeadClassifier(**FAST, hard_set_size=20, hard_set="class")
+    by_group = MetaAugmentedHeadClassifier(**FAST, hard_set_size=20, hard_set="group")
+    by_class.fit(X, y, groups)
+    by_group.fit(X, y, groups)
     assert not np.allclose(by_class.coef_, by_group.coef_)
 
 
@@ -279,7 +298,8 @@ def test_class_with_few_training_rows_warns_once(spurious):
     )  # five class-1 training rows
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = MetaAugmentedHeadClassifier(**FAST).fit(X[keep], y[keep], groups[keep])
+        model = MetaAugmentedHeadClassifier(**FAST, **POOL_SUPPORT)
+        model.fit(X[keep], y[keep], groups[keep])
     messages = [str(w.message) for w in caught if "fewer training rows" in str(w.message)]
     assert len(messages) == 1 and "[1]" in messages[0]
     assert np.sum(model.support_labels_ == 1) == 5
@@ -434,3 +454,14 @@ def test_pickle_round_trip_predicts_without_torch(spurious, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ok", "cpu"]
+
+
+def test_cross_fitting_folds_are_stratified_halves(spurious):
+    X, y, groups = spurious
+    model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    rows = _rows_of(X, model.support_init_.astype(np.float32))
+    totals = np.bincount(groups[groups != -1], minlength=4)
+    # the first run's support is one fold (cap 1000 > cells): half of every cell, rounded
+    expected = np.clip(np.rint(totals / 2), 1, totals - 1)
+    first_run = rows[: int(expected.sum())]
+    np.testing.assert_array_equal(np.bincount(groups[first_run], minlength=4), expected)
