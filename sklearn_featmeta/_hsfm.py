@@ -50,7 +50,9 @@ def resolve_device(spec: str) -> torch.device:
     model configured for a GPU fails loudly rather than silently running on CPU.
     """
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError) as exc:
@@ -65,7 +67,7 @@ def resolve_device(spec: str) -> torch.device:
                 f"device={spec!r} was requested but CUDA is not available on this "
                 "machine (torch.cuda.is_available() is False). Use device='cpu' or 'auto'."
             )
-        index = 0 if device.index is None else device.index
+        index = torch.cuda.current_device() if device.index is None else device.index
         if index >= torch.cuda.device_count():
             raise ValueError(
                 f"device={spec!r} was requested but this machine has "

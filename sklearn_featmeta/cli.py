@@ -121,6 +121,44 @@ def _cmd_evaluate(args) -> None:
     print(group_accuracy_report(y, estimator.predict(X), groups=groups))
 
 
+def _load_concepts(path: str):
+    """``{name: vector}`` from an .npz: arrays ``names`` + ``vectors``, or one array per name."""
+    file = Path(path)
+    if not file.exists():
+        raise CommandError(f"{path}: no such concepts file")
+    archive = np.load(file, allow_pickle=False)
+    if {"names", "vectors"} <= set(archive.files):
+        return dict(zip(archive["names"].tolist(), archive["vectors"], strict=True))
+    return {name: archive[name] for name in archive.files}
+
+
+def _cmd_explain(args) -> None:
+    from .explain import concept_alignment, edit_summary, plot_edits
+
+    estimator = _load_model(args.model)
+    if not hasattr(estimator, "support_edited_"):
+        raise CommandError(
+            f"{args.model}: not a fitted MetaAugmentedHeadClassifier (no support set)"
+        )
+    print("Support-set edits per class\n")
+    print(edit_summary(estimator))
+    concepts = None
+    if args.concepts:
+        concepts = _load_concepts(args.concepts)
+        alignment = concept_alignment(estimator, concepts, n_random=args.n_random)
+        print(
+            f"\nAlignment of the mean edit with each concept (z-score against {args.n_random} random directions)\n"
+        )
+        print(alignment)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        figure = plot_edits(estimator, concepts if concepts and len(concepts) >= 2 else None)
+        figure.savefig(args.plot, dpi=120, bbox_inches="tight")
+        print(f"\nsaved {args.plot}")
+
+
 def _cmd_demo(args) -> None:
     from sklearn.linear_model import LogisticRegression
 
@@ -213,6 +251,20 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model")
     evaluate.add_argument("data")
     evaluate.set_defaults(handler=_cmd_evaluate)
+
+    explain = commands.add_parser(
+        "explain", help="how the support-set edits moved, and along which concepts"
+    )
+    explain.add_argument("model")
+    explain.add_argument(
+        "--concepts",
+        help=".npz of concept directions: arrays names + vectors, or one array per name",
+    )
+    explain.add_argument("--plot", help="save a plot of the edits (PNG, needs matplotlib)")
+    explain.add_argument(
+        "--n-random", type=int, default=200, help="random directions for the z-scores"
+    )
+    explain.set_defaults(handler=_cmd_explain)
 
     demo = commands.add_parser("demo", help="ERM against HSFM on synthetic spurious embeddings")
     demo.add_argument("--n-samples", type=int, default=6000)

@@ -52,7 +52,7 @@ def _per_group_accuracy(y_true, y_pred, groups, sample_weight=None):
     return values, counts, accuracy, float(hits.sum() / total_weight.sum())
 
 
-def worst_group_accuracy_score(y_true, y_pred, *, groups, sample_weight=None) -> float:
+def worst_group_accuracy_score(y_true, y_pred, *, groups=None, sample_weight=None) -> float:
     """Accuracy of the worst group: the minimum over known groups of the group's accuracy.
 
     Parameters
@@ -60,6 +60,7 @@ def worst_group_accuracy_score(y_true, y_pred, *, groups, sample_weight=None) ->
     y_true, y_pred : array-like of shape (n_samples,)
     groups : array-like of shape (n_samples,)
         Group of each row; rows with unknown group (-1 / None / NaN) are ignored.
+        Required: None raises a ``ValueError`` that says how to route groups.
     sample_weight : array-like of shape (n_samples,), default=None
 
     Returns
