@@ -493,8 +493,9 @@ def fit_hsfm(
     initial_head : (W, b) or None
         Initial head in raw feature space.
     heldout_folds : tensor of int or None
-        Fold (0 or 1) of every held-out row, rows sorted by fold; needed when
-        the support comes from the annotated rows.
+        Fold (0 or 1) of every held-out row, rows sorted by fold, for
+        cross-fitting when the support comes from the annotated rows. None
+        there: one run on all held-out rows.
     on_epoch : callable or None
         Called with each epoch's record (for progress output).
     """
@@ -509,9 +510,7 @@ def fit_hsfm(
         W0, b0 = raw_W * scale, raw_b + raw_W @ mean
 
     n_heldout = heldout_y.numel()
-    if settings.support_source == "annotated":
-        if heldout_folds is None:
-            raise ValueError("support_source='annotated' needs heldout_folds")
+    if settings.support_source == "annotated" and heldout_folds is not None:
         # rows come sorted by fold: each fold is a contiguous block, so views, not copies
         fold_end = int((heldout_folds == 0).sum())
         first, second = slice(0, fold_end), slice(fold_end, n_heldout)

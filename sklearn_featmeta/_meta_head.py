@@ -91,7 +91,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         group); each of two runs takes up to ``support_size_per_class`` rows of
         every cell of one fold as its support (cells weighted equally in the
         support loss) and its hard set from that fold, selects its epoch on the
-        other fold, and the two heads are averaged.
+        other fold, and the two heads are averaged. When a fold would miss a
+        class (a handful of annotated rows), a single run uses all annotated
+        rows for support, hard set and selection.
     n_iter_no_change : int or None, default=None
         Stop when the held-out worst-group accuracy has not improved for this
         many epochs. None runs every epoch.
@@ -141,7 +143,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     best_epoch_ : ndarray of shape (n_runs,)
         Selected epoch of each run (1-based; 0 if its first epoch diverged and
         the initial head was kept). One run with ``support_source="pool"``, two
-        (cross-fitted folds) with ``"annotated"``.
+        (cross-fitted folds) with ``"annotated"`` (one when the annotated rows
+        are too few to split, see ``support_source``).
     n_iter_ : int
         Most epochs run by a run.
     inner_lr_ : float
@@ -315,9 +318,14 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             # cross-fitting folds, stratified by (class, group); rows ordered by fold
             cells, _ = cell_codes(y_encoded[heldout], heldout_groups)
             second_fold = stratified_holdout(cells, 0.5, rng)
-            order = np.argsort(second_fold, kind="stable")
-            heldout, heldout_groups = heldout[order], heldout_groups[order]
-            heldout_folds = second_fold[order].astype(np.int64)
+            classes_in_both_folds = all(
+                np.unique(y_encoded[heldout][second_fold == fold]).size == n_classes
+                for fold in (False, True)
+            )
+            if classes_in_both_folds:  # else: too few annotated rows, one run on all
+                order = np.argsort(second_fold, kind="stable")
+                heldout, heldout_groups = heldout[order], heldout_groups[order]
+                heldout_folds = second_fold[order].astype(np.int64)
 
         from . import _hsfm  # torch stays out of prediction and unpickling
 

@@ -465,3 +465,17 @@ def test_cross_fitting_folds_are_stratified_halves(spurious):
     expected = np.clip(np.rint(totals / 2), 1, totals - 1)
     first_run = rows[: int(expected.sum())]
     np.testing.assert_array_equal(np.bincount(groups[first_run], minlength=4), expected)
+
+
+def test_too_few_annotated_rows_to_cross_fit_use_one_run():
+    # one annotated row per class: no split keeps every class in both folds
+    X, y, _ = make_spurious_embeddings(n_samples=60, n_features=4, random_state=1)
+    groups = np.full(y.shape[0], -1)
+    groups[np.flatnonzero(y == 0)[0]] = 0
+    groups[np.flatnonzero(y == 1)[0]] = 1
+    model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    assert model.best_epoch_.shape == (1,)
+    assert np.isfinite(model.coef_).all()
+    np.testing.assert_array_equal(
+        np.sort(_rows_of(X, model.support_init_)), np.sort(np.flatnonzero(groups != -1))
+    )
