@@ -176,12 +176,14 @@ def support_hypergradient(
     inner_lr: float,
     inner_steps: int,
     support_weight: torch.Tensor | None = None,
+    weight_decay: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outer loss after the unrolled inner loop, and its gradient with respect to ``S``.
 
     Inner loop: ``inner_steps`` steps of gradient descent with step ``inner_lr``
     on the cross-entropy of ``(S, Y_support)`` (mean over rows, or weighted by
-    ``support_weight``, summing to one), starting from ``(W, b)``.
+    ``support_weight``, summing to one) plus ``weight_decay / 2 * ||W||^2``,
+    starting from ``(W, b)``.
     Outer loss: mean cross-entropy of the adapted head on ``(H, Y_hard)``.
     ``Y_support`` and ``Y_hard`` are one-hot.
 
@@ -192,11 +194,13 @@ def support_hypergradient(
     adjoint to ``A - lr * (R_t.T @ S, R_t.sum(0))``, where
     ``R_t = J_t(S @ A_W.T + A_b) / n`` applies the per-row softmax Jacobian
     (``1 / n`` being the row weights)
-    ``J = diag(p) - p p^T``.
+    ``J = diag(p) - p p^T``. Weight decay scales ``W_t`` (and so ``A_W``) by
+    ``1 - lr * weight_decay`` per step; it does not depend on ``S``.
     """
     # Scale factors are folded into fused multiply-adds: this loop runs
     # epochs x outer_steps x inner_steps times, so its op count is the cost.
     step = inner_lr
+    decay = 1.0 - inner_lr * weight_decay
     row_weight = _row_weights(S, support_weight)
     weights, residuals, probabilities = [], [], []
     W_t, b_t = W, b
@@ -206,7 +210,7 @@ def support_hypergradient(
         weights.append(W_t)
         residuals.append(residual)
         probabilities.append(P)
-        W_t = torch.addmm(W_t, residual.T, S, alpha=-step)
+        W_t = torch.addmm(W_t, residual.T, S, beta=decay, alpha=-step)
         b_t = b_t.add(residual.sum(0), alpha=-step)
 
     log_p_hard = torch.log_softmax(torch.addmm(b_t, H, W_t.T), dim=1)
@@ -226,7 +230,7 @@ def support_hypergradient(
         R = torch.addcmul(PQ, P, PQ.sum(1, keepdim=True), value=-1.0).mul_(row_weight)
         left += [R, residual]
         right += [W_t, adjoint_W]
-        adjoint_W = torch.addmm(adjoint_W, R.T, S, alpha=-step)
+        adjoint_W = torch.addmm(adjoint_W, R.T, S, beta=decay, alpha=-step)
         adjoint_b = adjoint_b.add(R.sum(0), alpha=-step)
     grad_S = torch.cat(left, dim=1) @ torch.cat(right, dim=0)
     grad_S.mul_(-step)
@@ -244,6 +248,7 @@ def support_hypergradient_autograd(
     inner_lr: float,
     inner_steps: int,
     support_weight: torch.Tensor | None = None,
+    weight_decay: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference implementation of :func:`support_hypergradient` by autograd.
 
@@ -260,7 +265,7 @@ def support_hypergradient_autograd(
         per_row = torch.nn.functional.cross_entropy(S @ W_t.T + b_t, y_support, reduction="none")
         inner_loss = (row_weight * per_row).sum()
         grad_W, grad_b = torch.autograd.grad(inner_loss, (W_t, b_t), create_graph=True)
-        W_t = W_t - inner_lr * grad_W
+        W_t = W_t - inner_lr * (grad_W + weight_decay * W_t)
         b_t = b_t - inner_lr * grad_b
     outer_loss = torch.nn.functional.cross_entropy(H @ W_t.T + b_t, Y_hard.argmax(1))
     (grad_S,) = torch.autograd.grad(outer_loss, S)
@@ -309,14 +314,16 @@ def inner_lr_from_lipschitz(
     scale: float = 1.0,
     support_weight: torch.Tensor | None = None,
     n_power_iter: int = 50,
+    weight_decay: float = 0.0,
 ) -> float:
     """``scale / L`` for the Lipschitz constant ``L`` of the support loss's gradient.
 
     For the (weighted) mean softmax cross-entropy of a linear head, the Hessian
     is bounded by ``||diag(sqrt(w)) [S, 1]||_2^2 / 2`` (the softmax Jacobian has
     norm at most 1/2; ``w = 1/n`` for a plain mean), so a step of ``1 / L`` is a
-    safe gradient-descent step whatever the scale of the features. The spectral
-    norm comes from a deterministic power iteration.
+    safe gradient-descent step whatever the scale of the features; weight decay
+    adds ``weight_decay`` to ``L``. The spectral norm comes from a deterministic
+    power iteration.
     """
     root_weight = _row_weights(S, support_weight).sqrt()
     S_aug = torch.cat([S, torch.ones_like(S[:, :1])], dim=1) * root_weight
@@ -329,7 +336,7 @@ def inner_lr_from_lipschitz(
         if sigma_sq <= 0:
             break
         v = u / sigma_sq
-    lipschitz = float(sigma_sq) / 2.0
+    lipschitz = float(sigma_sq) / 2.0 + weight_decay
     return scale / max(lipschitz, 1e-12)
 
 
@@ -345,6 +352,8 @@ class HSFMSettings:
     ``inner_steps`` steps of plain gradient descent (``head_update="gradient"``:
     the very map the support set was optimised through) or of Adam
     (``"adam"``, the paper), with step ``head_lr`` (None: the inner step).
+    ``weight_decay`` adds ``weight_decay / 2 * ||W||^2`` (not the bias) to the
+    support loss of both the inner loop and the head update (0 in the paper).
     """
 
     support_size_per_class: int
@@ -360,6 +369,7 @@ class HSFMSettings:
     inner_lr_scale: float = 1.0
     max_grad_norm: float = 10.0
     n_iter_no_change: int | None = None
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -527,7 +537,12 @@ def fit_hsfm(
         )  # fmt: skip
         if inner_lr is None:  # one inner step for every run: from the first run's support
             inner_lr = (
-                inner_lr_from_lipschitz(support[0], settings.inner_lr_scale, support[3])
+                inner_lr_from_lipschitz(
+                    support[0],
+                    settings.inner_lr_scale,
+                    support[3],
+                    weight_decay=settings.weight_decay,
+                )
                 if settings.inner_lr is None
                 else float(settings.inner_lr)
             )
@@ -631,6 +646,7 @@ def _bilevel_run(
             outer_loss, grad_S = support_hypergradient(
                 S, Y_support, H, Y_hard, W, b,
                 inner_lr=inner_lr, inner_steps=settings.inner_steps, support_weight=support_weight,
+                weight_decay=settings.weight_decay,
             )  # fmt: skip
             S.grad = grad_S
             # the clipping's norm is finite exactly when the gradient is
@@ -646,6 +662,8 @@ def _bilevel_run(
         # (c) head update on the edited (detached) support set
         for _ in range(settings.inner_steps):
             _, W.grad, b.grad = softmax_head_gradient(S, Y_support, W, b, support_weight)
+            if settings.weight_decay:
+                W.grad.add_(W, alpha=settings.weight_decay)
             head_optimizer.step()
         selection_logits = torch.addmm(b, selection_X, W.T)
         if not torch.isfinite(selection_logits).all():

@@ -30,6 +30,7 @@ _FIT_OPTIONS = [
     ("--n-epochs", "n_epochs", int),
     ("--head-update", "head_update", str),
     ("--validation-fraction", "validation_fraction", float),
+    ("--head-l2", "head_l2", float),
     ("--erm-c", "erm_C", float),
     ("--device", "device", str),
     ("--n-threads", "n_threads", int),

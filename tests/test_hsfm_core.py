@@ -273,3 +273,38 @@ def test_annotated_support_is_cross_fitted():
         # ... and draws its support (every row: cap 1000 per cell) from the other
         assert set(run.support_index.tolist()) == set(range(100)) - selection
     torch.testing.assert_close(result.weight, (result.runs[0].weight + result.runs[1].weight) / 2)
+
+
+def test_weight_decay_hypergradient_matches_oracle_and_finite_differences():
+    S, Y_support, H, Y_hard, W, b = _problem(n_support=6, n_features=4, n_classes=3, seed=5)
+    kwargs = {"inner_lr": 0.5, "inner_steps": 6, "weight_decay": 0.3}
+    loss, grad = _hsfm.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
+    loss_ref, grad_ref = _hsfm.support_hypergradient_autograd(
+        S, Y_support, H, Y_hard, W, b, **kwargs
+    )
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+    eps = 1e-6
+    numeric = torch.zeros_like(S)
+    for i in range(S.shape[0]):
+        for j in range(S.shape[1]):
+            plus, minus = S.clone(), S.clone()
+            plus[i, j] += eps
+            minus[i, j] -= eps
+            numeric[i, j] = (
+                _hsfm.support_hypergradient(plus, Y_support, H, Y_hard, W, b, **kwargs)[0]
+                - _hsfm.support_hypergradient(minus, Y_support, H, Y_hard, W, b, **kwargs)[0]
+            ) / (2 * eps)
+    torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
+    # the decay changes the answer (the check is not vacuous)
+    _, grad_plain = _hsfm.support_hypergradient(
+        S, Y_support, H, Y_hard, W, b, inner_lr=0.5, inner_steps=6
+    )
+    assert (grad - grad_plain).abs().max() > 1e-3
+
+
+def test_weight_decay_raises_the_lipschitz_bound():
+    S = torch.randn(50, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    plain = _hsfm.inner_lr_from_lipschitz(S)
+    decayed = _hsfm.inner_lr_from_lipschitz(S, weight_decay=0.5)
+    assert 1 / decayed == pytest.approx(1 / plain + 0.5)

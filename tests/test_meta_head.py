@@ -364,7 +364,13 @@ def test_bad_initial_head_is_rejected(spurious, head, message):
 
 @pytest.mark.parametrize(
     "params",
-    [{"hard_set": "cell"}, {"inner_lr": "fast"}, {"n_epochs": 0}, {"validation_fraction": 1.0}],
+    [
+        {"hard_set": "cell"},
+        {"inner_lr": "fast"},
+        {"n_epochs": 0},
+        {"validation_fraction": 1.0},
+        {"head_l2": -0.1},
+    ],
 )
 def test_invalid_parameters_are_rejected(spurious, params):
     X, y, groups = spurious
@@ -479,3 +485,10 @@ def test_too_few_annotated_rows_to_cross_fit_use_one_run():
     np.testing.assert_array_equal(
         np.sort(_rows_of(X, model.support_init_)), np.sort(np.flatnonzero(groups != -1))
     )
+
+
+def test_head_l2_shrinks_the_weights_but_not_to_zero(spurious):
+    X, y, groups = spurious
+    plain = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    shrunk = MetaAugmentedHeadClassifier(**FAST, head_l2=1.0).fit(X, y, groups)
+    assert 0 < np.linalg.norm(shrunk.coef_) < 0.9 * np.linalg.norm(plain.coef_)
