@@ -47,6 +47,22 @@ def concepts(encoder, train_X, train_y, train_source) -> dict[str, np.ndarray]:
     return out
 
 
+def verdict(alignment, source: str, label: str) -> str:
+    """One sentence, computed from the table: does the source direction stand out?"""
+    z = np.abs(alignment.z_score)
+    names = list(alignment.concept_names)
+    k, j = np.unravel_index(int(np.argmax(z)), z.shape)
+    source_z = z[:, names.index(source)].max()
+    label_z = z[:, names.index(label)].max()
+    stands_out = "stands out from" if z.max() >= 2 else "does not stand out from"
+    comparison = "more" if source_z > label_z else "less"
+    return (
+        f"Largest |z| = {z.max():.1f} ({names[j]}, class {alignment.classes[k]}), so the "
+        f"strongest alignment {stands_out} random directions (|z| >= 2). Along the source prompt "
+        f"the largest |z| is {source_z:.1f}, {comparison} than along the sentiment prompt ({label_z:.1f})."
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.explain_sentiment", description=__doc__.split("\n\n")[0]
@@ -108,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{alignment.shift[0, j]:+.3f}, {alignment.shift[1, j]:+.3f} | "
                 f"{alignment.z_score[0, j]:+.1f}, {alignment.z_score[1, j]:+.1f} |"
             )
-        lines.append("")
+        lines += [
+            "",
+            verdict(alignment, "prompt: tweet - movie review", "prompt: positive - negative"),
+            "",
+        ]
     axes = {
         k: directions[k] for k in ("prompt: tweet - movie review", "prompt: positive - negative")
     }

@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -205,18 +206,20 @@ def chart(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(summary)
-    methods_ = list(next(iter(summary.values())))
+    # methods in the same order on every benchmark; only the preset's name differs
+    rows = [list(summary[n].values()) for n in names]
+    labels = [re.sub(r"preset \(\w+\)", "preset", m) for m in summary[names[0]]]
+    colours = plt.get_cmap("tab20").colors
     fig, ax = plt.subplots(figsize=(max(8, 2.6 * len(names)), 4.8))
-    width = 0.8 / len(methods_)
-    for i, method in enumerate(methods_):
-        means = [summary[n].get(method, {}).get("worst_group_mean", np.nan) for n in names]
-        stds = [summary[n].get(method, {}).get("worst_group_std", 0) for n in names]
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
         ax.bar(
-            np.arange(len(names)) + (i - (len(methods_) - 1) / 2) * width,
-            means,
+            np.arange(len(names)) + (i - (len(labels) - 1) / 2) * width,
+            [r[i]["worst_group_mean"] for r in rows],
             width,
-            yerr=stds,
-            label=method,
+            yerr=[r[i]["worst_group_std"] for r in rows],
+            label=label,
+            color=colours[i % len(colours)],
             capsize=2,
         )
     ax.set_xticks(np.arange(len(names)), names)
