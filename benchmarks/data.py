@@ -10,6 +10,7 @@ validation rows do; the test split scores. Groups are (label, attribute) cells.
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import re
@@ -101,6 +102,12 @@ class Benchmark:
             for label in recipe["label_names"]
             for attribute in recipe["attribute_names"]
         ]
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir`` (the real data, read-only) and ``--cache-dir`` (embeddings, CNNs)."""
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/benchmarks"))
 
 
 def _check_file(path: Path) -> Path:

@@ -21,6 +21,7 @@ import numpy as np
 from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta.explain import concept_alignment, edit_summary, plot_edits
 
+from .data import add_data_arguments
 from .report import replace_section
 from .run import _real_splits
 
@@ -67,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.explain_sentiment", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/benchmarks"))
+    add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -31,6 +31,7 @@ from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta.baselines import DFRClassifier
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
+from .data import add_data_arguments
 from .report import replace_section
 
 BENCHMARKS = ["sentiment_source", "polarity_negation", "dominoes", "colored_mnist"]
@@ -235,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache/benchmarks"))
+    add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=BENCHMARKS)

@@ -158,6 +158,24 @@ def split_pool_and_heldout(
     return pool, heldout, heldout_groups
 
 
+def cross_fitting_folds(
+    y: np.ndarray, group_codes: np.ndarray, n_classes: int, random_state: np.random.RandomState
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Two folds of the annotated rows, stratified by (class, group).
+
+    Returns ``(order, folds)``: ``order`` sorts the rows by fold and ``folds``
+    is the fold (0 or 1) of each sorted row. When a fold would miss a class
+    (a handful of annotated rows), ``folds`` is None and ``order`` keeps the
+    rows as they are: one run then uses them all.
+    """
+    cells, _ = cell_codes(y, group_codes)
+    second_fold = stratified_holdout(cells, 0.5, random_state)
+    if any(np.unique(y[second_fold == fold]).size < n_classes for fold in (False, True)):
+        return np.arange(y.shape[0]), None
+    order = np.argsort(second_fold, kind="stable")
+    return order, second_fold[order].astype(np.int64)
+
+
 def cell_codes(y: np.ndarray, group_codes: np.ndarray) -> tuple[np.ndarray, int]:
     """Codes of the (class, group) cells present, ``0 .. n_cells - 1``."""
     _, codes = np.unique(np.stack([y, group_codes]), axis=1, return_inverse=True)

@@ -21,9 +21,9 @@ from sklearn.utils.validation import validate_data
 from ._groups import (
     as_group_array,
     cell_codes,
+    cross_fitting_folds,
     encode_groups,
     split_pool_and_heldout,
-    stratified_holdout,
 )
 from ._linear import LinearHeadMixin, binary_to_softmax_head, softmax_to_fitted_head
 from ._presets import PAPER_PRESETS
@@ -323,17 +323,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         initial_head = self._initial_head_in_softmax_form(X.shape[1], n_classes)
         heldout_folds = None
         if self.support_source == "annotated":
-            # cross-fitting folds, stratified by (class, group); rows ordered by fold
-            cells, _ = cell_codes(y_encoded[heldout], heldout_groups)
-            second_fold = stratified_holdout(cells, 0.5, rng)
-            classes_in_both_folds = all(
-                np.unique(y_encoded[heldout][second_fold == fold]).size == n_classes
-                for fold in (False, True)
+            order, heldout_folds = cross_fitting_folds(
+                y_encoded[heldout], heldout_groups, n_classes, rng
             )
-            if classes_in_both_folds:  # else: too few annotated rows, one run on all
-                order = np.argsort(second_fold, kind="stable")
-                heldout, heldout_groups = heldout[order], heldout_groups[order]
-                heldout_folds = second_fold[order].astype(np.int64)
+            heldout, heldout_groups = heldout[order], heldout_groups[order]
 
         from . import _hsfm  # torch stays out of prediction and unpickling
 
