@@ -52,6 +52,14 @@ ABLATIONS = [
     ("defaults, but inner step 5e-5 (paper) instead of 1/L", {"inner_lr": 5e-5}),
     ("defaults, but outer_lr 1.0 (paper)", {"outer_lr": 1.0}),
     ("defaults, but 15 outer steps per epoch (paper)", {"outer_steps": 15}),
+    (
+        "defaults, but epoch kept by worst-group accuracy (paper)",
+        {"selection_metric": "worst_group_accuracy"},
+    ),
+    (
+        "defaults, but one two-fold split, 40 epochs (same compute)",
+        {"n_repeats": 1, "n_epochs": 40},
+    ),
     # not a paper choice: what the support edits themselves add to the defaults
     ("defaults, but no support edits (outer_lr 1e-6)", {"outer_lr": 1e-6}),
 ]

@@ -159,21 +159,26 @@ def split_pool_and_heldout(
 
 
 def cross_fitting_folds(
-    y: np.ndarray, group_codes: np.ndarray, n_classes: int, random_state: np.random.RandomState
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Two folds of the annotated rows, stratified by (class, group).
+    y: np.ndarray,
+    group_codes: np.ndarray,
+    n_classes: int,
+    n_repeats: int,
+    random_state: np.random.RandomState,
+) -> np.ndarray | None:
+    """``n_repeats`` random splits of the annotated rows in two folds, stratified by (class, group).
 
-    Returns ``(order, folds)``: ``order`` sorts the rows by fold and ``folds``
-    is the fold (0 or 1) of each sorted row. When a fold would miss a class
-    (a handful of annotated rows), ``folds`` is None and ``order`` keeps the
-    rows as they are: one run then uses them all.
+    Returns the fold (0 or 1) of every row in each split, shape
+    ``(n_repeats, n_rows)``, or None when a fold would miss a class (a handful
+    of annotated rows): one run then uses them all.
     """
     cells, _ = cell_codes(y, group_codes)
-    second_fold = stratified_holdout(cells, 0.5, random_state)
-    if any(np.unique(y[second_fold == fold]).size < n_classes for fold in (False, True)):
-        return np.arange(y.shape[0]), None
-    order = np.argsort(second_fold, kind="stable")
-    return order, second_fold[order].astype(np.int64)
+    folds = np.empty((n_repeats, y.shape[0]), dtype=np.int64)
+    for split in folds:
+        second_fold = stratified_holdout(cells, 0.5, random_state)
+        if any(np.unique(y[second_fold == fold]).size < n_classes for fold in (False, True)):
+            return None
+        split[:] = second_fold
+    return folds
 
 
 def cell_codes(y: np.ndarray, group_codes: np.ndarray) -> tuple[np.ndarray, int]:

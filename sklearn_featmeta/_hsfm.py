@@ -352,6 +352,9 @@ class HSFMSettings:
     ``inner_steps`` steps of plain gradient descent (``head_update="gradient"``:
     the very map the support set was optimised through) or of Adam
     (``"adam"``, the paper), with step ``head_lr`` (None: the inner step).
+    ``selection_metric`` picks the kept epoch: the best held-out worst-group
+    accuracy, ties broken by the lower loss (the paper), or the lowest
+    worst-group mean cross-entropy (a smoother criterion on small groups).
     ``weight_decay`` adds ``weight_decay / 2 * ||W||^2`` (not the bias) to the
     support loss of both the inner loop and the head update (0 in the paper).
     """
@@ -370,6 +373,7 @@ class HSFMSettings:
     max_grad_norm: float = 10.0
     n_iter_no_change: int | None = None
     weight_decay: float = 0.0
+    selection_metric: str = "worst_group_accuracy"
 
 
 @dataclass
@@ -418,15 +422,27 @@ class HSFMResult:
 
 def _group_scores(
     logits: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, n_groups: int
-) -> tuple[float, float, float]:
-    """Worst-group accuracy, average accuracy and mean cross-entropy of ``logits``."""
+) -> dict[str, float]:
+    """Worst-group and average accuracy, mean and worst-group mean cross-entropy."""
     correct = (logits.argmax(1) == y).to(logits.dtype)
+    losses = _per_row_cross_entropy(logits, y)
     counts = torch.bincount(groups, minlength=n_groups)
-    hits = torch.bincount(groups, weights=correct, minlength=n_groups)
     present = counts > 0
-    worst = (hits[present] / counts[present]).min()
-    loss = torch.nn.functional.cross_entropy(logits, y)
-    return float(worst), float(correct.mean()), float(loss)
+    hits = torch.bincount(groups, weights=correct, minlength=n_groups)[present]
+    group_losses = torch.bincount(groups, weights=losses, minlength=n_groups)[present]
+    return {
+        "worst_group_accuracy": float((hits / counts[present]).min()),
+        "average_accuracy": float(correct.mean()),
+        "heldout_loss": float(losses.mean()),
+        "worst_group_loss": float((group_losses / counts[present]).max()),
+    }
+
+
+def _selection_score(scores: dict[str, float], metric: str) -> tuple[float, float]:
+    """Sort key of an epoch under ``metric``: larger is better."""
+    if metric == "worst_group_loss":
+        return (-scores["worst_group_loss"], scores["worst_group_accuracy"])
+    return (scores["worst_group_accuracy"], -scores["heldout_loss"])
 
 
 def standardize(X: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -479,10 +495,11 @@ def fit_hsfm(
 
     With ``settings.support_source == "pool"`` (the paper) there is one run:
     support from the training pool, hard set and selection on all held-out
-    rows. With ``"annotated"`` the held-out rows are cross-fitted over the two
-    ``heldout_folds``: each run draws its support and hard set from one fold
-    and selects its epoch on the other, and the two heads are averaged, so no
-    epoch is selected on rows that shaped it.
+    rows. With ``"annotated"`` the held-out rows are cross-fitted: every split
+    of ``heldout_folds`` into two folds gives two runs, each drawing its
+    support and hard set from one fold and selecting its epoch on the other,
+    so no epoch is selected on rows that shaped it; the heads of all runs are
+    averaged.
 
     Parameters
     ----------
@@ -502,10 +519,10 @@ def fit_hsfm(
         ``initial_head`` is given).
     initial_head : (W, b) or None
         Initial head in raw feature space.
-    heldout_folds : tensor of int or None
-        Fold (0 or 1) of every held-out row, rows sorted by fold, for
-        cross-fitting when the support comes from the annotated rows. None
-        there: one run on all held-out rows.
+    heldout_folds : tensor of int of shape (n_splits, n_heldout) or None
+        Fold (0 or 1) of every held-out row in each split, for cross-fitting
+        when the support comes from the annotated rows. None there: one run
+        on all held-out rows.
     on_epoch : callable or None
         Called with each epoch's record (for progress output).
     """
@@ -521,12 +538,13 @@ def fit_hsfm(
 
     n_heldout = heldout_y.numel()
     if settings.support_source == "annotated" and heldout_folds is not None:
-        # rows come sorted by fold: each fold is a contiguous block, so views, not copies
-        fold_end = int((heldout_folds == 0).sum())
-        first, second = slice(0, fold_end), slice(fold_end, n_heldout)
-        plans = [(second, first), (first, second)]  # (shaping rows, selection rows)
+        plans = []  # (shaping rows, selection rows) of each run
+        for split in heldout_folds.reshape(-1, n_heldout):
+            first, second = torch.nonzero(split == 0)[:, 0], torch.nonzero(split == 1)[:, 0]
+            plans += [(second, first), (first, second)]
     else:
-        plans = [(slice(0, n_heldout), slice(0, n_heldout))]
+        every_row = slice(0, n_heldout)  # a view, not a copy of the held-out rows
+        plans = [(every_row, every_row)]
 
     inner_lr = head_lr = None
     runs = []
@@ -594,13 +612,20 @@ def _draw_support(
         chosen = sample_support(
             heldout_cells[shaping_rows], n_cells, settings.support_size_per_class, generator
         )
-        index = chosen + shaping_rows.start
+        index = _row_index(shaping_rows, heldout_X)[chosen]
         cells = heldout_cells[index]
         counts = torch.bincount(cells, minlength=n_cells).to(heldout_X.dtype)
         weight = 1.0 / (counts[cells] * (counts > 0).sum())
         return heldout_X[index], heldout_y[index], index, weight  # a gather: a new tensor
     index = sample_support(pool_y, n_classes, settings.support_size_per_class, generator)
     return pool_X[index], pool_y[index], index, None
+
+
+def _row_index(rows: slice | torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """``rows`` (a slice or an index tensor) of ``X`` as an index tensor."""
+    if isinstance(rows, slice):
+        return torch.arange(X.shape[0], device=X.device)[rows]
+    return rows
 
 
 def _bilevel_run(
@@ -626,9 +651,10 @@ def _bilevel_run(
         "worst_group_accuracy": [],
         "average_accuracy": [],
         "heldout_loss": [],
+        "worst_group_loss": [],
         "outer_loss": [],
     }
-    best = (-math.inf, math.inf)
+    best = (-math.inf, -math.inf)
     best_S = S.clone()  # the support at the best epoch; the initial one until then
     best_state = (W0, b0, 0)
     diverged = False
@@ -671,22 +697,19 @@ def _bilevel_run(
             break
 
         # (d) model selection on the held-out rows
-        worst, average, heldout_loss = _group_scores(
-            selection_logits, selection_y, selection_cells, n_cells
-        )
+        scores = _group_scores(selection_logits, selection_y, selection_cells, n_cells)
         record = {
             "epoch": epoch,
-            "worst_group_accuracy": worst,
-            "average_accuracy": average,
-            "heldout_loss": heldout_loss,
+            **scores,
             "outer_loss": sum(outer_losses) / len(outer_losses),
         }
         for key in history:
             history[key].append(record[key])
         if on_epoch is not None:
             on_epoch(record)
-        if (worst, -heldout_loss) > (best[0], -best[1]):
-            best = (worst, heldout_loss)
+        score = _selection_score(scores, settings.selection_metric)
+        if score > best:
+            best = score
             best_state = (W.clone(), b.clone(), epoch)
             best_S.copy_(S)
             epochs_without_improvement = 0
@@ -705,9 +728,7 @@ def _bilevel_run(
         support_edited=best_S,
         support_labels=support_labels,
         support_index=support_index,
-        selection_index=torch.arange(
-            selection_rows.start, selection_rows.stop, device=support_index.device
-        ),
+        selection_index=_row_index(selection_rows, heldout_X),
         best_epoch=best_epoch,
         history=history,
         diverged=diverged,

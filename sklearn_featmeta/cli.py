@@ -28,6 +28,8 @@ _FIT_OPTIONS = [
     ("--hard-set-size", "hard_set_size", int),
     ("--hard-set", "hard_set", str),
     ("--n-epochs", "n_epochs", int),
+    ("--selection-metric", "selection_metric", str),
+    ("--n-repeats", "n_repeats", int),
     ("--head-update", "head_update", str),
     ("--validation-fraction", "validation_fraction", float),
     ("--head-l2", "head_l2", float),

@@ -1,5 +1,7 @@
 """The pure-torch core: gradients, hypergradients, hard-set mining, divergence guard."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -261,23 +263,52 @@ def test_annotated_support_is_cross_fitted():
         support_size_per_class=1000, inner_steps=3, inner_lr=None, outer_lr=0.01,
         outer_steps=2, hard_set_size=10, n_epochs=3, support_source="annotated",
     )  # fmt: skip
-    folds = (torch.arange(100) >= 48).long()  # rows sorted by fold
+    folds = torch.stack([torch.arange(100) % 2, (torch.arange(100) >= 48).long()])  # two splits
     result = _hsfm.fit_hsfm(
         X[:200].clone(), y[:200], X[200:].clone(), y[200:], heldout_cells,
         n_classes=2, n_cells=4, hard_set_cells=heldout_cells, n_hard_set_cells=4,
         settings=settings, generator=torch.Generator().manual_seed(0), erm_l2=1e-2,
         heldout_folds=folds,
     )  # fmt: skip
-    assert result.support_from_heldout and len(result.runs) == 2
+    assert result.support_from_heldout and len(result.runs) == 4
     selections = [set(run.selection_index.tolist()) for run in result.runs]
-    assert selections[0].isdisjoint(selections[1]) and selections[0] | selections[1] == set(
-        range(100)
-    )
-    assert selections[0] == set(range(48))  # each run selects on its own fold ...
+    for first, second in (selections[:2], selections[2:]):  # the two runs of one split
+        assert first.isdisjoint(second) and first | second == set(range(100))
+    assert selections[0] == set(range(0, 100, 2))  # each run selects on its own fold ...
+    assert selections[2] == set(range(48))
     for run, selection in zip(result.runs, selections, strict=True):
         # ... and draws its support (every row: cap 1000 per cell) from the other
         assert set(run.support_index.tolist()) == set(range(100)) - selection
-    torch.testing.assert_close(result.weight, (result.runs[0].weight + result.runs[1].weight) / 2)
+    torch.testing.assert_close(
+        result.weight, torch.stack([run.weight for run in result.runs]).mean(0)
+    )
+
+
+def test_group_scores():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0], [0.5, 0.0]])
+    y = torch.tensor([0, 0, 1, 1, 0])
+    groups = torch.tensor([0, 0, 1, 1, 2])
+    losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    scores = _hsfm._group_scores(logits, y, groups, n_groups=4)  # group 3 is empty
+    assert scores["worst_group_accuracy"] == pytest.approx(0.5)
+    assert scores["average_accuracy"] == pytest.approx(3 / 5)
+    assert scores["heldout_loss"] == pytest.approx(float(losses.mean()))
+    assert scores["worst_group_loss"] == pytest.approx(
+        max(float(losses[:2].mean()), float(losses[2:4].mean()), float(losses[4]))
+    )
+
+
+def test_best_epoch_is_the_lowest_worst_group_loss():
+    settings = _hsfm.HSFMSettings(
+        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
+        outer_steps=2, hard_set_size=10, n_epochs=8, selection_metric="worst_group_loss",
+    )  # fmt: skip
+    (result,) = _fit(settings).runs
+    loss = np.array(result.history["worst_group_loss"])
+    assert result.best_epoch == np.argmin(loss) + 1
+    # the criteria disagree on this problem, so the setting is what chose the epoch
+    accuracy_run = _fit(dataclasses.replace(settings, selection_metric="worst_group_accuracy"))
+    assert accuracy_run.runs[0].best_epoch != result.best_epoch
 
 
 def test_weight_decay_hypergradient_matches_oracle_and_finite_differences():

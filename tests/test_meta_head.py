@@ -12,6 +12,7 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
 from sklearn_featmeta import PAPER_PRESETS, MetaAugmentedHeadClassifier
+from sklearn_featmeta._groups import cross_fitting_folds
 from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
@@ -107,13 +108,16 @@ def test_coef_applies_to_raw_features():
 
 
 def test_fitted_attributes(spurious):
-    """Defaults: the support is the annotated rows, cross-fitted in two runs."""
+    """Defaults: the support is the annotated rows, cross-fitted over n_repeats splits."""
     X, y, groups = spurious
     model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
     known = np.flatnonzero(groups != -1)
     rows = _rows_of(X, model.support_init_.astype(np.float32))
-    np.testing.assert_array_equal(np.sort(rows), known)  # every annotated row, once
-    assert model.support_edited_.shape == model.support_init_.shape == (known.size, 16)
+    # two splits, each covering every annotated row once across its two runs
+    n_repeats = model.n_repeats
+    assert n_repeats == 2
+    np.testing.assert_array_equal(np.sort(rows), np.repeat(known, n_repeats))
+    assert model.support_edited_.shape == model.support_init_.shape == (2 * known.size, 16)
     np.testing.assert_array_equal(model.support_labels_, y[rows])
     assert not np.allclose(model.support_init_, model.support_edited_)
     assert set(model.history_) == {
@@ -122,19 +126,31 @@ def test_fitted_attributes(spurious):
         "worst_group_accuracy",
         "average_accuracy",
         "heldout_loss",
+        "worst_group_loss",
         "outer_loss",
     }
-    assert all(len(v) == 8 for v in model.history_.values())
-    np.testing.assert_array_equal(model.history_["run"], [0] * 4 + [1] * 4)
-    np.testing.assert_array_equal(model.history_["epoch"], [1, 2, 3, 4] * 2)
-    assert model.n_iter_ == 4 and model.best_epoch_.shape == (2,)
-    for run, best in enumerate(model.best_epoch_):
-        accuracy = model.history_["worst_group_accuracy"][model.history_["run"] == run]
-        assert accuracy[best - 1] == accuracy.max()
+    assert all(len(v) == 16 for v in model.history_.values())
+    np.testing.assert_array_equal(model.history_["run"], np.repeat([0, 1, 2, 3], 4))
+    np.testing.assert_array_equal(model.history_["epoch"], [1, 2, 3, 4] * 4)
+    assert model.n_iter_ == 4 and model.best_epoch_.shape == (4,)
+    for run, best in enumerate(model.best_epoch_):  # the default keeps the lowest loss
+        loss = model.history_["worst_group_loss"][model.history_["run"] == run]
+        assert loss[best - 1] == loss.min()
     assert model.device_ == "cpu"
     assert model.inner_lr_ > 0
     for attribute in ("coef_", "intercept_", "support_edited_"):
         assert np.isfinite(getattr(model, attribute)).all()
+
+
+def test_selection_by_worst_group_accuracy(spurious):
+    X, y, groups = spurious
+    model = MetaAugmentedHeadClassifier(
+        **FAST, n_repeats=1, selection_metric="worst_group_accuracy"
+    ).fit(X, y, groups)
+    assert model.best_epoch_.shape == (2,)
+    for run, best in enumerate(model.best_epoch_):
+        accuracy = model.history_["worst_group_accuracy"][model.history_["run"] == run]
+        assert accuracy[best - 1] == accuracy.max()
 
 
 def test_fitted_attributes_with_support_from_the_pool(spurious):
@@ -160,8 +176,8 @@ def test_verbose_prints_every_epoch(spurious, capsys):
     X, y, groups = spurious
     MetaAugmentedHeadClassifier(**FAST, verbose=1).fit(X, y, groups)
     out = capsys.readouterr().out
-    assert out.count("worst-group acc") == 8  # two cross-fitted runs of four epochs
-    assert "run 2, epoch   4/4" in out
+    assert out.count("worst-group acc") == 16  # two splits x two runs x four epochs
+    assert "run 4, epoch   4/4" in out and "worst-group loss" in out
     assert "best epoch" in out and "held-out rows" in out
 
 
@@ -189,8 +205,8 @@ def test_annotated_support_caps_rows_per_cell(spurious):
     model = MetaAugmentedHeadClassifier(**FAST, support_size_per_class=5).fit(X, y, groups)
     rows = _rows_of(X, model.support_init_.astype(np.float32))
     assert (groups[rows] != -1).all()
-    # two runs, each at most 5 rows of each of the 4 cells of its fold
-    assert np.bincount(groups[rows]).tolist() == [10, 10, 10, 10]
+    # two splits x two runs, each at most 5 rows of each of the 4 cells of its fold
+    assert np.bincount(groups[rows]).tolist() == [20, 20, 20, 20]
 
 
 @pytest.mark.parametrize("unknown", [None, np.nan])
@@ -219,7 +235,8 @@ def test_all_groups_known_holds_out_a_stratified_fraction(spurious):
     X, y, _ = spurious
     attribute = (np.arange(y.size) % 5 == 0).astype(int)
     groups = y * 2 + attribute
-    model = MetaAugmentedHeadClassifier(**FAST, validation_fraction=0.25).fit(X, y, groups)
+    model = MetaAugmentedHeadClassifier(**FAST, n_repeats=1, validation_fraction=0.25)
+    model.fit(X, y, groups)
     # the annotated support is the held-out rows: 25% of the rows of each (class, group) cell
     rows = _rows_of(X, model.support_init_.astype(np.float32))
     for cell in np.unique(groups):
@@ -228,7 +245,7 @@ def test_all_groups_known_holds_out_a_stratified_fraction(spurious):
 
 def test_groups_none_holds_out_by_class_and_selects_worst_class(spurious):
     X, y, _ = spurious
-    model = MetaAugmentedHeadClassifier(**FAST, validation_fraction=0.2).fit(X, y)
+    model = MetaAugmentedHeadClassifier(**FAST, n_repeats=1, validation_fraction=0.2).fit(X, y)
     counts = np.bincount(y)
     support_counts = np.bincount(np.searchsorted(model.classes_, model.support_labels_))
     np.testing.assert_array_equal(support_counts, np.rint(0.2 * counts))
@@ -488,3 +505,19 @@ def test_head_l2_shrinks_the_weights_but_not_to_zero(spurious):
     plain = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
     shrunk = MetaAugmentedHeadClassifier(**FAST, head_l2=1.0).fit(X, y, groups)
     assert 0 < np.linalg.norm(shrunk.coef_) < 0.9 * np.linalg.norm(plain.coef_)
+
+
+def test_cross_fitting_folds_are_stratified_independent_splits():
+    y = np.repeat([0, 1], 60)
+    group_codes = np.tile(np.repeat([0, 1, 2], 20), 2)
+    folds = cross_fitting_folds(y, group_codes, 2, 3, np.random.RandomState(0))
+    assert folds.shape == (3, 120) and set(np.unique(folds)) == {0, 1}
+    for split in folds:  # every (class, group) cell is halved in every split
+        for cell in range(6):
+            assert split[cell * 20 : (cell + 1) * 20].sum() == 10
+    assert not np.array_equal(folds[0], folds[1])
+    # a class of one annotated row cannot be in both folds: no split, one run
+    assert (
+        cross_fitting_folds(np.r_[y, 2], np.r_[group_codes, 0], 3, 2, np.random.RandomState(0))
+        is None
+    )
