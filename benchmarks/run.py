@@ -60,6 +60,10 @@ ABLATIONS = [
         "defaults, but one two-fold split, 40 epochs (same compute)",
         {"n_repeats": 1, "n_epochs": 40},
     ),
+    (
+        "defaults, but always keep the edited head (paper)",
+        {"compare_unedited": False},
+    ),
     # not a paper choice: what the support edits themselves add to the defaults
     ("defaults, but no support edits (outer_lr 1e-6)", {"outer_lr": 1e-6}),
 ]

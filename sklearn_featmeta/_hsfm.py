@@ -355,6 +355,9 @@ class HSFMSettings:
     ``selection_metric`` picks the kept epoch: the best held-out worst-group
     accuracy, ties broken by the lower loss (the paper), or the lowest
     worst-group mean cross-entropy (a smoother criterion on small groups).
+    With ``compare_unedited`` a run also updates a second head on its
+    unedited support, by the same steps, and the kept epoch may be of either
+    head: the edits stay only where they beat not editing on held-out rows.
     ``weight_decay`` adds ``weight_decay / 2 * ||W||^2`` (not the bias) to the
     support loss of both the inner loop and the head update (0 in the paper).
     """
@@ -374,6 +377,7 @@ class HSFMSettings:
     n_iter_no_change: int | None = None
     weight_decay: float = 0.0
     selection_metric: str = "worst_group_accuracy"
+    compare_unedited: bool = False
 
 
 @dataclass
@@ -389,6 +393,7 @@ class RunResult:
     best_epoch: int
     history: dict[str, list[float]]
     diverged: bool
+    kept_edits: bool = True  # False: the head of the unedited support was kept
 
 
 @dataclass
@@ -621,6 +626,21 @@ def _draw_support(
     return pool_X[index], pool_y[index], index, None
 
 
+def _head_optimizer(params: list[torch.Tensor], head_update: str, lr: float):
+    if head_update == "adam":
+        return _adam(params, lr)
+    return torch.optim.SGD(params, lr=lr)
+
+
+def _update_head(S, Y_support, W, b, support_weight, optimizer, settings) -> None:
+    """Step (c): ``inner_steps`` optimiser steps of the head on the (detached) support."""
+    for _ in range(settings.inner_steps):
+        _, W.grad, b.grad = softmax_head_gradient(S, Y_support, W, b, support_weight)
+        if settings.weight_decay:
+            W.grad.add_(W, alpha=settings.weight_decay)
+        optimizer.step()
+
+
 def _row_index(rows: slice | torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """``rows`` (a slice or an index tensor) of ``X`` as an index tensor."""
     if isinstance(rows, slice):
@@ -637,10 +657,13 @@ def _bilevel_run(
     Y_support = _one_hot(support_labels, n_classes, S.dtype)
     W, b = W0.clone(), b0.clone()
     support_optimizer = _adam([S], settings.outer_lr)
-    if settings.head_update == "adam":
-        head_optimizer = _adam([W, b], head_lr)
-    else:
-        head_optimizer = torch.optim.SGD([W, b], lr=head_lr)
+    head_optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
+    if settings.compare_unedited:
+        # the control: the same head update on the support as drawn
+        S_unedited, W_unedited, b_unedited = S.clone(), W0.clone(), b0.clone()
+        unedited_optimizer = _head_optimizer(
+            [W_unedited, b_unedited], settings.head_update, head_lr
+        )
     shaping_X, shaping_y = heldout_X[shaping_rows], heldout_y[shaping_rows]
     Y_shaping = _one_hot(shaping_y, n_classes, heldout_X.dtype)
     shaping_cells = hard_set_cells[shaping_rows]
@@ -656,7 +679,7 @@ def _bilevel_run(
     }
     best = (-math.inf, -math.inf)
     best_S = S.clone()  # the support at the best epoch; the initial one until then
-    best_state = (W0, b0, 0)
+    best_state = (W0, b0, 0, True)
     diverged = False
     epochs_without_improvement = 0
 
@@ -686,11 +709,7 @@ def _bilevel_run(
             break
 
         # (c) head update on the edited (detached) support set
-        for _ in range(settings.inner_steps):
-            _, W.grad, b.grad = softmax_head_gradient(S, Y_support, W, b, support_weight)
-            if settings.weight_decay:
-                W.grad.add_(W, alpha=settings.weight_decay)
-            head_optimizer.step()
+        _update_head(S, Y_support, W, b, support_weight, head_optimizer, settings)
         selection_logits = torch.addmm(b, selection_X, W.T)
         if not torch.isfinite(selection_logits).all():
             diverged = True
@@ -708,10 +727,27 @@ def _bilevel_run(
         if on_epoch is not None:
             on_epoch(record)
         score = _selection_score(scores, settings.selection_metric)
-        if score > best:
+        improved = score > best
+        if improved:
             best = score
-            best_state = (W.clone(), b.clone(), epoch)
+            best_state = (W.clone(), b.clone(), epoch, True)
             best_S.copy_(S)
+        if settings.compare_unedited:
+            _update_head(
+                S_unedited, Y_support, W_unedited, b_unedited, support_weight,
+                unedited_optimizer, settings,
+            )  # fmt: skip
+            unedited_logits = torch.addmm(b_unedited, selection_X, W_unedited.T)
+            unedited_score = _selection_score(
+                _group_scores(unedited_logits, selection_y, selection_cells, n_cells),
+                settings.selection_metric,
+            )
+            if torch.isfinite(unedited_logits).all() and unedited_score > best:
+                improved = True
+                best = unedited_score
+                best_state = (W_unedited.clone(), b_unedited.clone(), epoch, False)
+                best_S.copy_(S_unedited)
+        if improved:
             epochs_without_improvement = 0
         else:
             epochs_without_improvement += 1
@@ -721,7 +757,7 @@ def _bilevel_run(
             ):
                 break
 
-    best_W, best_b, best_epoch = best_state
+    best_W, best_b, best_epoch, kept_edits = best_state
     return RunResult(
         weight=best_W,
         bias=best_b,
@@ -732,4 +768,5 @@ def _bilevel_run(
         best_epoch=best_epoch,
         history=history,
         diverged=diverged,
+        kept_edits=kept_edits,
     )

@@ -86,6 +86,13 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         or the best held-out worst-group accuracy, ties broken by the lower
         loss (the paper). The loss varies smoothly where a small group's
         accuracy moves in steps of one row, so it picks epochs less by chance.
+    compare_unedited : bool, default=True
+        Each run also updates a second head, by the same steps, on its support
+        as drawn (no edits), and keeps the epoch that scores best on its
+        selection rows whichever head it is: the edits are used only where
+        they beat not editing on held-out rows (``kept_edits_``). False
+        always keeps an epoch of the edited head (the paper). Costs one more
+        head update per epoch, a small share of the support edits' cost.
     head_update : {"gradient", "adam"}, default="gradient"
         How the head learns from the edited support set each epoch:
         ``inner_steps`` steps of plain gradient descent, the same map the
@@ -152,7 +159,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         Support set before editing: rows of ``X`` (of every run, concatenated).
     support_edited_ : ndarray of shape (n_support, n_features)
         Support set after editing, at each run's selected epoch, in raw
-        feature space.
+        feature space (a run that kept its unedited head: its initial support).
     support_labels_ : ndarray of shape (n_support,)
     history_ : dict of ndarray
         One entry per run and epoch (long format; ``pandas.DataFrame(history_)``
@@ -165,6 +172,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         the initial head was kept). One run with ``support_source="pool"``,
         ``2 * n_repeats`` (cross-fitted folds) with ``"annotated"`` (one when
         the annotated rows are too few to split, see ``support_source``).
+    kept_edits_ : ndarray of bool of shape (n_runs,)
+        Whether each run kept a head trained on its edited support (False:
+        the unedited head scored better, see ``compare_unedited``).
     n_iter_ : int
         Most epochs run by a run.
     inner_lr_ : float
@@ -205,6 +215,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         "hard_set": [StrOptions({"class", "group"})],
         "n_epochs": [Interval(Integral, 1, None, closed="left")],
         "selection_metric": [StrOptions({"worst_group_accuracy", "worst_group_loss"})],
+        "compare_unedited": ["boolean"],
         "head_update": [StrOptions({"gradient", "adam"})],
         "support_source": [StrOptions({"pool", "annotated"})],
         "n_repeats": [Interval(Integral, 1, None, closed="left")],
@@ -232,6 +243,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         hard_set="group",
         n_epochs=20,
         selection_metric="worst_group_loss",
+        compare_unedited=True,
         head_update="gradient",
         head_lr=None,
         support_source="annotated",
@@ -256,6 +268,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.hard_set = hard_set
         self.n_epochs = n_epochs
         self.selection_metric = selection_metric
+        self.compare_unedited = compare_unedited
         self.head_update = head_update
         self.head_lr = head_lr
         self.support_source = support_source
@@ -433,6 +446,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             n_iter_no_change=self.n_iter_no_change,
             weight_decay=self.head_l2,
             selection_metric=self.selection_metric,
+            compare_unedited=self.compare_unedited,
         )
 
     def _run_core(
@@ -483,7 +497,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                     stacklevel=4,
                 )
         if self.verbose:
-            best = ", ".join(str(run.best_epoch) for run in result.runs)
+            best = ", ".join(
+                f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs
+            )
             print(
                 f"[{type(self).__name__}] done in {time.perf_counter() - start:.2f}s: "
                 f"best epoch {best} of {self.n_epochs} (inner_lr {result.inner_lr:.3g})"
@@ -533,6 +549,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 [np.asarray(r.history[key], dtype=float) for r in runs]
             )
         self.best_epoch_ = np.array([r.best_epoch for r in runs])
+        self.kept_edits_ = np.array([r.kept_edits for r in runs])
         self.n_iter_ = int(max(len(r.history["outer_loss"]) for r in runs))
         self.inner_lr_ = float(result.inner_lr)
         self.device_ = str(device)

@@ -13,7 +13,8 @@ from types import MappingProxyType
 _PAPER_ALGORITHM = {
     "support_source": "pool",  # support: n_s random training rows per class
     "hard_set": "class",  # hard set: the K_hard highest-loss held-out rows per class
-    "selection_metric": "worst_group_accuracy",  # keep the best worst-group accuracy
+    "selection_metric": "worst_group_accuracy",  # keep the best worst-group accuracy ...
+    "compare_unedited": False,  # ... of the edited head
     "head_update": "adam",  # head update: T Adam steps on the edited support ...
     "head_lr": None,  # ... with the inner step size alpha
     "n_iter_no_change": None,  # every epoch runs

@@ -18,6 +18,13 @@ from . import __version__
 from ._meta_head import MetaAugmentedHeadClassifier
 from ._presets import PAPER_PRESETS
 
+
+def _boolean(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.lower() == "true"
+
+
 # Estimator parameters offered as options: (option, parameter, type).
 _FIT_OPTIONS = [
     ("--support-size-per-class", "support_size_per_class", int),
@@ -29,6 +36,7 @@ _FIT_OPTIONS = [
     ("--hard-set", "hard_set", str),
     ("--n-epochs", "n_epochs", int),
     ("--selection-metric", "selection_metric", str),
+    ("--compare-unedited", "compare_unedited", _boolean),
     ("--n-repeats", "n_repeats", int),
     ("--head-update", "head_update", str),
     ("--validation-fraction", "validation_fraction", float),

@@ -334,3 +334,47 @@ def test_weight_decay_raises_the_lipschitz_bound():
     plain = _hsfm.inner_lr_from_lipschitz(S)
     decayed = _hsfm.inner_lr_from_lipschitz(S, weight_decay=0.5)
     assert 1 / decayed == pytest.approx(1 / plain + 0.5)
+
+
+def _plain_descent(S, labels, W, b, lr, steps):
+    Y = torch.nn.functional.one_hot(labels, W.shape[0]).to(S.dtype)
+    W, b = W.clone(), b.clone()
+    for _ in range(steps):
+        _, grad_W, grad_b = _hsfm.softmax_head_gradient(S, Y, W, b)
+        W, b = W - lr * grad_W, b - lr * grad_b
+    return W, b
+
+
+def test_unedited_head_is_kept_where_the_edits_do_worse():
+    settings = _hsfm.HSFMSettings(
+        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=3.0,
+        outer_steps=2, hard_set_size=10, n_epochs=6, selection_metric="worst_group_loss",
+        compare_unedited=True,
+    )  # fmt: skip
+    result = _fit(settings)
+    (run,) = result.runs
+    assert not run.kept_edits and run.best_epoch > 0
+    # the kept head is plain gradient descent on the support as drawn, for the kept epochs
+    W, b = _plain_descent(
+        run.support_edited, run.support_labels, result.initial_weight, result.initial_bias,
+        result.head_lr, 3 * run.best_epoch,
+    )  # fmt: skip
+    torch.testing.assert_close(run.weight, W)
+    torch.testing.assert_close(run.bias, b)
+    # without the comparison the edits are kept, though they score worse than not editing
+    (edited,) = _fit(dataclasses.replace(settings, compare_unedited=False)).runs
+    (control,) = _fit(dataclasses.replace(settings, outer_lr=1e-12)).runs
+    assert edited.kept_edits
+    assert min(edited.history["worst_group_loss"]) > min(control.history["worst_group_loss"])
+
+
+def test_edited_head_is_kept_where_the_edits_do_better():
+    settings = _hsfm.HSFMSettings(
+        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
+        outer_steps=2, hard_set_size=10, n_epochs=8, selection_metric="worst_group_loss",
+        compare_unedited=True,
+    )  # fmt: skip
+    (run,) = _fit(settings).runs
+    (control,) = _fit(dataclasses.replace(settings, outer_lr=1e-12)).runs
+    assert run.kept_edits
+    assert min(run.history["worst_group_loss"]) < min(control.history["worst_group_loss"])

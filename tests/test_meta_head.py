@@ -133,9 +133,11 @@ def test_fitted_attributes(spurious):
     np.testing.assert_array_equal(model.history_["run"], np.repeat([0, 1, 2, 3], 4))
     np.testing.assert_array_equal(model.history_["epoch"], [1, 2, 3, 4] * 4)
     assert model.n_iter_ == 4 and model.best_epoch_.shape == (4,)
+    assert model.kept_edits_.shape == (4,) and model.kept_edits_.dtype == bool
     for run, best in enumerate(model.best_epoch_):  # the default keeps the lowest loss
         loss = model.history_["worst_group_loss"][model.history_["run"] == run]
-        assert loss[best - 1] == loss.min()
+        if model.kept_edits_[run]:  # history_ scores the edited head
+            assert loss[best - 1] == loss.min()
     assert model.device_ == "cpu"
     assert model.inner_lr_ > 0
     for attribute in ("coef_", "intercept_", "support_edited_"):
@@ -521,3 +523,17 @@ def test_cross_fitting_folds_are_stratified_independent_splits():
         cross_fitting_folds(np.r_[y, 2], np.r_[group_codes, 0], 3, 2, np.random.RandomState(0))
         is None
     )
+
+
+def test_compare_unedited_keeps_the_better_head_per_run(spurious):
+    X, y, groups = spurious
+    # outer_lr 5 wrecks the edited heads: every run keeps its unedited one ...
+    wrecked = MetaAugmentedHeadClassifier(**FAST, outer_lr=5.0).fit(X, y, groups)
+    assert not wrecked.kept_edits_.any()
+    # ... which is the head a run with (almost) no edits keeps
+    control = MetaAugmentedHeadClassifier(**FAST, outer_lr=1e-12, compare_unedited=False)
+    control.fit(X, y, groups)
+    np.testing.assert_allclose(wrecked.coef_, control.coef_, rtol=1e-4, atol=1e-5)
+    paper_way = MetaAugmentedHeadClassifier(**FAST, outer_lr=5.0, compare_unedited=False)
+    assert paper_way.fit(X, y, groups).kept_edits_.all()
+    assert not np.allclose(paper_way.coef_, wrecked.coef_)
