@@ -510,7 +510,9 @@ def fit_hsfm(
     ----------
     pool_X, pool_y : tensors
         Training pool in raw feature space (modified in place: standardised).
-        Source of the ERM head (and of the support set, for ``"pool"``).
+        Source of the ERM head (and of the support set, for ``"pool"``). With
+        ``"annotated"`` support, ``pool_X`` is emptied (``Tensor.set_()``) once
+        the ERM head is fitted, so its memory is free for the runs.
     heldout_X, heldout_y : tensors
         Held-out rows in raw feature space (standardised in place).
     heldout_cells : tensor of int
@@ -540,6 +542,9 @@ def fit_hsfm(
     else:
         raw_W, raw_b = initial_head
         W0, b0 = raw_W * scale, raw_b + raw_W @ mean
+    if settings.support_source == "annotated":
+        # the pool, usually the largest array of a fit, has served its purpose: drop its storage
+        pool_X.set_()
 
     n_heldout = heldout_y.numel()
     if settings.support_source == "annotated" and heldout_folds is not None:
@@ -664,10 +669,12 @@ def _bilevel_run(
         unedited_optimizer = _head_optimizer(
             [W_unedited, b_unedited], settings.head_update, head_lr
         )
-    shaping_X, shaping_y = heldout_X[shaping_rows], heldout_y[shaping_rows]
-    Y_shaping = _one_hot(shaping_y, n_classes, heldout_X.dtype)
+    # Scores come from logits of every held-out row, indexed afterwards: a fold
+    # of rows is never copied (the logits are n x n_classes, the rows n x d).
+    shaping_index = _row_index(shaping_rows, heldout_X)
+    shaping_y = heldout_y[shaping_rows]
     shaping_cells = hard_set_cells[shaping_rows]
-    selection_X, selection_y = heldout_X[selection_rows], heldout_y[selection_rows]
+    selection_y = heldout_y[selection_rows]
     selection_cells = heldout_cells[selection_rows]
 
     history: dict[str, list[float]] = {
@@ -685,9 +692,11 @@ def _bilevel_run(
 
     for epoch in range(1, settings.n_epochs + 1):
         # (a) hard set under the current head
-        losses = _per_row_cross_entropy(torch.addmm(b, shaping_X, W.T), shaping_y)
+        shaping_logits = torch.addmm(b, heldout_X, W.T)[shaping_rows]
+        losses = _per_row_cross_entropy(shaping_logits, shaping_y)
         hard = select_hard_set(losses, shaping_cells, n_hard_set_cells, settings.hard_set_size)
-        H, Y_hard = shaping_X[hard], Y_shaping[hard]
+        H = heldout_X[shaping_index[hard]]
+        Y_hard = _one_hot(shaping_y[hard], n_classes, heldout_X.dtype)
 
         # (b) outer steps: edit the support set through the unrolled inner loop
         outer_losses = []
@@ -710,7 +719,7 @@ def _bilevel_run(
 
         # (c) head update on the edited (detached) support set
         _update_head(S, Y_support, W, b, support_weight, head_optimizer, settings)
-        selection_logits = torch.addmm(b, selection_X, W.T)
+        selection_logits = torch.addmm(b, heldout_X, W.T)[selection_rows]
         if not torch.isfinite(selection_logits).all():
             diverged = True
             break
@@ -737,7 +746,7 @@ def _bilevel_run(
                 S_unedited, Y_support, W_unedited, b_unedited, support_weight,
                 unedited_optimizer, settings,
             )  # fmt: skip
-            unedited_logits = torch.addmm(b_unedited, selection_X, W_unedited.T)
+            unedited_logits = torch.addmm(b_unedited, heldout_X, W_unedited.T)[selection_rows]
             unedited_score = _selection_score(
                 _group_scores(unedited_logits, selection_y, selection_cells, n_cells),
                 settings.selection_metric,

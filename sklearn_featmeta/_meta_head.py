@@ -43,8 +43,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     they are split in two halves ``n_repeats`` times; for every split, two runs
     each take their support and hard set from one half and select their epoch
     (by worst-group loss) on the other, and the heads of all runs are averaged.
-    On our real-data benchmarks this is what makes the defaults competitive
-    with DFR; there, the edits themselves change little
+    Each run also trains a head on its unedited support and keeps it where it
+    scores better (``compare_unedited``). On our real-data benchmarks this is
+    what makes the defaults competitive with DFR; there, the edits help on
+    some data sets and would hurt on others if always kept
     (``benchmarks/RESULTS.md``, ablations).
 
     Rows whose ``groups`` entry is known are the held-out (annotated) rows;

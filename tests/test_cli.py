@@ -68,6 +68,10 @@ def test_errors_are_reported_without_traceback(data_dir):
     assert absent.returncode == 2 and "no such model file" in absent.stderr
     bad_param = featmeta("fit", "train.npz", "-o", "m.joblib", "--hard-set", "cells", cwd=data_dir)
     assert bad_param.returncode == 2 and "hard_set" in bad_param.stderr
+    bad_flag = featmeta(
+        "fit", "train.npz", "-o", "m.joblib", "--compare-unedited", "yes", cwd=data_dir
+    )
+    assert bad_flag.returncode == 2 and "expected true or false, got 'yes'" in bad_flag.stderr
 
 
 def test_demo_prints_both_models_per_group(tmp_path):

@@ -264,13 +264,15 @@ def test_annotated_support_is_cross_fitted():
         outer_steps=2, hard_set_size=10, n_epochs=3, support_source="annotated",
     )  # fmt: skip
     folds = torch.stack([torch.arange(100) % 2, (torch.arange(100) >= 48).long()])  # two splits
+    pool_X = X[:200].clone()
     result = _hsfm.fit_hsfm(
-        X[:200].clone(), y[:200], X[200:].clone(), y[200:], heldout_cells,
+        pool_X, y[:200], X[200:].clone(), y[200:], heldout_cells,
         n_classes=2, n_cells=4, hard_set_cells=heldout_cells, n_hard_set_cells=4,
         settings=settings, generator=torch.Generator().manual_seed(0), erm_l2=1e-2,
         heldout_folds=folds,
     )  # fmt: skip
     assert result.support_from_heldout and len(result.runs) == 4
+    assert pool_X.numel() == 0  # released for the runs
     selections = [set(run.selection_index.tolist()) for run in result.runs]
     for first, second in (selections[:2], selections[2:]):  # the two runs of one split
         assert first.isdisjoint(second) and first | second == set(range(100))
