@@ -347,12 +347,17 @@ def _plain_descent(S, labels, W, b, lr, steps):
     return W, b
 
 
-def test_unedited_head_is_kept_where_the_edits_do_worse():
-    settings = _hsfm.HSFMSettings(
-        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=3.0,
-        outer_steps=2, hard_set_size=10, n_epochs=6, selection_metric="worst_group_loss",
+def _compared_settings(outer_lr, n_epochs):
+    """Settings of a run that also follows its unedited head."""
+    return _hsfm.HSFMSettings(
+        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=outer_lr,
+        outer_steps=2, hard_set_size=10, n_epochs=n_epochs, selection_metric="worst_group_loss",
         compare_unedited=True,
     )  # fmt: skip
+
+
+def test_unedited_head_is_kept_where_the_edits_do_worse():
+    settings = _compared_settings(outer_lr=3.0, n_epochs=6)
     result = _fit(settings)
     (run,) = result.runs
     assert not run.kept_edits and run.best_epoch > 0
@@ -371,11 +376,7 @@ def test_unedited_head_is_kept_where_the_edits_do_worse():
 
 
 def test_edited_head_is_kept_where_the_edits_do_better():
-    settings = _hsfm.HSFMSettings(
-        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
-        outer_steps=2, hard_set_size=10, n_epochs=8, selection_metric="worst_group_loss",
-        compare_unedited=True,
-    )  # fmt: skip
+    settings = _compared_settings(outer_lr=0.5, n_epochs=8)
     (run,) = _fit(settings).runs
     (control,) = _fit(dataclasses.replace(settings, outer_lr=1e-12)).runs
     assert run.kept_edits
