@@ -690,10 +690,24 @@ def _bilevel_run(
     diverged = False
     epochs_without_improvement = 0
 
+    def selection_scores(logits):
+        return _group_scores(logits[selection_rows], selection_y, selection_cells, n_cells)
+
+    def keep_if_best(scores, head_W, head_b, support_rows, epoch, edited) -> bool:
+        nonlocal best, best_state
+        score = _selection_score(scores, settings.selection_metric)
+        if not score > best:
+            return False
+        best = score
+        best_state = (head_W.clone(), head_b.clone(), epoch, edited)
+        best_S.copy_(support_rows)
+        return True
+
+    # logits of the current head on every held-out row: scored in (d), mined in the next (a)
+    logits = torch.addmm(b, heldout_X, W.T)
     for epoch in range(1, settings.n_epochs + 1):
         # (a) hard set under the current head
-        shaping_logits = torch.addmm(b, heldout_X, W.T)[shaping_rows]
-        losses = _per_row_cross_entropy(shaping_logits, shaping_y)
+        losses = _per_row_cross_entropy(logits[shaping_rows], shaping_y)
         hard = select_hard_set(losses, shaping_cells, n_hard_set_cells, settings.hard_set_size)
         H = heldout_X[shaping_index[hard]]
         Y_hard = _one_hot(shaping_y[hard], n_classes, heldout_X.dtype)
@@ -719,13 +733,13 @@ def _bilevel_run(
 
         # (c) head update on the edited (detached) support set
         _update_head(S, Y_support, W, b, support_weight, head_optimizer, settings)
-        selection_logits = torch.addmm(b, heldout_X, W.T)[selection_rows]
-        if not torch.isfinite(selection_logits).all():
+        logits = torch.addmm(b, heldout_X, W.T)
+        if not torch.isfinite(logits[selection_rows]).all():
             diverged = True
             break
 
         # (d) model selection on the held-out rows
-        scores = _group_scores(selection_logits, selection_y, selection_cells, n_cells)
+        scores = selection_scores(logits)
         record = {
             "epoch": epoch,
             **scores,
@@ -735,27 +749,18 @@ def _bilevel_run(
             history[key].append(record[key])
         if on_epoch is not None:
             on_epoch(record)
-        score = _selection_score(scores, settings.selection_metric)
-        improved = score > best
-        if improved:
-            best = score
-            best_state = (W.clone(), b.clone(), epoch, True)
-            best_S.copy_(S)
+        improved = keep_if_best(scores, W, b, S, epoch, edited=True)
         if settings.compare_unedited:
             _update_head(
                 S_unedited, Y_support, W_unedited, b_unedited, support_weight,
                 unedited_optimizer, settings,
             )  # fmt: skip
-            unedited_logits = torch.addmm(b_unedited, heldout_X, W_unedited.T)[selection_rows]
-            unedited_score = _selection_score(
-                _group_scores(unedited_logits, selection_y, selection_cells, n_cells),
-                settings.selection_metric,
-            )
-            if torch.isfinite(unedited_logits).all() and unedited_score > best:
-                improved = True
-                best = unedited_score
-                best_state = (W_unedited.clone(), b_unedited.clone(), epoch, False)
-                best_S.copy_(S_unedited)
+            unedited_logits = torch.addmm(b_unedited, heldout_X, W_unedited.T)
+            if torch.isfinite(unedited_logits[selection_rows]).all():
+                unedited_scores = selection_scores(unedited_logits)
+                improved |= keep_if_best(
+                    unedited_scores, W_unedited, b_unedited, S_unedited, epoch, edited=False
+                )
         if improved:
             epochs_without_improvement = 0
         else:
