@@ -3,12 +3,15 @@
     python -m benchmarks.run --data-dir ../shared/data            # five seeds, all benchmarks
     python -m benchmarks.run --data-dir ../shared/data --quick    # one seed
     python -m benchmarks.run --synthetic --out /tmp/smoke         # harness smoke test (seconds)
+    python -m benchmarks.run --data-dir ../shared/data --seeds 5 6 7 --methods dfr defaults \\
+        --section more-seeds                                      # a subset, in its own section
 
 Protocol, the same for every method (``methods``): training rows without group
 labels and validation rows with them go through one ``fit(X, y, groups)`` call
 (groups = -1 on training rows); metrics on the test split. Every method sees the
 same embeddings, splits and seeds, in one run. Writes ``results.json``,
-``wga.png`` and the benchmark section of ``RESULTS.md`` in ``--out``.
+``wga.png`` and the benchmark section of ``RESULTS.md`` in ``--out`` (with
+``--section NAME``: ``results-NAME.json``, ``wga-NAME.png`` and that section).
 """
 
 from __future__ import annotations
@@ -80,25 +83,53 @@ def _fit_balanced_validation_lr(X, y, groups, seed):
     return LogisticRegression(max_iter=2000).fit(X[val], y[val], sample_weight=weights)
 
 
-def methods(benchmark: str) -> dict[str, Callable]:
-    """Method name -> ``fit(X, y, groups, seed)`` returning a fitted classifier."""
+# What ``--methods`` selects: each key names one row, or all ablation rows.
+METHOD_KEYS = ("erm", "balanced-lr", "dfr", "preset", "defaults", "ablations")
+DEFAULTS_LABEL = "MetaAugmentedHeadClassifier() defaults"
+DFR_LABEL = "DFRClassifier"
+
+
+def methods(benchmark: str, keys=METHOD_KEYS) -> dict[str, Callable]:
+    """Method name -> ``fit(X, y, groups, seed)`` returning a fitted classifier.
+
+    ``keys`` (from ``METHOD_KEYS``) selects the rows; the order is always the table's.
+    """
+    unknown = sorted(set(keys) - set(METHOD_KEYS))
+    if unknown:
+        raise ValueError(f"Unknown method key(s) {unknown}; choose from {list(METHOD_KEYS)}.")
     preset = PAPER_PRESET.get(benchmark, "waterbirds")
-    table = {
-        "ERM (LogisticRegression on training rows)": _fit_erm,
-        "LogisticRegression on validation rows, group-balanced": _fit_balanced_validation_lr,
-        "DFRClassifier": lambda X, y, g, seed: DFRClassifier(random_state=seed).fit(X, y, g),
-        f"HSFM paper preset ({preset})": lambda X, y, g, seed: (
-            MetaAugmentedHeadClassifier.from_preset(preset, random_state=seed).fit(X, y, g)
+    rows = [
+        ("erm", "ERM (LogisticRegression on training rows)", _fit_erm),
+        (
+            "balanced-lr",
+            "LogisticRegression on validation rows, group-balanced",
+            _fit_balanced_validation_lr,
         ),
-        "MetaAugmentedHeadClassifier() defaults": lambda X, y, g, seed: MetaAugmentedHeadClassifier(
-            random_state=seed
-        ).fit(X, y, g),
-    }
+        ("dfr", DFR_LABEL, lambda X, y, g, seed: DFRClassifier(random_state=seed).fit(X, y, g)),
+        (
+            "preset",
+            f"HSFM paper preset ({preset})",
+            lambda X, y, g, seed: MetaAugmentedHeadClassifier.from_preset(
+                preset, random_state=seed
+            ).fit(X, y, g),
+        ),
+        (
+            "defaults",
+            DEFAULTS_LABEL,
+            lambda X, y, g, seed: MetaAugmentedHeadClassifier(random_state=seed).fit(X, y, g),
+        ),
+    ]
     for label, params in ABLATIONS:
-        table[label] = lambda X, y, g, seed, params=params: MetaAugmentedHeadClassifier(
-            random_state=seed, **params
-        ).fit(X, y, g)
-    return table
+        rows.append(
+            (
+                "ablations",
+                label,
+                lambda X, y, g, seed, params=params: MetaAugmentedHeadClassifier(
+                    random_state=seed, **params
+                ).fit(X, y, g),
+            )
+        )
+    return {label: fit for key, label, fit in rows if key in keys}
 
 
 def _synthetic_splits(seed: int):
@@ -127,16 +158,14 @@ def _real_splits(name: str, seed: int, data_dir: Path, cache_dir: Path, text_enc
     return X, y, groups, embeddings["test"], benchmark.test.y, benchmark.test.groups
 
 
-def run(benchmarks, seeds, splits: Callable, only: set[str] | None = None) -> dict:
-    """Fit every method on every benchmark and seed; per-seed numbers."""
+def run(benchmarks, seeds, splits: Callable, keys=METHOD_KEYS) -> dict:
+    """Fit every selected method on every benchmark and seed; per-seed numbers."""
     results = {}
     for name in benchmarks:
         results[name] = {}
         for seed in seeds:
             X, y, groups, X_test, y_test, groups_test = splits(name, seed)
-            for method, fit in methods(name).items():
-                if only and method not in only:
-                    continue
+            for method, fit in methods(name, keys).items():
                 start = time.perf_counter()
                 model = fit(X, y, groups, seed)
                 seconds = time.perf_counter() - start
@@ -161,6 +190,7 @@ def summarise(results: dict) -> dict:
     summary = {}
     for name, rows in results.items():
         summary[name] = {}
+        dfr = rows.get(DFR_LABEL)
         for method, row in rows.items():
             wga, acc = np.array(row["worst_group_accuracy"]), np.array(row["accuracy"])
             summary[name][method] = {
@@ -171,7 +201,23 @@ def summarise(results: dict) -> dict:
                 "fit_seconds_median": float(np.median(row["fit_seconds"])),
                 "n_seeds": int(wga.size),
             }
+            if dfr is not None and method != DFR_LABEL:
+                summary[name][method]["vs_dfr"] = _paired_difference(
+                    wga, np.array(dfr["worst_group_accuracy"])
+                )
     return summary
+
+
+def _paired_difference(worst_group, dfr_worst_group) -> dict:
+    """Per-seed worst-group difference to DFR (same splits): mean, standard error, wins."""
+    difference = 100 * (worst_group - dfr_worst_group)
+    n = difference.size
+    return {
+        "mean": float(difference.mean()),
+        "stderr": float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else None,
+        "seeds_at_or_above": int((difference >= 0).sum()),
+        "n_seeds": int(n),
+    }
 
 
 def markdown(summary: dict, command: str, seeds) -> str:
@@ -179,28 +225,35 @@ def markdown(summary: dict, command: str, seeds) -> str:
         f"Command: `{command}`  ",
         f"Date: {datetime.date.today().isoformat()}; machine: {platform.machine()}, "
         f"{_cpu_count()} CPU cores, Python {platform.python_version()}, no GPU; seeds {list(seeds)}.  ",
-        "Worst-group and average test accuracy in %, mean ± std over seeds; median fit time.",
+        "Worst-group and average test accuracy in %, mean ± std over seeds; median fit time. "
+        "vs DFR: the per-seed worst-group difference to DFRClassifier on the same splits, "
+        "mean ± standard error, and the seeds where the method is at or above DFR.",
         "",
     ]
     for name, rows in summary.items():
-        dfr = rows.get("DFRClassifier", {}).get("worst_group_mean")
+        dfr = rows.get(DFR_LABEL, {}).get("worst_group_mean")
         lines += [
             f"#### {name}",
             "",
-            "| method | worst-group acc. | average acc. | fit (s) |",
-            "|---|---|---|---|",
+            "| method | worst-group acc. | vs DFR | average acc. | fit (s) |",
+            "|---|---|---|---|---|",
         ]
         for method, s in rows.items():
             mark = ""
-            if dfr is not None and method.startswith("MetaAugmentedHeadClassifier()"):
-                mark = (
-                    " **(≥ DFR)**"
-                    if s["worst_group_mean"] >= dfr
-                    else f" ({s['worst_group_mean'] - dfr:+.1f} vs DFR)"
+            if dfr is not None and method == DEFAULTS_LABEL:
+                mark = " **(≥ DFR)**" if s["worst_group_mean"] >= dfr else " (< DFR)"
+            paired = s.get("vs_dfr")
+            versus = ""
+            if paired:
+                spread = "" if paired["stderr"] is None else f" ± {paired['stderr']:.1f}"
+                versus = (
+                    f"{paired['mean']:+.1f}{spread}, "
+                    f"{paired['seeds_at_or_above']}/{paired['n_seeds']}"
                 )
             lines.append(
                 f"| {method} | {s['worst_group_mean']:.1f} ± {s['worst_group_std']:.1f}{mark} | "
-                f"{s['accuracy_mean']:.1f} ± {s['accuracy_std']:.1f} | {s['fit_seconds_median']:.2f} |"
+                f"{versus} | {s['accuracy_mean']:.1f} ± {s['accuracy_std']:.1f} | "
+                f"{s['fit_seconds_median']:.2f} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -244,6 +297,17 @@ def chart(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+DEFAULT_SECTION = "benchmarks"
+
+
+def _section_name(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", text):
+        raise argparse.ArgumentTypeError(
+            f"section names are lower-case letters, digits and '-'; got {text!r}"
+        )
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
@@ -255,6 +319,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one seed (the first)")
     parser.add_argument(
         "--synthetic", action="store_true", help="tiny synthetic data instead of --data-dir"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHOD_KEYS,
+        default=list(METHOD_KEYS),
+        help="rows to run (default: all)",
+    )
+    parser.add_argument(
+        "--section",
+        type=_section_name,
+        default=DEFAULT_SECTION,
+        help=f"RESULTS.md section to write (default {DEFAULT_SECTION!r}); another name also "
+        "writes results-NAME.json and wga-NAME.png instead of results.json and wga.png",
     )
     args = parser.parse_args(argv)
     seeds = args.seeds[:1] if args.quick else args.seeds
@@ -273,18 +351,19 @@ def main(argv: list[str] | None = None) -> int:
         def splits(name, seed):
             return _real_splits(name, seed, args.data_dir, args.cache_dir, encoder)
 
-    results = run(names, seeds, splits)
+    results = run(names, seeds, splits, args.methods)
     summary = summarise(results)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / "results.json").write_text(
+    suffix = "" if args.section == DEFAULT_SECTION else f"-{args.section}"
+    (args.out / f"results{suffix}.json").write_text(
         json.dumps(
             {"command": command, "seeds": seeds, "summary": summary, "per_seed": results}, indent=1
         )
     )
-    chart(summary, args.out / "wga.png")
+    chart(summary, args.out / f"wga{suffix}.png")
     replace_section(
-        args.out / "RESULTS.md", "benchmarks", markdown(summary, command.strip(), seeds)
+        args.out / "RESULTS.md", args.section, markdown(summary, command.strip(), seeds)
     )
     print(markdown(summary, command.strip(), seeds))
     return 0

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import run, speed
@@ -53,3 +54,33 @@ def test_sections_are_replaced_in_place(tmp_path):
 )
 def test_negation_words(sentence, expected):
     assert has_negation(sentence) is expected
+
+
+def test_run_harness_subset_of_methods_in_its_own_section(tmp_path):
+    pytest.importorskip("matplotlib")
+    argv = ["--synthetic", "--seeds", "0", "1", "2", "--out", str(tmp_path)]
+    assert run.main([*argv, "--methods", "dfr", "defaults", "--section", "more-seeds"]) == 0
+    results = json.loads((tmp_path / "results-more-seeds.json").read_text())
+    per_seed = results["per_seed"]["synthetic"]
+    assert list(per_seed) == [run.DFR_LABEL, run.DEFAULTS_LABEL]
+    assert (tmp_path / "wga-more-seeds.png").exists() and not (tmp_path / "results.json").exists()
+    # the paired difference is taken seed by seed, against DFR on the same splits
+    difference = 100 * (
+        np.array(per_seed[run.DEFAULTS_LABEL]["worst_group_accuracy"])
+        - np.array(per_seed[run.DFR_LABEL]["worst_group_accuracy"])
+    )
+    paired = results["summary"]["synthetic"][run.DEFAULTS_LABEL]["vs_dfr"]
+    assert paired["mean"] == pytest.approx(difference.mean())
+    assert paired["stderr"] == pytest.approx(difference.std(ddof=1) / np.sqrt(3))
+    assert paired["seeds_at_or_above"] == int((difference >= 0).sum())
+    assert "vs_dfr" not in results["summary"]["synthetic"][run.DFR_LABEL]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- begin: more-seeds -->" in text and "<!-- begin: benchmarks -->" not in text
+
+
+def test_run_harness_rejects_unknown_methods_and_section_names(capsys):
+    with pytest.raises(ValueError, match="Unknown method key"):
+        run.methods("dominoes", ["dfr", "svm"])
+    with pytest.raises(SystemExit):
+        run.main(["--synthetic", "--section", "Bad Name"])
+    assert "section names are lower-case" in capsys.readouterr().err
