@@ -425,6 +425,10 @@ class HSFMResult:
         return edited.mul_(self.scale).add_(self.mean)
 
 
+# what _group_scores measures on the selection rows, per epoch (RunResult.history)
+_SCORES = ("worst_group_accuracy", "average_accuracy", "heldout_loss", "worst_group_loss")
+
+
 def _group_scores(
     logits: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, n_groups: int
 ) -> dict[str, float]:
@@ -678,11 +682,7 @@ def _bilevel_run(
     selection_cells = heldout_cells[selection_rows]
 
     history: dict[str, list[float]] = {
-        "worst_group_accuracy": [],
-        "average_accuracy": [],
-        "heldout_loss": [],
-        "worst_group_loss": [],
-        "outer_loss": [],
+        key: [] for key in (*_SCORES, *(f"unedited_{key}" for key in _SCORES), "outer_loss")
     }
     best = (-math.inf, -math.inf)
     best_S = S.clone()  # the support at the best epoch; the initial one until then
@@ -738,18 +738,9 @@ def _bilevel_run(
             diverged = True
             break
 
-        # (d) model selection on the held-out rows
+        # (d) model selection on the held-out rows, among the edited and the unedited head
         scores = selection_scores(logits)
-        record = {
-            "epoch": epoch,
-            **scores,
-            "outer_loss": sum(outer_losses) / len(outer_losses),
-        }
-        for key in history:
-            history[key].append(record[key])
-        if on_epoch is not None:
-            on_epoch(record)
-        improved = keep_if_best(scores, W, b, S, epoch, edited=True)
+        unedited_scores = None
         if settings.compare_unedited:
             _update_head(
                 S_unedited, Y_support, W_unedited, b_unedited, support_weight,
@@ -758,9 +749,24 @@ def _bilevel_run(
             unedited_logits = torch.addmm(b_unedited, heldout_X, W_unedited.T)
             if torch.isfinite(unedited_logits[selection_rows]).all():
                 unedited_scores = selection_scores(unedited_logits)
-                improved |= keep_if_best(
-                    unedited_scores, W_unedited, b_unedited, S_unedited, epoch, edited=False
-                )
+        record = {
+            "epoch": epoch,
+            **scores,
+            **{
+                f"unedited_{key}": math.nan if unedited_scores is None else unedited_scores[key]
+                for key in _SCORES
+            },
+            "outer_loss": sum(outer_losses) / len(outer_losses),
+        }
+        for key in history:
+            history[key].append(record[key])
+        if on_epoch is not None:
+            on_epoch(record)
+        improved = keep_if_best(scores, W, b, S, epoch, edited=True)
+        if unedited_scores is not None:
+            improved |= keep_if_best(
+                unedited_scores, W_unedited, b_unedited, S_unedited, epoch, edited=False
+            )
         if improved:
             epochs_without_improvement = 0
         else:

@@ -167,8 +167,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         One entry per run and epoch (long format; ``pandas.DataFrame(history_)``
         makes a table): ``run``, ``epoch``, the ``worst_group_accuracy``,
         ``average_accuracy``, ``heldout_loss`` and ``worst_group_loss`` of the
-        head on the run's selection rows, and the mean ``outer_loss`` of the
-        epoch's support updates.
+        edited head on the run's selection rows, the same four of the unedited
+        head prefixed ``unedited_`` (NaN without ``compare_unedited``), and the
+        mean ``outer_loss`` of the epoch's support updates.
     best_epoch_ : ndarray of shape (n_runs,)
         Selected epoch of each run (1-based; 0 if its first epoch diverged and
         the initial head was kept). One run with ``support_source="pool"``,
@@ -510,13 +511,19 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
 
     def _print_epoch(self, record):
         run = f"run {record['run'] + 1}, " if self.support_source == "annotated" else ""
+        unedited = (
+            f"; unedited head: worst-group acc {record['unedited_worst_group_accuracy']:.4f}, "
+            f"worst-group loss {record['unedited_worst_group_loss']:.4f}"
+            if self.compare_unedited
+            else ""
+        )
         print(
             f"[{type(self).__name__}] {run}epoch {record['epoch']:>3}/{self.n_epochs}: "
             f"worst-group acc {record['worst_group_accuracy']:.4f}, "
             f"average acc {record['average_accuracy']:.4f}, "
             f"held-out loss {record['heldout_loss']:.4f}, "
             f"worst-group loss {record['worst_group_loss']:.4f}, "
-            f"outer loss {record['outer_loss']:.4f}"
+            f"outer loss {record['outer_loss']:.4f}{unedited}"
         )
 
     def _store_result(self, result, X, support_source_rows, device):

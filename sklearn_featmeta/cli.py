@@ -96,10 +96,10 @@ def _cmd_fit(args) -> None:
     estimator.set_params(verbose=args.verbose)
     estimator.fit(X, y, groups)
     joblib.dump(estimator, args.output)
-    history = estimator.history_
+    runs = zip(estimator.best_epoch_, estimator.kept_edits_, strict=True)
     kept = [
-        f"epoch {best}: {history['worst_group_accuracy'][(history['run'] == run) & (history['epoch'] == best)][0]:.4f}"
-        for run, best in enumerate(estimator.best_epoch_)
+        _kept_epoch(estimator.history_, run, best, edited)
+        for run, (best, edited) in enumerate(runs)
         if best > 0
     ]
     print(
@@ -108,6 +108,13 @@ def _cmd_fit(args) -> None:
         f"epoch(s): {', '.join(kept) or 'none (initial head kept)'}"
     )
     print(f"saved {args.output}")
+
+
+def _kept_epoch(history: dict, run: int, epoch: int, edited: bool) -> str:
+    """``epoch N: acc`` of the head a run kept (edited or unedited), on its selection rows."""
+    key = "worst_group_accuracy" if edited else "unedited_worst_group_accuracy"
+    row = (history["run"] == run) & (history["epoch"] == epoch)
+    return f"epoch {epoch}{'' if edited else ' (unedited)'}: {history[key][row][0]:.4f}"
 
 
 def _cmd_predict(args) -> None:

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from sklearn_featmeta.cli import _kept_epoch
 from sklearn_featmeta.datasets import make_spurious_embeddings
 
 
@@ -86,3 +87,14 @@ def test_demo_prints_both_models_per_group(tmp_path):
     erm, ours = (float(v) for v in worst_line.split()[1:])
     assert ours > erm
     assert sum(line.count("*") for line in lines if line.startswith("y=")) == 2
+
+
+def test_fit_summary_reports_the_score_of_the_head_each_run_kept():
+    history = {
+        "run": np.array([0, 0, 1, 1]),
+        "epoch": np.array([1, 2, 1, 2]),
+        "worst_group_accuracy": np.array([0.5, 0.6, 0.7, 0.8]),
+        "unedited_worst_group_accuracy": np.array([0.55, 0.65, 0.75, 0.85]),
+    }
+    assert _kept_epoch(history, 0, 2, edited=True) == "epoch 2: 0.6000"
+    assert _kept_epoch(history, 1, 1, edited=False) == "epoch 1 (unedited): 0.7500"

@@ -368,6 +368,15 @@ def test_unedited_head_is_kept_where_the_edits_do_worse():
     )  # fmt: skip
     torch.testing.assert_close(run.weight, W)
     torch.testing.assert_close(run.bias, b)
+    # the history scores that unedited head too, next to the edited one
+    X = torch.randn(120, 6, generator=torch.Generator().manual_seed(0))  # _fit's data
+    heldout = (X[80:] - result.mean) / result.scale
+    y = (X[80:, 0] > 0).long()
+    scores = _hsfm._group_scores(heldout @ W.T + b, y, y, 2)
+    assert set(scores) == set(_hsfm._SCORES)
+    unedited = run.history["unedited_worst_group_loss"]
+    assert unedited[run.best_epoch - 1] == pytest.approx(scores["worst_group_loss"], rel=1e-5)
+    assert unedited[run.best_epoch - 1] == min(unedited) < min(run.history["worst_group_loss"])
     # without the comparison the edits are kept, though they score worse than not editing
     (edited,) = _fit(dataclasses.replace(settings, compare_unedited=False)).runs
     (control,) = _fit(dataclasses.replace(settings, outer_lr=1e-12)).runs

@@ -120,13 +120,12 @@ def test_fitted_attributes(spurious):
     assert model.support_edited_.shape == model.support_init_.shape == (2 * known.size, 16)
     np.testing.assert_array_equal(model.support_labels_, y[rows])
     assert not np.allclose(model.support_init_, model.support_edited_)
+    scores = {"worst_group_accuracy", "average_accuracy", "heldout_loss", "worst_group_loss"}
     assert set(model.history_) == {
         "run",
         "epoch",
-        "worst_group_accuracy",
-        "average_accuracy",
-        "heldout_loss",
-        "worst_group_loss",
+        *scores,
+        *(f"unedited_{key}" for key in scores),
         "outer_loss",
     }
     assert all(len(v) == 16 for v in model.history_.values())
@@ -134,10 +133,13 @@ def test_fitted_attributes(spurious):
     np.testing.assert_array_equal(model.history_["epoch"], [1, 2, 3, 4] * 4)
     assert model.n_iter_ == 4 and model.best_epoch_.shape == (4,)
     assert model.kept_edits_.shape == (4,) and model.kept_edits_.dtype == bool
-    for run, best in enumerate(model.best_epoch_):  # the default keeps the lowest loss
-        loss = model.history_["worst_group_loss"][model.history_["run"] == run]
-        if model.kept_edits_[run]:  # history_ scores the edited head
-            assert loss[best - 1] == loss.min()
+    for run, best in enumerate(model.best_epoch_):  # the lowest loss of either head
+        rows = model.history_["run"] == run
+        edited = model.history_["worst_group_loss"][rows]
+        unedited = model.history_["unedited_worst_group_loss"][rows]
+        assert np.isfinite(unedited).all()
+        kept = edited if model.kept_edits_[run] else unedited
+        assert kept[best - 1] == min(edited.min(), unedited.min())
     assert model.device_ == "cpu"
     assert model.inner_lr_ > 0
     for attribute in ("coef_", "intercept_", "support_edited_"):
@@ -157,7 +159,9 @@ def test_selection_by_worst_group_accuracy(spurious):
 
 def test_fitted_attributes_with_support_from_the_pool(spurious):
     X, y, groups = spurious
-    model = MetaAugmentedHeadClassifier(**FAST, **POOL_SUPPORT).fit(X, y, groups)
+    params = {**POOL_SUPPORT, "compare_unedited": False}
+    model = MetaAugmentedHeadClassifier(**FAST, **params).fit(X, y, groups)
+    assert np.isnan(model.history_["unedited_worst_group_loss"]).all()  # not compared
     assert model.support_init_.shape == model.support_edited_.shape == (32, 16)
     counts = np.bincount(np.searchsorted(model.classes_, model.support_labels_))
     assert counts.tolist() == [16, 16]
@@ -178,7 +182,9 @@ def test_verbose_prints_every_epoch(spurious, capsys):
     X, y, groups = spurious
     MetaAugmentedHeadClassifier(**FAST, verbose=1).fit(X, y, groups)
     out = capsys.readouterr().out
-    assert out.count("worst-group acc") == 16  # two splits x two runs x four epochs
+    epochs = [line for line in out.splitlines() if "epoch" in line and "worst-group acc" in line]
+    assert len(epochs) == 16  # two splits x two runs x four epochs
+    assert all("; unedited head: worst-group acc" in line for line in epochs)
     assert "run 4, epoch   4/4" in out and "worst-group loss" in out
     assert "best epoch" in out and "held-out rows" in out
 
