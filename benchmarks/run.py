@@ -87,6 +87,7 @@ def _fit_balanced_validation_lr(X, y, groups, seed):
 METHOD_KEYS = ("erm", "balanced-lr", "dfr", "preset", "defaults", "ablations")
 DEFAULTS_LABEL = "MetaAugmentedHeadClassifier() defaults"
 DFR_LABEL = "DFRClassifier"
+DEFAULT_SECTION = "benchmarks"  # RESULTS.md section of the full run (results.json, wga.png)
 
 
 def methods(benchmark: str, keys=METHOD_KEYS) -> dict[str, Callable]:
@@ -297,9 +298,6 @@ def chart(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-DEFAULT_SECTION = "benchmarks"
-
-
 def _section_name(text: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", text):
         raise argparse.ArgumentTypeError(
@@ -362,10 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     chart(summary, args.out / f"wga{suffix}.png")
-    replace_section(
-        args.out / "RESULTS.md", args.section, markdown(summary, command.strip(), seeds)
-    )
-    print(markdown(summary, command.strip(), seeds))
+    table = markdown(summary, command.strip(), seeds)
+    replace_section(args.out / "RESULTS.md", args.section, table)
+    print(table)
     return 0
 
 

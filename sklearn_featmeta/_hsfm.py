@@ -520,8 +520,9 @@ def fit_hsfm(
     heldout_X, heldout_y : tensors
         Held-out rows in raw feature space (standardised in place).
     heldout_cells : tensor of int
-        (class, group) cell of every held-out row, ``0 .. n_cells - 1``; the
-        epoch with the best worst-cell accuracy (ties: lower loss) is kept.
+        (class, group) cell of every held-out row, ``0 .. n_cells - 1``: the
+        groups of the worst-group scores that choose the kept epoch
+        (``settings.selection_metric``).
     hard_set_cells : tensor of int
         Partition of the held-out rows used to mine the hard set: the
         ``hard_set_size`` highest-loss rows of each part.

@@ -36,7 +36,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     (HSFM): starting from an ERM head, a support set is edited in feature space
     so that a head adapted on it for a few gradient steps does well on the
     hardest held-out rows; the head is trained on the edited support set and
-    the epoch with the best held-out worst-group accuracy is kept.
+    the epoch that scores best on held-out rows (``selection_metric``) is kept.
 
     The paper draws the support from the training pool (``support_source="pool"``;
     see :meth:`from_preset`). The defaults instead cross-fit the annotated rows:

@@ -149,11 +149,14 @@ def test_auto_inner_lr_is_inverse_lipschitz_bound():
         W, b = W - lr * grad_W, b - lr * grad_b
 
 
+def _fit_problem(seed=0):
+    """The rows ``_fit`` uses: 80 training rows, then 40 held-out rows (group = class)."""
+    X = torch.randn(120, 6, generator=torch.Generator().manual_seed(seed))
+    return X, (X[:, 0] > 0).long()
+
+
 def _fit(settings, seed=0, **kwargs):
-    g = torch.Generator().manual_seed(seed)
-    n, d = 120, 6
-    X = torch.randn(n, d, generator=g)
-    y = (X[:, 0] > 0).long()
+    X, y = _fit_problem(seed)
     return _hsfm.fit_hsfm(
         X[:80].clone(), y[:80], X[80:].clone(), y[80:], y[80:],
         n_classes=2, n_cells=2, hard_set_cells=y[80:], n_hard_set_cells=2,
@@ -369,10 +372,9 @@ def test_unedited_head_is_kept_where_the_edits_do_worse():
     torch.testing.assert_close(run.weight, W)
     torch.testing.assert_close(run.bias, b)
     # the history scores that unedited head too, next to the edited one
-    X = torch.randn(120, 6, generator=torch.Generator().manual_seed(0))  # _fit's data
+    X, y = _fit_problem()
     heldout = (X[80:] - result.mean) / result.scale
-    y = (X[80:, 0] > 0).long()
-    scores = _hsfm._group_scores(heldout @ W.T + b, y, y, 2)
+    scores = _hsfm._group_scores(heldout @ W.T + b, y[80:], y[80:], 2)
     assert set(scores) == set(_hsfm._SCORES)
     unedited = run.history["unedited_worst_group_loss"]
     assert unedited[run.best_epoch - 1] == pytest.approx(scores["worst_group_loss"], rel=1e-5)
