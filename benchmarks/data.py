@@ -94,6 +94,7 @@ class Benchmark:
     train: Split
     val: Split
     test: Split
+    corpus: list[str] | None = None  # text: every sentence the splits are drawn from
 
     def group_names(self) -> list[str]:
         recipe = RECIPES[self.name]
@@ -180,6 +181,7 @@ def sentiment_source(data_dir: Path, seed: int) -> Benchmark:
         everything.take(rng.permutation(train)),
         everything.take(rng.permutation(val)),
         everything.take(rng.permutation(test)),
+        corpus=everything.inputs,
     )
 
 
@@ -208,7 +210,7 @@ def polarity_negation(data_dir: Path, seed: int) -> Benchmark:
         for part, chunk in zip(parts, np.split(rows, bounds), strict=True):
             part.append(chunk)
     train, val, test = (everything.take(rng.permutation(np.concatenate(p))) for p in parts)
-    return Benchmark("polarity_negation", train, val, test)
+    return Benchmark("polarity_negation", train, val, test, corpus=everything.inputs)
 
 
 # --------------------------------------------------------------------------- #

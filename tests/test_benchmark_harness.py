@@ -7,6 +7,7 @@ import pytest
 
 from benchmarks import run, speed
 from benchmarks.data import has_negation
+from benchmarks.embed import TextEncoder
 from benchmarks.report import replace_section
 
 
@@ -84,3 +85,41 @@ def test_run_harness_rejects_unknown_methods_and_section_names(capsys):
     with pytest.raises(SystemExit):
         run.main(["--synthetic", "--section", "Bad Name"])
     assert "section names are lower-case" in capsys.readouterr().err
+
+
+class _BatchSensitiveModel:
+    """Stands in for MiniLM: like padding, each vector depends on the whole batch it came in."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, sentences, **kwargs):
+        self.calls += 1
+        batch_term = sum(len(s) for s in sentences) * 1e-3
+        return np.array([[len(s), s.count("a") + batch_term] for s in sentences], dtype=np.float32)
+
+
+def _encoder(cache_dir):
+    encoder = TextEncoder(cache_dir)
+    encoder._model = _BatchSensitiveModel()
+    return encoder
+
+
+def test_text_embeddings_do_not_depend_on_what_was_encoded_before(tmp_path):
+    corpus = ["a cat", "a dog", "bananas", "no a here", "spam"]
+    first = _encoder(tmp_path / "one")
+    first.encode(corpus[:2], corpus)
+    late = first.encode(corpus[3:], corpus)
+
+    fresh = _encoder(tmp_path / "two")  # asked for other sentences first, in another batch
+    np.testing.assert_array_equal(fresh.encode(corpus[2:], corpus)[1:], late)
+    # the corpus is encoded once; a new encoder reads it from the cache
+    assert first._model.calls == 1
+    cached = _encoder(tmp_path / "one")
+    np.testing.assert_array_equal(cached.encode(corpus[3:], corpus), late)
+    assert cached._model.calls == 0
+
+
+def test_text_encoder_rejects_a_sentence_outside_the_corpus(tmp_path):
+    with pytest.raises(ValueError, match="not in the corpus.*'unseen'"):
+        _encoder(tmp_path).encode(["a cat", "unseen"], ["a cat", "a dog"])
