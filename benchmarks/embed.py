@@ -121,7 +121,12 @@ def _small_cnn(in_channels: int, embedding_dim: int = 128):
 def train_cnn_embeddings(
     benchmark: Benchmark, seed: int, cache_dir: Path, epochs: int = 10
 ) -> dict[str, np.ndarray]:
-    """Train the ERM CNN on ``benchmark.train`` and embed every split (cached)."""
+    """Train the ERM CNN on ``benchmark.train`` and embed every split (cached).
+
+    The embeddings go to ``cnn-<recipe key>-e<epochs>.npz`` and the trained
+    network's weights next to them (``.pt``: the ``features`` and ``head``
+    state dicts of :func:`_small_cnn`).
+    """
     key = recipe_key(benchmark.name, seed)
     path = Path(cache_dir) / f"cnn-{key}-e{epochs}.npz"
     if path.exists():
@@ -158,6 +163,9 @@ def train_cnn_embeddings(
         flush=True,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {"features": features.state_dict(), "head": head.state_dict()}, path.with_suffix(".pt")
+    )
     np.savez(path, **embeddings)
     return embeddings
 

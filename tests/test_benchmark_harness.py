@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from benchmarks import run, speed
-from benchmarks.data import has_negation
-from benchmarks.embed import TextEncoder
+from benchmarks.data import Benchmark, Split, has_negation
+from benchmarks.embed import TextEncoder, _small_cnn, train_cnn_embeddings
 from benchmarks.report import replace_section
 
 
@@ -123,3 +123,31 @@ def test_text_embeddings_do_not_depend_on_what_was_encoded_before(tmp_path):
 def test_text_encoder_rejects_a_sentence_outside_the_corpus(tmp_path):
     with pytest.raises(ValueError, match="not in the corpus.*'unseen'"):
         _encoder(tmp_path).encode(["a cat", "unseen"], ["a cat", "a dog"])
+
+
+def test_cnn_embeddings_are_cached_with_the_weights_that_made_them(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    rng = np.random.RandomState(0)
+
+    def split(n):
+        images = rng.randint(0, 256, size=(n, 2, 28, 28)).astype(np.uint8)
+        return Split(images, rng.randint(0, 2, n), rng.randint(0, 2, n))
+
+    benchmark = Benchmark("colored_mnist", split(64), split(16), split(16))
+    embeddings = train_cnn_embeddings(benchmark, 0, tmp_path, epochs=1)
+    assert {k: v.shape for k, v in embeddings.items()} == {
+        "train": (64, 128), "val": (16, 128), "test": (16, 128)
+    }  # fmt: skip
+
+    (weights_file,) = tmp_path.glob("cnn-colored_mnist-*-seed0-e1.pt")
+    weights = torch.load(weights_file)
+    features, head = _small_cnn(2)
+    features.load_state_dict(weights["features"])
+    head.load_state_dict(weights["head"])
+    with torch.no_grad():
+        again = features(torch.from_numpy(benchmark.val.inputs).float() / 255.0).numpy()
+    np.testing.assert_allclose(again, embeddings["val"], rtol=1e-5, atol=1e-6)
+    # a second call reads the cache instead of training again
+    monkeypatch.setattr("benchmarks.embed._small_cnn", None)
+    cached = train_cnn_embeddings(benchmark, 0, tmp_path, epochs=1)
+    np.testing.assert_array_equal(cached["test"], embeddings["test"])
