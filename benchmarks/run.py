@@ -71,6 +71,11 @@ ABLATIONS = [
     ("defaults, but no support edits (outer_lr 1e-6)", {"outer_lr": 1e-6}),
 ]
 
+# Options that are not defaults, each on top of the defaults.
+OPTIONS = [
+    ("defaults + whitened features (whitening_ridge=0.1, an option)", {"whitening_ridge": 0.1}),
+]
+
 
 def _fit_erm(X, y, groups, seed):
     train = groups == -1
@@ -83,8 +88,8 @@ def _fit_balanced_validation_lr(X, y, groups, seed):
     return LogisticRegression(max_iter=2000).fit(X[val], y[val], sample_weight=weights)
 
 
-# What ``--methods`` selects: each key names one row, or all ablation rows.
-METHOD_KEYS = ("erm", "balanced-lr", "dfr", "preset", "defaults", "ablations")
+# What ``--methods`` selects: each key names one row, or all ablation (option) rows.
+METHOD_KEYS = ("erm", "balanced-lr", "dfr", "preset", "defaults", "ablations", "options")
 DEFAULTS_LABEL = "MetaAugmentedHeadClassifier() defaults"
 DFR_LABEL = "DFRClassifier"
 DEFAULT_SECTION = "benchmarks"  # RESULTS.md section of the full run (results.json, wga.png)
@@ -120,10 +125,12 @@ def methods(benchmark: str, keys=METHOD_KEYS) -> dict[str, Callable]:
             lambda X, y, g, seed: MetaAugmentedHeadClassifier(random_state=seed).fit(X, y, g),
         ),
     ]
-    for label, params in ABLATIONS:
+    for key, label, params in [("ablations", *row) for row in ABLATIONS] + [
+        ("options", *row) for row in OPTIONS
+    ]:
         rows.append(
             (
-                "ablations",
+                key,
                 label,
                 lambda X, y, g, seed, params=params: MetaAugmentedHeadClassifier(
                     random_state=seed, **params

@@ -360,6 +360,8 @@ class HSFMSettings:
     head: the edits stay only where they beat not editing on held-out rows.
     ``weight_decay`` adds ``weight_decay / 2 * ||W||^2`` (not the bias) to the
     support loss of both the inner loop and the head update (0 in the paper).
+    ``whitening_ridge`` (None in the paper) whitens the standardised features
+    before everything else (:func:`whitening_transform`).
     """
 
     support_size_per_class: int
@@ -378,6 +380,7 @@ class HSFMSettings:
     weight_decay: float = 0.0
     selection_metric: str = "worst_group_accuracy"
     compare_unedited: bool = False
+    whitening_ridge: float | None = None
 
 
 @dataclass
@@ -482,6 +485,37 @@ def feature_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.to(X.dtype), scale.to(X.dtype)
 
 
+def whitening_transform(X: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric ``T`` (and ``T^-1``) that whitens the centred rows of ``X`` up to a ridge.
+
+    With ``(s, V)`` the eigenpairs of ``X^T X / n`` and ``m`` the mean of
+    ``s``, ``T = V diag(sqrt((m + ridge m) / (s + ridge m))) V^T``: directions
+    of variance far above ``ridge * m`` end with variance near ``m + ridge m``,
+    directions far below it are scaled up by at most ``sqrt(1 + 1 / ridge)``.
+    Gradient descent on ``X T`` is gradient descent on ``X`` preconditioned by
+    ``T^2``, so a few steps get much further along low-variance directions.
+    The covariance is accumulated over blocks, in float64.
+    """
+    chunk_rows = max(1, 2**20 // max(1, X.shape[1]))
+    covariance = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
+    for block in X.split(chunk_rows):
+        block = block.to(torch.float64)
+        covariance.addmm_(block.T, block)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance / max(X.shape[0], 1))
+    eigenvalues = eigenvalues.clamp_min(0)
+    offset = ridge * eigenvalues.mean().clamp_min(torch.finfo(torch.float64).tiny)
+    gain = ((eigenvalues.mean() + offset) / (eigenvalues + offset)).sqrt()
+    T = (eigenvectors * gain) @ eigenvectors.T
+    T_inverse = (eigenvectors / gain) @ eigenvectors.T
+    return T.to(X.dtype), T_inverse.to(X.dtype)
+
+
+def _transform_rows(X: torch.Tensor, T: torch.Tensor) -> None:
+    """``X <- X T`` in place, a block of rows at a time (no temporary the size of ``X``)."""
+    for block in X.split(max(1, 2**20 // max(1, X.shape[1]))):
+        block.copy_(block @ T)
+
+
 def fit_hsfm(
     pool_X: torch.Tensor,
     pool_y: torch.Tensor,
@@ -541,12 +575,20 @@ def fit_hsfm(
     mean, scale = feature_moments(pool_X)
     standardize(pool_X, mean, scale)
     standardize(heldout_X, mean, scale)
+    whitening = None
+    if settings.whitening_ridge is not None:
+        # everything below runs on whitened features; heads and supports are mapped back at the end
+        whitening = whitening_transform(pool_X, settings.whitening_ridge)
+        _transform_rows(pool_X, whitening[0])
+        _transform_rows(heldout_X, whitening[0])
 
     if initial_head is None:
         W0, b0 = fit_softmax_head(pool_X, pool_y, n_classes, l2=erm_l2)
     else:
         raw_W, raw_b = initial_head
         W0, b0 = raw_W * scale, raw_b + raw_W @ mean
+        if whitening is not None:
+            W0 = W0 @ whitening[1]
     if settings.support_source == "annotated":
         # the pool, usually the largest array of a fit, has served its purpose: drop its storage
         pool_X.set_()
@@ -589,6 +631,12 @@ def fit_hsfm(
             )
         )  # fmt: skip
         del support
+    if whitening is not None:
+        # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
+        T, T_inverse = whitening
+        W0 = W0 @ T
+        for r in runs:
+            r.weight, r.support_edited = r.weight @ T, r.support_edited @ T_inverse
     weight = torch.stack([r.weight for r in runs]).mean(0)
     bias = torch.stack([r.bias for r in runs]).mean(0)
     return HSFMResult(

@@ -41,6 +41,7 @@ _FIT_OPTIONS = [
     ("--head-update", "head_update", str),
     ("--validation-fraction", "validation_fraction", float),
     ("--head-l2", "head_l2", float),
+    ("--whitening-ridge", "whitening_ridge", float),
     ("--erm-c", "erm_C", float),
     ("--device", "device", str),
     ("--n-threads", "n_threads", int),

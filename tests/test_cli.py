@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import joblib
 import numpy as np
 import pytest
 
@@ -59,6 +60,13 @@ def test_fit_with_preset(data_dir):
     )
     assert fitted.returncode == 0, fitted.stderr
     assert "worst-group accuracy at the kept epoch(s): epoch" in fitted.stdout
+
+
+def test_fit_passes_the_whitening_option(data_dir):
+    fitted = featmeta("fit", "train.npz", "-o", "white.joblib", "--n-epochs", 2,
+                      "--whitening-ridge", 0.5, cwd=data_dir)  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    assert joblib.load(data_dir / "white.joblib").whitening_ridge == 0.5
 
 
 def test_errors_are_reported_without_traceback(data_dir):

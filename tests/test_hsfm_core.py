@@ -392,3 +392,23 @@ def test_edited_head_is_kept_where_the_edits_do_better():
     (control,) = _fit(dataclasses.replace(settings, outer_lr=1e-12)).runs
     assert run.kept_edits
     assert min(run.history["worst_group_loss"]) < min(control.history["worst_group_loss"])
+
+
+def test_whitening_transform_whitens_up_to_the_ridge():
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(6, 6, dtype=torch.float64, generator=generator)
+    X = torch.randn(5000, 6, dtype=torch.float64, generator=generator) @ mixing
+    X -= X.mean(0)
+    T, T_inverse = _hsfm.whitening_transform(X, ridge=1e-9)
+    torch.testing.assert_close(T @ T_inverse, torch.eye(6, dtype=torch.float64))
+    torch.testing.assert_close(T, T.T)
+    variances = torch.linalg.eigvalsh(X.T @ X / X.shape[0])
+    whitened = X @ T
+    covariance = whitened.T @ whitened / X.shape[0]
+    # every direction ends with the mean variance of the input
+    torch.testing.assert_close(covariance, variances.mean() * torch.eye(6, dtype=torch.float64))
+    # a ridge leaves low-variance directions closer to where they were
+    T_ridge, _ = _hsfm.whitening_transform(X, ridge=1.0)
+    ridged = torch.linalg.eigvalsh((X @ T_ridge).T @ (X @ T_ridge) / X.shape[0])
+    assert ridged.max() / ridged.min() > 1.5
+    assert ridged.max() / ridged.min() < variances.max() / variances.min()

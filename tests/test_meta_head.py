@@ -391,6 +391,7 @@ def test_bad_initial_head_is_rejected(spurious, head, message):
         {"n_epochs": 0},
         {"validation_fraction": 1.0},
         {"head_l2": -0.1},
+        {"whitening_ridge": 0.0},
     ],
 )
 def test_invalid_parameters_are_rejected(spurious, params):
@@ -543,3 +544,45 @@ def test_compare_unedited_keeps_the_better_head_per_run(spurious):
     paper_way = MetaAugmentedHeadClassifier(**FAST, outer_lr=5.0, compare_unedited=False)
     assert paper_way.fit(X, y, groups).kept_edits_.all()
     assert not np.allclose(paper_way.coef_, wrecked.coef_)
+
+
+# --------------------------------------------------------------------------- #
+# Whitened features (an option)
+# --------------------------------------------------------------------------- #
+def test_whitening_maps_heads_and_supports_back_to_raw_features():
+    X, y, groups = make_spurious_embeddings(n_samples=400, n_features=8, random_state=2)
+    X = X * np.linspace(0.1, 50, 8).astype(np.float32) + 100.0  # badly scaled, offset
+    head = LogisticRegression(max_iter=5000).fit(X, y)
+    model = MetaAugmentedHeadClassifier(
+        initial_head=(head.coef_, head.intercept_), whitening_ridge=0.1, outer_lr=1e-12,
+        **{**FAST, "n_epochs": 1},
+    ).fit(X, y, groups)  # fmt: skip
+    # the initial head went into whitened space and came back; unedited supports are rows of X
+    np.testing.assert_allclose(model.initial_coef_, head.coef_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(model.initial_intercept_, head.intercept_, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.support_edited_, model.support_init_, rtol=1e-4, atol=1e-3)
+
+
+def test_whitened_head_scores_what_the_core_scored(spurious):
+    """coef_ (raw space) reproduces the held-out loss the core selected the epoch by."""
+    X, y, groups = spurious
+    model = MetaAugmentedHeadClassifier(**FAST, **POOL_SUPPORT, whitening_ridge=0.1)
+    model.fit(X, y, groups)
+    heldout = groups != -1
+    proba = model.predict_proba(X[heldout])
+    loss = -np.log(proba[np.arange(heldout.sum()), np.searchsorted(model.classes_, y[heldout])])
+    epoch = model.history_["epoch"] == model.best_epoch_[0]
+    column = "heldout_loss" if model.kept_edits_[0] else "unedited_heldout_loss"
+    np.testing.assert_allclose(loss.mean(), model.history_[column][epoch][0], rtol=1e-4)
+
+
+def test_whitening_with_a_large_ridge_is_standardisation(spurious):
+    X, y, groups = spurious
+    plain = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    whitened = MetaAugmentedHeadClassifier(**FAST, whitening_ridge=1e9).fit(X, y, groups)
+    np.testing.assert_allclose(whitened.coef_, plain.coef_, rtol=1e-3, atol=1e-4)
+    assert not np.allclose(
+        MetaAugmentedHeadClassifier(**FAST, whitening_ridge=0.1).fit(X, y, groups).coef_,
+        plain.coef_,
+        atol=1e-3,
+    )
