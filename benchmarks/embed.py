@@ -68,7 +68,8 @@ class TextEncoder:
         return np.stack([lookup[h] for h in hashes])
 
     def _corpus_embeddings(self, corpus: list[str]) -> dict[str, np.ndarray]:
-        hashes = np.unique(_sentence_hashes(corpus))  # sorted: one order per corpus
+        corpus_hashes = _sentence_hashes(corpus)
+        hashes = np.unique(corpus_hashes)  # sorted: one order per corpus
         key = hashlib.sha256("".join(hashes).encode()).hexdigest()[:16]
         if key in self._corpora:
             return self._corpora[key]
@@ -76,7 +77,7 @@ class TextEncoder:
         if path.exists():
             embeddings = np.load(path)["embeddings"]
         else:
-            by_hash = dict(zip(_sentence_hashes(corpus), corpus, strict=True))
+            by_hash = dict(zip(corpus_hashes, corpus, strict=True))
             if self._model is None:
                 self._model = self._load_model()
             start = time.perf_counter()

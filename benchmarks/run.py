@@ -88,7 +88,7 @@ def _fit_balanced_validation_lr(X, y, groups, seed):
     return LogisticRegression(max_iter=2000).fit(X[val], y[val], sample_weight=weights)
 
 
-# What ``--methods`` selects: each key names one row, or all ablation (option) rows.
+# What ``--methods`` selects: each key names one row, or all ablation rows, or all option rows.
 METHOD_KEYS = ("erm", "balanced-lr", "dfr", "preset", "defaults", "ablations", "options")
 DEFAULTS_LABEL = "MetaAugmentedHeadClassifier() defaults"
 DFR_LABEL = "DFRClassifier"

@@ -462,13 +462,18 @@ def standardize(X: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> tor
     return X.sub_(mean).div_(scale)
 
 
+def _block_rows(X: torch.Tensor) -> int:
+    """Rows per block of about a million entries, for passes over ``X`` without big temporaries."""
+    return max(1, 2**20 // max(1, X.shape[1]))
+
+
 def feature_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature mean and standard deviation; constant features get scale 1.
 
     Two passes over blocks of about a million entries, accumulated in float64:
     no temporary the size of ``X`` (a fit's memory budget is a small multiple of ``X``).
     """
-    chunk_rows = max(1, 2**20 // max(1, X.shape[1]))
+    chunk_rows = _block_rows(X)
     # one reused float64 buffer: fresh temporaries per block grow the resident set
     buffer = torch.empty(
         min(chunk_rows, X.shape[0]), X.shape[1], dtype=torch.float64, device=X.device
@@ -486,7 +491,7 @@ def feature_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def whitening_transform(X: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric ``T`` (and ``T^-1``) that whitens the centred rows of ``X`` up to a ridge.
+    """Symmetric ``T`` (and ``T^-1``) that whitens ``X`` (centred rows) up to a ridge.
 
     With ``(s, V)`` the eigenpairs of ``X^T X / n`` and ``m`` the mean of
     ``s``, ``T = V diag(sqrt((m + ridge m) / (s + ridge m))) V^T``: directions
@@ -496,9 +501,8 @@ def whitening_transform(X: torch.Tensor, ridge: float) -> tuple[torch.Tensor, to
     ``T^2``, so a few steps get much further along low-variance directions.
     The covariance is accumulated over blocks, in float64.
     """
-    chunk_rows = max(1, 2**20 // max(1, X.shape[1]))
     covariance = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
-    for block in X.split(chunk_rows):
+    for block in X.split(_block_rows(X)):
         block = block.to(torch.float64)
         covariance.addmm_(block.T, block)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance / max(X.shape[0], 1))
@@ -512,7 +516,7 @@ def whitening_transform(X: torch.Tensor, ridge: float) -> tuple[torch.Tensor, to
 
 def _transform_rows(X: torch.Tensor, T: torch.Tensor) -> None:
     """``X <- X T`` in place, a block of rows at a time (no temporary the size of ``X``)."""
-    for block in X.split(max(1, 2**20 // max(1, X.shape[1]))):
+    for block in X.split(_block_rows(X)):
         block.copy_(block @ T)
 
 
