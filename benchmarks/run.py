@@ -88,6 +88,13 @@ def _fit_balanced_validation_lr(X, y, groups, seed):
     return LogisticRegression(max_iter=2000).fit(X[val], y[val], sample_weight=weights)
 
 
+def _fit_hsfm(params: dict) -> Callable:
+    """``fit(X, y, groups, seed)`` of ``MetaAugmentedHeadClassifier(**params)``."""
+    return lambda X, y, g, seed: MetaAugmentedHeadClassifier(random_state=seed, **params).fit(
+        X, y, g
+    )
+
+
 # What ``--methods`` selects: each key names one row, or all ablation rows, or all option rows.
 METHOD_KEYS = ("erm", "balanced-lr", "dfr", "preset", "defaults", "ablations", "options")
 DEFAULTS_LABEL = "MetaAugmentedHeadClassifier() defaults"
@@ -119,24 +126,10 @@ def methods(benchmark: str, keys=METHOD_KEYS) -> dict[str, Callable]:
                 preset, random_state=seed
             ).fit(X, y, g),
         ),
-        (
-            "defaults",
-            DEFAULTS_LABEL,
-            lambda X, y, g, seed: MetaAugmentedHeadClassifier(random_state=seed).fit(X, y, g),
-        ),
+        ("defaults", DEFAULTS_LABEL, _fit_hsfm({})),
     ]
-    for key, label, params in [("ablations", *row) for row in ABLATIONS] + [
-        ("options", *row) for row in OPTIONS
-    ]:
-        rows.append(
-            (
-                key,
-                label,
-                lambda X, y, g, seed, params=params: MetaAugmentedHeadClassifier(
-                    random_state=seed, **params
-                ).fit(X, y, g),
-            )
-        )
+    rows += [("ablations", label, _fit_hsfm(params)) for label, params in ABLATIONS]
+    rows += [("options", label, _fit_hsfm(params)) for label, params in OPTIONS]
     return {label: fit for key, label, fit in rows if key in keys}
 
 
