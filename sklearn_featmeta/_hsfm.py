@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -129,12 +130,15 @@ def fit_softmax_head(
     l2: float,
     max_iter: int = 200,
     tol: float = 1e-6,
+    transform: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression by L-BFGS, the ERM head of step 1.
 
     Minimises ``mean cross-entropy + l2 / 2 * ||W||^2`` (bias not penalised),
     which is scikit-learn's multinomial ``LogisticRegression(C)`` objective with
-    ``l2 = 1 / (C * n_samples)``. Runs on ``X``'s device and dtype.
+    ``l2 = 1 / (C * n_samples)``. Runs on ``X``'s device and dtype. With a
+    symmetric ``transform`` ``T`` it fits the head of ``X T`` (the L2 penalty
+    in those coordinates) without forming ``X T``: logits ``X (W T)^T``.
     """
     n_features = X.shape[1]
     Y = _one_hot(y, n_classes, X.dtype)
@@ -152,8 +156,11 @@ def fit_softmax_head(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss, grad_W, grad_b = softmax_head_gradient(X, Y, W.detach(), b.detach())
+        head = W.detach() if transform is None else W.detach() @ transform
+        loss, grad_W, grad_b = softmax_head_gradient(X, Y, head, b.detach())
         # Closed-form gradients: no autograd graph over the (possibly huge) X.
+        if transform is not None:
+            grad_W = grad_W @ transform
         W.grad = grad_W + l2 * W.detach()
         b.grad = grad_b
         return loss + 0.5 * l2 * (W.detach() ** 2).sum()
@@ -361,7 +368,9 @@ class HSFMSettings:
     ``weight_decay`` adds ``weight_decay / 2 * ||W||^2`` (not the bias) to the
     support loss of both the inner loop and the head update (0 in the paper).
     ``whitening_ridge`` (None in the paper) whitens the standardised features
-    before everything else (:func:`whitening_transform`).
+    before the runs (:func:`whitening_transform`); with ``choose_whitening``
+    they are whitened only where that scores better on held-out rows
+    (:func:`_unedited_probe`).
     """
 
     support_size_per_class: int
@@ -381,6 +390,7 @@ class HSFMSettings:
     selection_metric: str = "worst_group_accuracy"
     compare_unedited: bool = False
     whitening_ridge: float | None = None
+    choose_whitening: bool = False
 
 
 @dataclass
@@ -417,6 +427,8 @@ class HSFMResult:
     head_lr: float
     runs: list[RunResult]
     support_from_heldout: bool
+    whitened: bool = False
+    probe_scores: dict[str, float] | None = None  # with choose_whitening: geometry -> score
 
     @property
     def diverged(self) -> bool:
@@ -499,19 +511,22 @@ def whitening_transform(X: torch.Tensor, ridge: float) -> tuple[torch.Tensor, to
     directions far below it are scaled up by at most ``sqrt(1 + 1 / ridge)``.
     Gradient descent on ``X T`` is gradient descent on ``X`` preconditioned by
     ``T^2``, so a few steps get much further along low-variance directions.
-    The covariance is accumulated over blocks, in float64.
+    Computed in ``X``'s precision (the ridge keeps the small eigenvalues'
+    rounding harmless), with a few ``(d, d)`` matrices alive at a time.
     """
-    covariance = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
+    covariance = torch.zeros(X.shape[1], X.shape[1], dtype=X.dtype, device=X.device)
     for block in X.split(_block_rows(X)):
-        block = block.to(torch.float64)
         covariance.addmm_(block.T, block)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance / max(X.shape[0], 1))
+    covariance /= max(X.shape[0], 1)
+    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+    del covariance
     eigenvalues = eigenvalues.clamp_min(0)
-    offset = ridge * eigenvalues.mean().clamp_min(torch.finfo(torch.float64).tiny)
+    offset = ridge * eigenvalues.mean().clamp_min(torch.finfo(X.dtype).tiny)
     gain = ((eigenvalues.mean() + offset) / (eigenvalues + offset)).sqrt()
-    T = (eigenvectors * gain) @ eigenvectors.T
-    T_inverse = (eigenvectors / gain) @ eigenvectors.T
-    return T.to(X.dtype), T_inverse.to(X.dtype)
+    scaled = eigenvectors * gain
+    T = scaled @ eigenvectors.T
+    T_inverse = torch.div(eigenvectors, gain, out=scaled) @ eigenvectors.T
+    return T, T_inverse
 
 
 def _transform_rows(X: torch.Tensor, T: torch.Tensor) -> None:
@@ -581,21 +596,20 @@ def fit_hsfm(
     standardize(heldout_X, mean, scale)
     whitening = None
     if settings.whitening_ridge is not None:
-        # everything below runs on whitened features; heads and supports are mapped back at the end
         whitening = whitening_transform(pool_X, settings.whitening_ridge)
-        _transform_rows(pool_X, whitening[0])
-        _transform_rows(heldout_X, whitening[0])
 
-    if initial_head is None:
-        W0, b0 = fit_softmax_head(pool_X, pool_y, n_classes, l2=erm_l2)
-    else:
-        raw_W, raw_b = initial_head
-        W0, b0 = raw_W * scale, raw_b + raw_W @ mean
-        if whitening is not None:
-            W0 = W0 @ whitening[1]
-    if settings.support_source == "annotated":
-        # the pool, usually the largest array of a fit, has served its purpose: drop its storage
-        pool_X.set_()
+    given_head = None  # the given initial head in standardised coordinates
+    if initial_head is not None:
+        given_head = (initial_head[0] * scale, initial_head[1] + initial_head[0] @ mean)
+
+    def initial_head_in(transform):
+        """ERM (or the given) head in standardised coordinates, or in whitened ones."""
+        if given_head is None:
+            return fit_softmax_head(
+                pool_X, pool_y, n_classes, l2=erm_l2,
+                transform=None if transform is None else transform[0],
+            )  # fmt: skip
+        return given_head if transform is None else (given_head[0] @ transform[1], given_head[1])
 
     n_heldout = heldout_y.numel()
     if settings.support_source == "annotated" and heldout_folds is not None:
@@ -607,25 +621,48 @@ def fit_hsfm(
         every_row = slice(0, n_heldout)  # a view, not a copy of the held-out rows
         plans = [(every_row, every_row)]
 
-    inner_lr = head_lr = None
-    runs = []
-    for run, (shaping_rows, selection_rows) in enumerate(plans):
+    def draw_support(shaping_rows, transform):
         support = _draw_support(
             pool_X, pool_y, heldout_X, heldout_y, heldout_cells, shaping_rows,
             n_classes, n_cells, settings, generator,
         )  # fmt: skip
+        return support if transform is None else (support[0] @ transform, *support[1:])
+
+    probe_scores, heads = None, {}
+    if whitening is not None and settings.choose_whitening:
+        # both geometries see the same support draws as the runs below
+        draws = generator.get_state()
+        probe_scores = {}
+        for geometry, transform in (("standardised", None), ("whitened", whitening)):
+            generator.set_state(draws)
+            heads[geometry] = initial_head_in(transform)
+            probe_scores[geometry] = _unedited_probe(
+                partial(draw_support, transform=None if transform is None else transform[0]),
+                plans, heldout_X, heldout_y, heldout_cells, n_cells, *heads[geometry], n_classes,
+                settings, transform,
+            )  # fmt: skip
+        generator.set_state(draws)
+        if not probe_scores["whitened"] < probe_scores["standardised"]:
+            whitening = None
+    geometry = "standardised" if whitening is None else "whitened"
+    W0, b0 = heads[geometry] if geometry in heads else initial_head_in(whitening)
+    if settings.support_source == "annotated":
+        # the pool, usually the largest array of a fit, has served its purpose: drop its storage
+        pool_X.set_()
+    if whitening is not None:
+        # the runs work in whitened coordinates; heads and supports are mapped back at the end
+        _transform_rows(heldout_X, whitening[0])
+    # pool supports are whitened as drawn (a copy); annotated ones come from the whitened rows
+    pool_transform = (
+        whitening[0] if whitening is not None and settings.support_source == "pool" else None
+    )
+
+    inner_lr = head_lr = None
+    runs = []
+    for run, (shaping_rows, selection_rows) in enumerate(plans):
+        support = draw_support(shaping_rows, pool_transform)
         if inner_lr is None:  # one inner step for every run: from the first run's support
-            inner_lr = (
-                inner_lr_from_lipschitz(
-                    support[0],
-                    settings.inner_lr_scale,
-                    support[3],
-                    weight_decay=settings.weight_decay,
-                )
-                if settings.inner_lr is None
-                else float(settings.inner_lr)
-            )
-            head_lr = inner_lr if settings.head_lr is None else float(settings.head_lr)
+            inner_lr, head_lr = _step_sizes(support, settings)
         runs.append(
             _bilevel_run(
                 support, heldout_X, heldout_y, heldout_cells, n_cells,
@@ -638,7 +675,7 @@ def fit_hsfm(
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
         T, T_inverse = whitening
-        W0 = W0 @ T
+        W0 = W0 @ T if given_head is None else given_head[0]  # a given head: exactly as given
         for r in runs:
             r.weight, r.support_edited = r.weight @ T, r.support_edited @ T_inverse
     weight = torch.stack([r.weight for r in runs]).mean(0)
@@ -654,7 +691,59 @@ def fit_hsfm(
         head_lr=head_lr,
         runs=runs,
         support_from_heldout=settings.support_source == "annotated",
+        whitened=whitening is not None,
+        probe_scores=probe_scores,
     )
+
+
+def _step_sizes(support, settings: HSFMSettings) -> tuple[float, float]:
+    """Inner and head step sizes, from a support set when ``inner_lr`` is None."""
+    S, _, _, support_weight = support
+    if settings.inner_lr is None:
+        inner_lr = inner_lr_from_lipschitz(
+            S, settings.inner_lr_scale, support_weight, weight_decay=settings.weight_decay
+        )
+    else:
+        inner_lr = float(settings.inner_lr)
+    return inner_lr, inner_lr if settings.head_lr is None else float(settings.head_lr)
+
+
+def _unedited_probe(
+    draw_support, plans, heldout_X, heldout_y, heldout_cells, n_cells, W0, b0, n_classes,
+    settings, whitening,
+) -> float:  # fmt: skip
+    """How well a geometry suits the head updates, before any support edit.
+
+    For every run of ``plans``, the head update alone (the unedited control of
+    :func:`_bilevel_run`: ``n_epochs`` times ``inner_steps`` steps on the
+    support as drawn, from the initial head) in standardised coordinates
+    (``whitening`` None) or whitened ones (``(T, T^-1)``); the score is the mean
+    over runs of the lowest worst-group mean cross-entropy on the run's
+    selection rows, rows that did not shape it. ``heldout_X`` stays
+    standardised: whitened heads are mapped back to score it.
+    """
+    head_lr = None
+    best_losses = []
+    for shaping_rows, selection_rows in plans:
+        support = draw_support(shaping_rows)
+        if head_lr is None:
+            head_lr = _step_sizes(support, settings)[1]
+        S, support_labels, _, support_weight = support
+        Y_support = _one_hot(support_labels, n_classes, S.dtype)
+        W, b = W0.clone(), b0.clone()
+        optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
+        selection_X = heldout_X[selection_rows]
+        selection_y, selection_cells = heldout_y[selection_rows], heldout_cells[selection_rows]
+        best = math.inf
+        for _ in range(settings.n_epochs):
+            _update_head(S, Y_support, W, b, support_weight, optimizer, settings)
+            head_W = W if whitening is None else W @ whitening[0]
+            logits = torch.addmm(b, selection_X, head_W.T)
+            if torch.isfinite(logits).all():
+                loss = _group_scores(logits, selection_y, selection_cells, n_cells)
+                best = min(best, loss["worst_group_loss"])
+        best_losses.append(best)
+    return sum(best_losses) / len(best_losses)
 
 
 def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:

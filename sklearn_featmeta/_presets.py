@@ -19,6 +19,7 @@ _PAPER_ALGORITHM = {
     "head_lr": None,  # ... with the inner step size alpha
     "n_iter_no_change": None,  # every epoch runs
     "max_grad_norm": 10.0,  # gradient-norm clipping of the support update
+    "whitening_ridge": None,  # standardised features
 }
 
 

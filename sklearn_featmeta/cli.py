@@ -25,6 +25,16 @@ def _boolean(value: str) -> bool:
     return value.lower() == "true"
 
 
+def _auto_none_or_float(value: str) -> str | float | None:
+    """``auto``, ``none`` (None) or a number."""
+    if value.lower() in ("auto", "none"):
+        return None if value.lower() == "none" else "auto"
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a number, got {value!r}") from None
+
+
 # Estimator parameters offered as options: (option, parameter, type).
 _FIT_OPTIONS = [
     ("--support-size-per-class", "support_size_per_class", int),
@@ -41,7 +51,7 @@ _FIT_OPTIONS = [
     ("--head-update", "head_update", str),
     ("--validation-fraction", "validation_fraction", float),
     ("--head-l2", "head_l2", float),
-    ("--whitening-ridge", "whitening_ridge", float),
+    ("--whitening-ridge", "whitening_ridge", _auto_none_or_float),
     ("--erm-c", "erm_C", float),
     ("--device", "device", str),
     ("--n-threads", "n_threads", int),

@@ -67,6 +67,10 @@ def test_fit_passes_the_whitening_option(data_dir):
                       "--whitening-ridge", 0.5, cwd=data_dir)  # fmt: skip
     assert fitted.returncode == 0, fitted.stderr
     assert joblib.load(data_dir / "white.joblib").whitening_ridge == 0.5
+    fitted = featmeta("fit", "train.npz", "-o", "plain.joblib", "--n-epochs", 2,
+                      "--whitening-ridge", "none", cwd=data_dir)  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    assert joblib.load(data_dir / "plain.joblib").whitening_ridge is None
 
 
 def test_errors_are_reported_without_traceback(data_dir):

@@ -187,6 +187,8 @@ def test_verbose_prints_every_epoch(spurious, capsys):
     assert all("; unedited head: worst-group acc" in line for line in epochs)
     assert "run 4, epoch   4/4" in out and "worst-group loss" in out
     assert "best epoch" in out and "held-out rows" in out
+    geometry = [line for line in out.splitlines() if "geometry:" in line]
+    assert len(geometry) == 1 and "standardised, " in geometry[0] and "whitened)" in geometry[0]
 
 
 def test_no_output_when_quiet(spurious, capsys):
@@ -392,6 +394,7 @@ def test_bad_initial_head_is_rejected(spurious, head, message):
         {"validation_fraction": 1.0},
         {"head_l2": -0.1},
         {"whitening_ridge": 0.0},
+        {"whitening_ridge": "always"},
     ],
 )
 def test_invalid_parameters_are_rejected(spurious, params):
@@ -578,7 +581,7 @@ def test_whitened_head_scores_what_the_core_scored(spurious):
 
 def test_whitening_with_a_large_ridge_is_standardisation(spurious):
     X, y, groups = spurious
-    plain = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
+    plain = MetaAugmentedHeadClassifier(**FAST, whitening_ridge=None).fit(X, y, groups)
     whitened = MetaAugmentedHeadClassifier(**FAST, whitening_ridge=1e9).fit(X, y, groups)
     np.testing.assert_allclose(whitened.coef_, plain.coef_, rtol=1e-3, atol=1e-4)
     assert not np.allclose(
@@ -586,3 +589,54 @@ def test_whitening_with_a_large_ridge_is_standardisation(spurious):
         plain.coef_,
         atol=1e-3,
     )
+
+
+@pytest.fixture(scope="module")
+def anisotropic():
+    """Spurious embeddings whose variances span 2.5 decades along random directions."""
+    X, y, groups = make_spurious_embeddings(n_samples=600, n_features=16, random_state=1)
+    rotation, _ = np.linalg.qr(np.random.RandomState(1).standard_normal((16, 16)))
+    return ((X @ rotation * np.logspace(-1.5, 1, 16)) @ rotation.T).astype(np.float32), y, groups
+
+
+def _best_unedited_losses(model):
+    """Mean over runs of the unedited head's lowest held-out worst-group loss (history_)."""
+    history = model.history_
+    return np.mean(
+        [history["unedited_worst_group_loss"][history["run"] == run].min()
+         for run in np.unique(history["run"])]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("data, whitened", [("spurious", False), ("anisotropic", True)])
+def test_auto_whitening_is_the_fit_of_the_geometry_it_picks(data, whitened, request):
+    X, y, groups = request.getfixturevalue(data)
+    auto = MetaAugmentedHeadClassifier(**FAST, whitening_ridge="auto").fit(X, y, groups)
+    standardised = MetaAugmentedHeadClassifier(**FAST, whitening_ridge=None).fit(X, y, groups)
+    white = MetaAugmentedHeadClassifier(**FAST, whitening_ridge=0.1).fit(X, y, groups)
+    assert (auto.whitening_ridge_ == 0.1) is whitened
+    assert standardised.whitening_ridge_ is None and white.whitening_ridge_ == 0.1
+    # the probe's scores are the runs' own unedited heads, on the same support draws
+    scores = auto.whitening_scores_
+    np.testing.assert_allclose(scores["standardised"], _best_unedited_losses(standardised), rtol=1e-4)
+    np.testing.assert_allclose(scores["whitened"], _best_unedited_losses(white), rtol=1e-4)
+    assert (scores["whitened"] < scores["standardised"]) is whitened
+    # ... and probing leaves the fit as the chosen geometry's own (support draws included)
+    chosen = white if whitened else standardised
+    np.testing.assert_allclose(auto.coef_, chosen.coef_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(auto.initial_coef_, chosen.initial_coef_, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(auto.support_init_, chosen.support_init_)
+    assert standardised.whitening_scores_ is None
+
+
+def test_auto_whitening_with_the_papers_pool_support(anisotropic):
+    X, y, groups = anisotropic
+    auto = MetaAugmentedHeadClassifier(**FAST, **POOL_SUPPORT, whitening_ridge="auto")
+    auto.fit(X, y, groups)
+    chosen = MetaAugmentedHeadClassifier(
+        **FAST, **POOL_SUPPORT, whitening_ridge=auto.whitening_ridge_
+    ).fit(X, y, groups)
+    np.testing.assert_allclose(auto.coef_, chosen.coef_, rtol=1e-4, atol=1e-5)
+    # supports drawn from the pool are whitened copies; mapped back they are rows of X again
+    assert (_rows_of(X, chosen.support_init_) >= 0).all()
+
