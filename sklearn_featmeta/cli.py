@@ -32,7 +32,9 @@ def _auto_none_or_float(value: str) -> str | float | None:
     try:
         return float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto, none or a number, got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected auto, none or a number, got {value!r}"
+        ) from None
 
 
 # Estimator parameters offered as options: (option, parameter, type).
@@ -98,8 +100,8 @@ def _load_model(path: str):
 def _cmd_fit(args) -> None:
     X, y, groups = _load(args.data, need_y=True)
     params = {
-        name: getattr(args, name) for _, name, _ in _FIT_OPTIONS if getattr(args, name) is not None
-    }
+        name: getattr(args, name) for _, name, _ in _FIT_OPTIONS if hasattr(args, name)
+    }  # options not given are absent (argparse.SUPPRESS): "none" can pass None
     if args.preset:
         estimator = MetaAugmentedHeadClassifier.from_preset(args.preset, **params)
     else:
@@ -260,7 +262,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     for option, name, kind in _FIT_OPTIONS:
         fit.add_argument(
-            option, dest=name, type=kind, default=None, help=f"estimator parameter {name}"
+            option,
+            dest=name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=f"estimator parameter {name}",
         )
     fit.add_argument("-v", "--verbose", action="count", default=0, help="progress per epoch")
     fit.set_defaults(handler=_cmd_fit)

@@ -618,7 +618,9 @@ def test_auto_whitening_is_the_fit_of_the_geometry_it_picks(data, whitened, requ
     assert standardised.whitening_ridge_ is None and white.whitening_ridge_ == 0.1
     # the probe's scores are the runs' own unedited heads, on the same support draws
     scores = auto.whitening_scores_
-    np.testing.assert_allclose(scores["standardised"], _best_unedited_losses(standardised), rtol=1e-4)
+    np.testing.assert_allclose(
+        scores["standardised"], _best_unedited_losses(standardised), rtol=1e-4
+    )
     np.testing.assert_allclose(scores["whitened"], _best_unedited_losses(white), rtol=1e-4)
     assert (scores["whitened"] < scores["standardised"]) is whitened
     # ... and probing leaves the fit as the chosen geometry's own (support draws included)
@@ -639,4 +641,3 @@ def test_auto_whitening_with_the_papers_pool_support(anisotropic):
     np.testing.assert_allclose(auto.coef_, chosen.coef_, rtol=1e-4, atol=1e-5)
     # supports drawn from the pool are whitened copies; mapped back they are rows of X again
     assert (_rows_of(X, chosen.support_init_) >= 0).all()
-
