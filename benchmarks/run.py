@@ -67,13 +67,17 @@ ABLATIONS = [
         "defaults, but always keep the edited head (paper)",
         {"compare_unedited": False},
     ),
+    (
+        "defaults, but standardised features only (whitening_ridge=None, paper)",
+        {"whitening_ridge": None},
+    ),
     # not a paper choice: what the support edits themselves add to the defaults
     ("defaults, but no support edits (outer_lr 1e-6)", {"outer_lr": 1e-6}),
 ]
 
 # Options that are not defaults, each on top of the defaults.
 OPTIONS = [
-    ("defaults + whitened features (whitening_ridge=0.1, an option)", {"whitening_ridge": 0.1}),
+    ("defaults, but always whitened (whitening_ridge=0.1, an option)", {"whitening_ridge": 0.1}),
 ]
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import run, speed
+from benchmarks import geometry, run, speed
 from benchmarks.data import Benchmark, Split, has_negation
 from benchmarks.embed import TextEncoder, _small_cnn, train_cnn_embeddings
 from benchmarks.report import replace_section
@@ -23,6 +23,14 @@ def test_run_harness_on_synthetic_data(tmp_path):
     assert (tmp_path / "wga.png").stat().st_size > 1000
     text = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- begin: benchmarks -->" in text and "| DFRClassifier |" in text
+
+
+def test_geometry_report_on_synthetic_data():
+    rows = geometry.choices(["synthetic"], [0], lambda name, seed: run._synthetic_splits(seed))
+    ((seed, whitened, standardised, white, worst_group),) = rows["synthetic"]
+    assert seed == 0 and whitened == (white < standardised) and 0 <= worst_group <= 1
+    table = geometry.markdown(rows, "python -m benchmarks.geometry")
+    assert f"| synthetic | {int(whitened)} of 1 | 0: {'W' if whitened else 's'} (" in table
 
 
 def test_speed_harness_on_a_tiny_size(tmp_path):
