@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
-from .data import add_data_arguments
 from .embed import TextEncoder
 from .report import replace_section
-from .run import BENCHMARKS, _real_splits
+from .run import _real_splits, add_run_arguments
 
 
 def choices(benchmarks, seeds, splits) -> dict:
@@ -72,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.geometry", description=__doc__.split("\n\n")[0]
     )
-    add_data_arguments(parser)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=BENCHMARKS)
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
     encoder = TextEncoder(args.cache_dir)
     rows = choices(

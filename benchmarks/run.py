@@ -310,14 +310,19 @@ def _section_name(text: str) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
-    )
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data options, ``--out``, ``--seeds`` and ``--benchmarks`` of the real-data scripts."""
     add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=BENCHMARKS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
+    )
+    add_run_arguments(parser)
     parser.add_argument("--quick", action="store_true", help="one seed (the first)")
     parser.add_argument(
         "--synthetic", action="store_true", help="tiny synthetic data instead of --data-dir"
