@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 
@@ -637,15 +636,15 @@ def fit_hsfm(
             generator.set_state(draws)
             heads[geometry] = initial_head_in(transform)
             probe_scores[geometry] = _unedited_probe(
-                partial(draw_support, transform=None if transform is None else transform[0]),
-                plans, heldout_X, heldout_y, heldout_cells, n_cells, *heads[geometry], n_classes,
-                settings, transform,
+                draw_support, plans, heldout_X, heldout_y, heldout_cells, n_cells,
+                *heads[geometry], n_classes, settings, transform,
             )  # fmt: skip
         generator.set_state(draws)
         if not probe_scores["whitened"] < probe_scores["standardised"]:
             whitening = None
-    geometry = "standardised" if whitening is None else "whitened"
-    W0, b0 = heads[geometry] if geometry in heads else initial_head_in(whitening)
+    # the chosen geometry's initial head: the probe's, if it fitted one
+    chosen = "standardised" if whitening is None else "whitened"
+    W0, b0 = heads[chosen] if chosen in heads else initial_head_in(whitening)
     if settings.support_source == "annotated":
         # the pool, usually the largest array of a fit, has served its purpose: drop its storage
         pool_X.set_()
@@ -720,12 +719,13 @@ def _unedited_probe(
     (``whitening`` None) or whitened ones (``(T, T^-1)``); the score is the mean
     over runs of the lowest worst-group mean cross-entropy on the run's
     selection rows, rows that did not shape it. ``heldout_X`` stays
-    standardised: whitened heads are mapped back to score it.
+    standardised: whitened heads are mapped back to score it; supports are
+    drawn by ``draw_support(shaping_rows, T)`` (whitened copies for ``T``).
     """
     head_lr = None
     best_losses = []
     for shaping_rows, selection_rows in plans:
-        support = draw_support(shaping_rows)
+        support = draw_support(shaping_rows, None if whitening is None else whitening[0])
         if head_lr is None:
             head_lr = _step_sizes(support, settings)[1]
         S, support_labels, _, support_weight = support

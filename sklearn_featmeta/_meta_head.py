@@ -149,8 +149,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         rows, and the fit proceeds in the geometry with the lower mean
         (``whitening_ridge_``, ``whitening_scores_``). On our benchmarks it
         whitened the CNN image embeddings in 21 of 30 fits and the MiniLM
-        text embeddings in none of 30 (seeds 0-14, ``benchmarks/RESULTS.md``). Whitening costs a pass
-        over the pool and an eigendecomposition of a
+        text embeddings in none of 30 (seeds 0-14, ``benchmarks/RESULTS.md``).
+        Whitening costs a pass over the pool and an eigendecomposition of a
         ``(n_features, n_features)`` matrix; ``"auto"`` also fits a second
         ERM head and the unedited head updates of both geometries.
     erm_C : float, default=1.0
