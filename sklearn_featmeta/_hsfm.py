@@ -501,8 +501,8 @@ def feature_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean.to(X.dtype), scale.to(X.dtype)
 
 
-def whitening_transform(X: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric ``T`` (and ``T^-1``) that whitens ``X`` (centred rows) up to a ridge.
+def whitening_transform(X: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Symmetric positive definite ``T`` that whitens ``X`` (centred rows) up to a ridge.
 
     With ``(s, V)`` the eigenpairs of ``X^T X / n`` and ``m`` the mean of
     ``s``, ``T = V diag(sqrt((m + ridge m) / (s + ridge m))) V^T``: directions
@@ -511,21 +511,45 @@ def whitening_transform(X: torch.Tensor, ridge: float) -> tuple[torch.Tensor, to
     Gradient descent on ``X T`` is gradient descent on ``X`` preconditioned by
     ``T^2``, so a few steps get much further along low-variance directions.
     Computed in ``X``'s precision (the ridge keeps the small eigenvalues'
-    rounding harmless), with a few ``(d, d)`` matrices alive at a time.
+    rounding harmless) with at most two ``(d, d)`` matrices alive; ``T^-1``
+    is not formed (:func:`_unwhiten` solves with ``T`` where it is needed).
     """
     covariance = torch.zeros(X.shape[1], X.shape[1], dtype=X.dtype, device=X.device)
     for block in X.split(_block_rows(X)):
         covariance.addmm_(block.T, block)
     covariance /= max(X.shape[0], 1)
-    eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-    del covariance
+    eigenvalues, eigenvectors = _eigh_in_place(covariance)
     eigenvalues = eigenvalues.clamp_min(0)
     offset = ridge * eigenvalues.mean().clamp_min(torch.finfo(X.dtype).tiny)
     gain = ((eigenvalues.mean() + offset) / (eigenvalues + offset)).sqrt()
-    scaled = eigenvectors * gain
-    T = scaled @ eigenvectors.T
-    T_inverse = torch.div(eigenvectors, gain, out=scaled) @ eigenvectors.T
-    return T, T_inverse
+    # T = (V g^1/2)(V g^1/2)^T: symmetric by construction, one (d, d) product
+    half = eigenvectors.mul_(gain.sqrt())
+    return half @ half.T
+
+
+def _eigh_in_place(symmetric: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues and eigenvectors of a symmetric matrix; on CPU in its own storage.
+
+    ``torch.linalg.eigh`` copies its input and takes LAPACK's divide-and-conquer
+    workspace (about ``2 d^2`` entries) on top: at ``d = 2048`` that is more
+    memory than a 6,000-row ``X``. The same LAPACK routine through SciPy
+    overwrites the matrix with its eigenvectors. Other devices use torch.
+    """
+    if symmetric.device.type != "cpu":
+        return torch.linalg.eigh(symmetric)
+    import scipy.linalg  # a dependency of the package; only this CPU path needs it
+
+    # the transpose of a C-ordered symmetric matrix is the same matrix in
+    # Fortran order, which LAPACK can overwrite without a copy
+    eigenvalues, eigenvectors = scipy.linalg.eigh(
+        symmetric.numpy().T, overwrite_a=True, check_finite=False, driver="evd"
+    )
+    return torch.from_numpy(eigenvalues), torch.from_numpy(eigenvectors)
+
+
+def _unwhiten(rows: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """``rows T^-1`` for a symmetric positive definite ``T``, by a Cholesky solve."""
+    return torch.cholesky_solve(rows.T, torch.linalg.cholesky(T)).T
 
 
 def _transform_rows(X: torch.Tensor, T: torch.Tensor) -> None:
@@ -604,11 +628,10 @@ def fit_hsfm(
     def initial_head_in(transform):
         """ERM (or the given) head in standardised coordinates, or in whitened ones."""
         if given_head is None:
-            return fit_softmax_head(
-                pool_X, pool_y, n_classes, l2=erm_l2,
-                transform=None if transform is None else transform[0],
-            )  # fmt: skip
-        return given_head if transform is None else (given_head[0] @ transform[1], given_head[1])
+            return fit_softmax_head(pool_X, pool_y, n_classes, l2=erm_l2, transform=transform)
+        if transform is None:
+            return given_head
+        return _unwhiten(given_head[0], transform), given_head[1]
 
     n_heldout = heldout_y.numel()
     if settings.support_source == "annotated" and heldout_folds is not None:
@@ -650,11 +673,9 @@ def fit_hsfm(
         pool_X.set_()
     if whitening is not None:
         # the runs work in whitened coordinates; heads and supports are mapped back at the end
-        _transform_rows(heldout_X, whitening[0])
+        _transform_rows(heldout_X, whitening)
     # pool supports are whitened as drawn (a copy); annotated ones come from the whitened rows
-    pool_transform = (
-        whitening[0] if whitening is not None and settings.support_source == "pool" else None
-    )
+    pool_transform = whitening if settings.support_source == "pool" else None
 
     inner_lr = head_lr = None
     runs = []
@@ -673,10 +694,11 @@ def fit_hsfm(
         del support
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
-        T, T_inverse = whitening
-        W0 = W0 @ T if given_head is None else given_head[0]  # a given head: exactly as given
-        for r in runs:
-            r.weight, r.support_edited = r.weight @ T, r.support_edited @ T_inverse
+        W0 = W0 @ whitening if given_head is None else given_head[0]  # a given head: as given
+        sizes = [len(r.support_edited) for r in runs]  # one solve for every run's support
+        edited = _unwhiten(torch.cat([r.support_edited for r in runs]), whitening).split(sizes)
+        for r, support in zip(runs, edited, strict=True):
+            r.weight, r.support_edited = r.weight @ whitening, support
     weight = torch.stack([r.weight for r in runs]).mean(0)
     bias = torch.stack([r.bias for r in runs]).mean(0)
     return HSFMResult(
@@ -716,7 +738,7 @@ def _unedited_probe(
     For every run of ``plans``, the head update alone (the unedited control of
     :func:`_bilevel_run`: ``n_epochs`` times ``inner_steps`` steps on the
     support as drawn, from the initial head) in standardised coordinates
-    (``whitening`` None) or whitened ones (``(T, T^-1)``); the score is the mean
+    (``whitening`` None) or whitened ones (``whitening`` = ``T``); the score is the mean
     over runs of the lowest worst-group mean cross-entropy on the run's
     selection rows, rows that did not shape it. ``heldout_X`` stays
     standardised: whitened heads are mapped back to score it; supports are
@@ -725,7 +747,7 @@ def _unedited_probe(
     head_lr = None
     best_losses = []
     for shaping_rows, selection_rows in plans:
-        support = draw_support(shaping_rows, None if whitening is None else whitening[0])
+        support = draw_support(shaping_rows, whitening)
         if head_lr is None:
             head_lr = _step_sizes(support, settings)[1]
         S, support_labels, _, support_weight = support
@@ -737,7 +759,7 @@ def _unedited_probe(
         best = math.inf
         for _ in range(settings.n_epochs):
             _update_head(S, Y_support, W, b, support_weight, optimizer, settings)
-            head_W = W if whitening is None else W @ whitening[0]
+            head_W = W if whitening is None else W @ whitening
             logits = torch.addmm(b, selection_X, head_W.T)
             if torch.isfinite(logits).all():
                 loss = _group_scores(logits, selection_y, selection_cells, n_cells)

@@ -109,7 +109,7 @@ def test_erm_head_through_a_transform_is_the_head_of_the_transformed_rows():
     X = rng.standard_normal((300, 5)) * np.array([0.1, 0.5, 1.0, 3.0, 10.0])
     y = torch.from_numpy((X[:, 0] * 10 - X[:, 4] * 0.1 + rng.standard_normal(300) > 0).astype(int))
     X = torch.from_numpy(X)
-    T, _ = _hsfm.whitening_transform(X - X.mean(0), ridge=0.1)
+    T = _hsfm.whitening_transform(X - X.mean(0), ridge=0.1)
     l2 = 1.0 / X.shape[0]
     W, b = _hsfm.fit_softmax_head(X, y, 2, l2=l2, tol=1e-10, transform=T)
     W_ref, b_ref = _hsfm.fit_softmax_head(X @ T, y, 2, l2=l2, tol=1e-10)
@@ -411,21 +411,42 @@ def test_edited_head_is_kept_where_the_edits_do_better():
     assert min(run.history["worst_group_loss"]) < min(control.history["worst_group_loss"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_eigh_in_place_matches_torch_and_overwrites_its_input_on_cpu(dtype):
+    generator = torch.Generator().manual_seed(0)
+    A = torch.randn(40, 40, dtype=torch.float64, generator=generator)
+    symmetric = (A @ A.T).to(dtype)
+    expected_values, expected_vectors = torch.linalg.eigh(symmetric)
+    storage = symmetric.data_ptr()
+    values, vectors = _hsfm._eigh_in_place(symmetric)
+    assert vectors.dtype == dtype and vectors.data_ptr() == storage  # no (d, d) copy
+    tolerance = {"rtol": 1e-4, "atol": 1e-3} if dtype == torch.float32 else {}
+    torch.testing.assert_close(values, expected_values, **tolerance)
+    # eigenvectors are defined up to sign: compare the projections they make
+    torch.testing.assert_close(
+        vectors @ torch.diag(values) @ vectors.T,
+        expected_vectors @ torch.diag(expected_values) @ expected_vectors.T,
+        **tolerance,
+    )
+    torch.testing.assert_close(vectors.T @ vectors, torch.eye(40, dtype=dtype), **tolerance)
+
+
 def test_whitening_transform_whitens_up_to_the_ridge():
     generator = torch.Generator().manual_seed(0)
     mixing = torch.randn(6, 6, dtype=torch.float64, generator=generator)
     X = torch.randn(5000, 6, dtype=torch.float64, generator=generator) @ mixing
     X -= X.mean(0)
-    T, T_inverse = _hsfm.whitening_transform(X, ridge=1e-9)
-    torch.testing.assert_close(T @ T_inverse, torch.eye(6, dtype=torch.float64))
+    T = _hsfm.whitening_transform(X, ridge=1e-9)
     torch.testing.assert_close(T, T.T)
+    rows = torch.randn(3, 6, dtype=torch.float64, generator=generator)
+    torch.testing.assert_close(_hsfm._unwhiten(rows, T) @ T, rows)  # rows T^-1
     variances = torch.linalg.eigvalsh(X.T @ X / X.shape[0])
     whitened = X @ T
     covariance = whitened.T @ whitened / X.shape[0]
     # every direction ends with the mean variance of the input
     torch.testing.assert_close(covariance, variances.mean() * torch.eye(6, dtype=torch.float64))
     # a ridge leaves low-variance directions closer to where they were
-    T_ridge, _ = _hsfm.whitening_transform(X, ridge=1.0)
+    T_ridge = _hsfm.whitening_transform(X, ridge=1.0)
     ridged = torch.linalg.eigvalsh((X @ T_ridge).T @ (X @ T_ridge) / X.shape[0])
     assert ridged.max() / ridged.min() > 1.5
     assert ridged.max() / ridged.min() < variances.max() / variances.min()
