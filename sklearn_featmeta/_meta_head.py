@@ -164,8 +164,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         Where to compute: ``"auto"`` (CUDA when available), ``"cpu"``,
         ``"cuda"`` or ``"cuda:N"``. An unavailable device is an error.
     n_threads : int or None, default=None
-        Torch CPU threads during ``fit`` (restored afterwards). Set 1 when many
-        fits run in parallel (grid searches on joblib or Dask workers).
+        CPU threads of torch and of BLAS / LAPACK during ``fit`` (restored
+        afterwards). Set 1 when many fits run in parallel (grid searches on
+        joblib or Dask workers).
     random_state : int, RandomState instance or None, default=None
         Seeds the held-out split and a local ``torch.Generator`` for the
         support draw; never the global seed.
@@ -399,7 +400,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
 
         from . import _hsfm  # torch stays out of prediction and unpickling
 
-        with _torch_threads(self.n_threads):
+        with _fit_threads(self.n_threads):
             device = _hsfm.resolve_device(self.device)
             generator = _hsfm.torch.Generator().manual_seed(
                 int(rng.randint(np.iinfo(np.int32).max))
@@ -613,8 +614,12 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.device_ = str(device)
 
 
-class _torch_threads:
-    """Context manager: torch's CPU thread count for the duration of a fit."""
+class _fit_threads:
+    """Context manager: CPU threads of torch and of BLAS / LAPACK during a fit.
+
+    SciPy's LAPACK (the whitening's eigendecomposition) keeps its own thread
+    pool, limited through threadpoolctl like scikit-learn's own estimators.
+    """
 
     def __init__(self, n_threads):
         self.n_threads = n_threads
@@ -622,12 +627,15 @@ class _torch_threads:
     def __enter__(self):
         if self.n_threads is not None:
             import torch
+            from threadpoolctl import threadpool_limits
 
             self._previous = torch.get_num_threads()
             torch.set_num_threads(self.n_threads)
+            self._blas_limits = threadpool_limits(limits=self.n_threads)
 
     def __exit__(self, *exc):
         if self.n_threads is not None:
             import torch
 
+            self._blas_limits.restore_original_limits()
             torch.set_num_threads(self._previous)

@@ -428,6 +428,30 @@ def test_fit_leaves_torch_global_state_alone(spurious):
     assert torch.get_num_threads() == threads
 
 
+def test_n_threads_limits_torch_and_blas_threads_during_fit(spurious, monkeypatch):
+    torch = pytest.importorskip("torch")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from sklearn_featmeta import _hsfm
+
+    def thread_counts():
+        pools = threadpoolctl.threadpool_info()
+        blas = {pool["num_threads"] for pool in pools if pool["user_api"] == "blas"}
+        return torch.get_num_threads(), blas
+
+    seen = []
+    fit_hsfm = _hsfm.fit_hsfm
+
+    def recording_fit_hsfm(*args, **kwargs):
+        seen.append(thread_counts())
+        return fit_hsfm(*args, **kwargs)
+
+    monkeypatch.setattr(_hsfm, "fit_hsfm", recording_fit_hsfm)
+    before = thread_counts()
+    MetaAugmentedHeadClassifier(**FAST, n_threads=1).fit(*spurious)
+    assert seen == [(1, {1})]
+    assert thread_counts() == before
+
+
 def test_presets_reproduce_the_paper_settings():
     model = MetaAugmentedHeadClassifier.from_preset("waterbirds", random_state=3)
     assert model.get_params()["random_state"] == 3
