@@ -31,6 +31,9 @@ from ._presets import PAPER_PRESETS
 AUTO_WHITENING_RIDGE = 0.1
 """Ridge of the whitened geometry that ``whitening_ridge="auto"`` weighs against standardisation."""
 
+MIN_WHITENING_RIDGE = 1e-6
+"""Smallest ridge accepted: below it, float32 rounding of the whitening swamps its weakest directions."""
+
 
 class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
     """Linear head on frozen embeddings, made robust to spurious features by HSFM.
@@ -138,9 +141,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         paper; measured without gain on the benchmarks (0.003-0.3).
     whitening_ridge : "auto", float or None, default="auto"
         Whiten the standardised features with the training pool's covariance,
-        up to this ridge (relative to the mean variance), before fitting: the
-        head's gradient steps are then preconditioned and reach further along
-        low-variance directions. Heads and supports are mapped back, so
+        up to this ridge (relative to the mean variance; at least 1e-6), before
+        fitting: the head's gradient steps are then preconditioned and reach
+        further along low-variance directions. Heads and supports are mapped back, so
         ``coef_`` still applies to raw features. None keeps standardised
         features (the paper). ``"auto"`` weighs standardised features against
         a ridge of 0.1 on held-out rows before any edit: in each geometry, the
@@ -258,7 +261,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         "max_grad_norm": [Interval(Real, 0, None, closed="neither")],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "head_l2": [Interval(Real, 0, None, closed="left")],
-        "whitening_ridge": [None, StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
+        "whitening_ridge": [
+            None,
+            StrOptions({"auto"}),
+            Interval(Real, MIN_WHITENING_RIDGE, None, closed="left"),
+        ],
         "erm_C": [Interval(Real, 0, None, closed="neither")],
         "initial_head": [None, tuple],
         "device": [str],

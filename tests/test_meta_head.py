@@ -394,6 +394,7 @@ def test_bad_initial_head_is_rejected(spurious, head, message):
         {"validation_fraction": 1.0},
         {"head_l2": -0.1},
         {"whitening_ridge": 0.0},
+        {"whitening_ridge": 1e-9},  # below float32's reach
         {"whitening_ridge": "always"},
     ],
 )
