@@ -143,8 +143,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         Whiten the standardised features with the training pool's covariance,
         up to this ridge (relative to the mean variance; at least 1e-6), before
         fitting: the head's gradient steps are then preconditioned and reach
-        further along low-variance directions. Heads and supports are mapped back, so
-        ``coef_`` still applies to raw features. None keeps standardised
+        further along low-variance directions. Heads and supports are mapped
+        back, so ``coef_`` still applies to raw features. None keeps standardised
         features (the paper). ``"auto"`` weighs standardised features against
         a ridge of 0.1 on held-out rows before any edit: in each geometry, the
         runs' unedited head updates (see ``compare_unedited``, same support
