@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from sklearn_featmeta import MetaAugmentedHeadClassifier
+from sklearn_featmeta._meta_head import AUTO_WHITENING_RIDGE
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
 from .embed import TextEncoder
@@ -49,7 +50,8 @@ def choices(benchmarks, seeds, splits) -> dict:
 def markdown(rows: dict, command: str) -> str:
     lines = [
         f"Command: `{command}`  ",
-        "Geometry the defaults chose per seed (`whitening_ridge_`): W = whitened (ridge 0.1), "
+        "Geometry the defaults chose per seed (`whitening_ridge_`): "
+        f"W = whitened (ridge {AUTO_WHITENING_RIDGE:g}), "
         "s = standardised; scores = mean over runs of the unedited heads' lowest held-out "
         "worst-group loss (standardised / whitened; lower wins).",
         "",

@@ -27,8 +27,11 @@ def _boolean(value: str) -> bool:
 
 def _auto_none_or_float(value: str) -> str | float | None:
     """``auto``, ``none`` (None) or a number."""
-    if value.lower() in ("auto", "none"):
-        return None if value.lower() == "none" else "auto"
+    word = value.lower()
+    if word == "none":
+        return None
+    if word == "auto":
+        return "auto"
     try:
         return float(value)
     except ValueError:
