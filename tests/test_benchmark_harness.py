@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import geometry, run, speed
+from benchmarks import geometry, noise, run, speed
 from benchmarks.data import Benchmark, Split, has_negation
 from benchmarks.embed import TextEncoder, _small_cnn, train_cnn_embeddings
 from benchmarks.report import replace_section
@@ -31,6 +31,22 @@ def test_geometry_report_on_synthetic_data():
     assert seed == 0 and whitened == (white < standardised) and 0 <= worst_group <= 1
     table = geometry.markdown(rows, "python -m benchmarks.geometry")
     assert f"| synthetic | {int(whitened)} of 1 | 0: {'W' if whitened else 's'} (" in table
+
+
+def test_noise_report_on_synthetic_data():
+    rows = noise.spreads(
+        ["synthetic"], [0], [0, 1, 2], lambda name, seed: run._synthetic_splits(seed)
+    )
+    methods = rows["synthetic", 0]
+    assert set(methods) == {run.DEFAULTS_LABEL, run.DFR_LABEL}
+    assert all(len(values) == 3 and all(0 <= v <= 1 for v in values) for values in methods.values())
+    # the defaults are seeded: the same random_state gives the same fit
+    again = noise.spreads(["synthetic"], [0], [1], lambda name, seed: run._synthetic_splits(seed))
+    assert again["synthetic", 0][run.DEFAULTS_LABEL] == [methods[run.DEFAULTS_LABEL][1]]
+    table = noise.markdown(rows, "python -m benchmarks.noise")
+    values = 100 * np.asarray(methods[run.DFR_LABEL])
+    assert f"| synthetic | 0 | {run.DFR_LABEL} | {values.mean():.1f} |" in table
+    assert " ".join(f"{value:.1f}" for value in values) + " |" in table
 
 
 def test_speed_harness_on_a_tiny_size(tmp_path):

@@ -1,0 +1,105 @@
+"""How far worst-group accuracy moves with ``random_state`` alone, data fixed.
+
+    python -m benchmarks.noise --data-dir ../shared/data --seeds 0 --random-states 0 1 2 3 4 5 6 7 8 9
+
+For each benchmark and data seed (the splits and embeddings of ``benchmarks.run``
+for that seed), fits ``MetaAugmentedHeadClassifier()`` (the defaults) and
+``DFRClassifier()`` once per ``random_state`` and records the test worst-group
+accuracy. The spread is the part of a per-seed difference between the two that
+comes from the methods' own randomness (folds, support draws, balanced
+subsets), not from the data. Writes the ``noise`` section of ``RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+from sklearn_featmeta import MetaAugmentedHeadClassifier
+from sklearn_featmeta.baselines import DFRClassifier
+from sklearn_featmeta.metrics import worst_group_accuracy_score
+
+from .embed import TextEncoder
+from .report import replace_section
+from .run import DEFAULTS_LABEL, DFR_LABEL, _real_splits, add_run_arguments
+
+METHODS: dict[str, Callable] = {
+    DEFAULTS_LABEL: lambda random_state: MetaAugmentedHeadClassifier(random_state=random_state),
+    DFR_LABEL: lambda random_state: DFRClassifier(random_state=random_state),
+}
+
+
+def spreads(benchmarks, seeds, random_states, splits) -> dict:
+    """(benchmark, seed) -> method -> test worst-group accuracy per random state."""
+    rows = {}
+    for name in benchmarks:
+        for seed in seeds:
+            X, y, groups, X_test, y_test, groups_test = splits(name, seed)
+            rows[name, seed] = {}
+            for label, make in METHODS.items():
+                accuracies = []
+                for random_state in random_states:
+                    model = make(random_state).fit(X, y, groups)
+                    accuracies.append(
+                        worst_group_accuracy_score(
+                            y_test, model.predict(X_test), groups=groups_test
+                        )
+                    )
+                    print(
+                        f"{name:<18} seed {seed:>3}  {label:<40} random_state {random_state:>3}"
+                        f"  worst-group {accuracies[-1]:.3f}",
+                        flush=True,
+                    )
+                rows[name, seed][label] = accuracies
+    return rows
+
+
+def markdown(rows: dict, command: str) -> str:
+    lines = [
+        f"Command: `{command}`  ",
+        "Test worst-group accuracy in % on one data seed's splits and embeddings, one fit per "
+        "`random_state`: mean, standard deviation, range, and every fit in order.",
+        "",
+        "| benchmark | data seed | method | mean | std | min - max | per random_state |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (name, seed), methods in rows.items():
+        for label, accuracies in methods.items():
+            values = 100 * np.asarray(accuracies)
+            std = values.std(ddof=1) if len(values) > 1 else 0.0
+            lines.append(
+                f"| {name} | {seed} | {label} | {values.mean():.1f} | {std:.1f} | "
+                f"{values.min():.1f} - {values.max():.1f} | "
+                f"{' '.join(f'{value:.1f}' for value in values)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.noise", description=__doc__.split("\n\n")[0]
+    )
+    add_run_arguments(parser)
+    parser.add_argument(
+        "--random-states", type=int, nargs="+", default=list(range(10)), metavar="N"
+    )
+    args = parser.parse_args(argv)
+    encoder = TextEncoder(args.cache_dir)
+    rows = spreads(
+        args.benchmarks,
+        args.seeds,
+        args.random_states,
+        lambda name, seed: _real_splits(name, seed, args.data_dir, args.cache_dir, encoder),
+    )
+    command = "python -m benchmarks.noise " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = markdown(rows, command.strip())
+    replace_section(args.out / "RESULTS.md", "noise", table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
