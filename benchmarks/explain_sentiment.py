@@ -22,7 +22,7 @@ from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta.explain import concept_alignment, edit_summary, plot_edits
 
 from .data import add_data_arguments
-from .report import replace_section
+from .report import command_line, replace_section
 from .run import _real_splits
 
 PROMPT_CONTRASTS = {
@@ -92,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             "waterbirds", random_state=args.seed
         ),
     }
-    command = "python -m benchmarks.explain_sentiment " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    command = command_line("benchmarks.explain_sentiment", argv)
     lines = [
-        f"Command: `{command.strip()}`  ",
+        f"Command: `{command}`  ",
         f"Sentiment x source (seed {args.seed}), MiniLM embeddings; class 0 = negative (mostly movie reviews in "
         "training), class 1 = positive (mostly tweets). `shift` is in standard deviations of the training "
         "embeddings along the direction; `z` compares it with 200 random directions.",

@@ -19,9 +19,8 @@ from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta._meta_head import AUTO_WHITENING_RIDGE
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
-from .embed import TextEncoder
-from .report import replace_section
-from .run import _real_splits, add_run_arguments
+from .report import command_line, replace_section
+from .run import add_run_arguments, real_splits
 
 
 def choices(benchmarks, seeds, splits) -> dict:
@@ -74,16 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_run_arguments(parser)
     args = parser.parse_args(argv)
-    encoder = TextEncoder(args.cache_dir)
-    rows = choices(
-        args.benchmarks,
-        args.seeds,
-        lambda name, seed: _real_splits(name, seed, args.data_dir, args.cache_dir, encoder),
-    )
-    command = "python -m benchmarks.geometry " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
-    table = markdown(rows, command.strip())
+    rows = choices(args.benchmarks, args.seeds, real_splits(args))
+    table = markdown(rows, command_line("benchmarks.geometry", argv))
     replace_section(args.out / "RESULTS.md", "geometry", table)
     print(table)
     return 0

@@ -22,9 +22,8 @@ from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta.baselines import DFRClassifier
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
-from .embed import TextEncoder
-from .report import replace_section
-from .run import DEFAULTS_LABEL, DFR_LABEL, _real_splits, add_run_arguments
+from .report import command_line, replace_section
+from .run import DEFAULTS_LABEL, DFR_LABEL, add_run_arguments, real_splits
 
 METHODS: dict[str, Callable] = {
     DEFAULTS_LABEL: lambda random_state: MetaAugmentedHeadClassifier(random_state=random_state),
@@ -87,15 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         "--random-states", type=int, nargs="+", default=list(range(10)), metavar="N"
     )
     args = parser.parse_args(argv)
-    encoder = TextEncoder(args.cache_dir)
-    rows = spreads(
-        args.benchmarks,
-        args.seeds,
-        args.random_states,
-        lambda name, seed: _real_splits(name, seed, args.data_dir, args.cache_dir, encoder),
-    )
-    command = "python -m benchmarks.noise " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = markdown(rows, command.strip())
+    rows = spreads(args.benchmarks, args.seeds, args.random_states, real_splits(args))
+    table = markdown(rows, command_line("benchmarks.noise", argv))
     replace_section(args.out / "RESULTS.md", "noise", table)
     print(table)
     return 0

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 _HEADER = "# Benchmark results\n\nEvery number below comes with the command that produced it.\n"
+
+
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command that ran ``module`` with ``argv`` (the process's arguments when None)."""
+    return f"python -m {module} {' '.join(sys.argv[1:] if argv is None else argv)}".strip()
 
 
 def replace_section(path: Path, name: str, text: str) -> None:

@@ -35,7 +35,7 @@ from sklearn_featmeta.baselines import DFRClassifier
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
 from .data import add_data_arguments
-from .report import replace_section
+from .report import command_line, replace_section
 
 BENCHMARKS = ["sentiment_source", "polarity_negation", "dominoes", "colored_mnist"]
 
@@ -321,6 +321,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=BENCHMARKS)
 
 
+def real_splits(args: argparse.Namespace) -> Callable:
+    """``splits(name, seed)`` of the real benchmarks, from the data options of ``args``."""
+    from .embed import TextEncoder
+
+    encoder = TextEncoder(args.cache_dir)
+    return lambda name, seed: _real_splits(name, seed, args.data_dir, args.cache_dir, encoder)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]
@@ -353,18 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         def splits(name, seed):
             return _synthetic_splits(seed)
     else:
-        from .embed import TextEncoder
-
         names = args.benchmarks
-        encoder = TextEncoder(args.cache_dir)
-
-        def splits(name, seed):
-            return _real_splits(name, seed, args.data_dir, args.cache_dir, encoder)
+        splits = real_splits(args)
 
     results = run(names, seeds, splits, args.methods)
     summary = summarise(results)
     args.out.mkdir(parents=True, exist_ok=True)
-    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = command_line("benchmarks.run", argv)
     suffix = "" if args.section == DEFAULT_SECTION else f"-{args.section}"
     (args.out / f"results{suffix}.json").write_text(
         json.dumps(
@@ -372,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     chart(summary, args.out / f"wga{suffix}.png")
-    table = markdown(summary, command.strip(), seeds)
+    table = markdown(summary, command, seeds)
     replace_section(args.out / "RESULTS.md", args.section, table)
     print(table)
     return 0

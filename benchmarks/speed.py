@@ -193,15 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         sizes = [s for s in sizes if s[0] <= 6000]
     rows = [measure(n, d, args.repeats if n <= 50000 else 1, args.timeout) for n, d in sizes]
-    command = "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(
-        json.dumps({"command": command.strip(), "rows": rows}, indent=1)
-    )
-    from .report import replace_section
+    from .report import command_line, replace_section
 
-    replace_section(args.out / "RESULTS.md", "speed", markdown(rows, command.strip()))
-    print(markdown(rows, command.strip()))
+    command = command_line("benchmarks.speed", argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "speed.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+    replace_section(args.out / "RESULTS.md", "speed", markdown(rows, command))
+    print(markdown(rows, command))
     return 0
 
 
