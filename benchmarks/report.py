@@ -16,6 +16,7 @@ def command_line(module: str, argv: list[str] | None) -> str:
 def replace_section(path: Path, name: str, text: str) -> None:
     """Put ``text`` between ``<!-- begin: name -->`` and ``<!-- end: name -->`` in ``path``."""
     begin, end = f"<!-- begin: {name} -->", f"<!-- end: {name} -->"
+    path.parent.mkdir(parents=True, exist_ok=True)  # a new --out folder
     content = path.read_text() if path.exists() else _HEADER
     block = f"{begin}\n{text.rstrip()}\n{end}"
     if begin in content and end in content:

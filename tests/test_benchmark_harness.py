@@ -59,7 +59,7 @@ def test_speed_harness_on_a_tiny_size(tmp_path):
 
 
 def test_sections_are_replaced_in_place(tmp_path):
-    path = tmp_path / "RESULTS.md"
+    path = tmp_path / "new folder" / "RESULTS.md"  # --out need not exist yet
     replace_section(path, "a", "first")
     replace_section(path, "b", "other")
     replace_section(path, "a", "second")
