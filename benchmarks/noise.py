@@ -1,6 +1,6 @@
 """How far worst-group accuracy moves with ``random_state`` alone, data fixed.
 
-    python -m benchmarks.noise --data-dir ../shared/data --seeds 0 --random-states 0 1 2 3 4 5 6 7 8 9
+    python -m benchmarks.noise --data-dir ../shared/data --seeds 0 1 2 3 4 --random-states 0 1 2 3 4 5 6 7 8 9
 
 For each benchmark and data seed (the splits and embeddings of ``benchmarks.run``
 for that seed), fits ``MetaAugmentedHeadClassifier()`` (the defaults) and
@@ -74,6 +74,22 @@ def markdown(rows: dict, command: str) -> str:
                 f"{values.min():.1f} - {values.max():.1f} | "
                 f"{' '.join(f'{value:.1f}' for value in values)} |"
             )
+    lines += [
+        "",
+        "Defaults minus DFR, each averaged over the random states (the difference the methods' "
+        "own randomness averages out of), per data seed and their mean:",
+        "",
+        "| benchmark | per data seed | mean |",
+        "|---|---|---|",
+    ]
+    for name in dict.fromkeys(name for name, _ in rows):
+        differences = {
+            seed: 100 * (np.mean(methods[DEFAULTS_LABEL]) - np.mean(methods[DFR_LABEL]))
+            for (benchmark, seed), methods in rows.items()
+            if benchmark == name
+        }
+        per_seed = ", ".join(f"{seed}: {value:+.1f}" for seed, value in differences.items())
+        lines.append(f"| {name} | {per_seed} | {np.mean(list(differences.values())):+.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -47,6 +47,8 @@ def test_noise_report_on_synthetic_data():
     values = 100 * np.asarray(methods[run.DFR_LABEL])
     assert f"| synthetic | 0 | {run.DFR_LABEL} | {values.mean():.1f} |" in table
     assert " ".join(f"{value:.1f}" for value in values) + " |" in table
+    difference = 100 * (np.mean(methods[run.DEFAULTS_LABEL]) - np.mean(methods[run.DFR_LABEL]))
+    assert f"| synthetic | 0: {difference:+.1f} | {difference:+.1f} |" in table
 
 
 def test_speed_harness_on_a_tiny_size(tmp_path):
