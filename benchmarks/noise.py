@@ -14,21 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 
 import numpy as np
 
-from sklearn_featmeta import MetaAugmentedHeadClassifier
-from sklearn_featmeta.baselines import DFRClassifier
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
+from . import run
 from .report import command_line, replace_section
-from .run import DEFAULTS_LABEL, DFR_LABEL, add_run_arguments, real_splits
-
-METHODS: dict[str, Callable] = {
-    DEFAULTS_LABEL: lambda random_state: MetaAugmentedHeadClassifier(random_state=random_state),
-    DFR_LABEL: lambda random_state: DFRClassifier(random_state=random_state),
-}
 
 
 def spreads(benchmarks, seeds, random_states, splits) -> dict:
@@ -38,10 +30,11 @@ def spreads(benchmarks, seeds, random_states, splits) -> dict:
         for seed in seeds:
             X, y, groups, X_test, y_test, groups_test = splits(name, seed)
             rows[name, seed] = {}
-            for label, make in METHODS.items():
+            fits = run.methods(name, ("defaults", "dfr"))  # benchmarks.run's fits, seeded here
+            for label in (run.DEFAULTS_LABEL, run.DFR_LABEL):
                 accuracies = []
                 for random_state in random_states:
-                    model = make(random_state).fit(X, y, groups)
+                    model = fits[label](X, y, groups, random_state)
                     accuracies.append(
                         worst_group_accuracy_score(
                             y_test, model.predict(X_test), groups=groups_test
@@ -84,7 +77,7 @@ def markdown(rows: dict, command: str) -> str:
     ]
     for name in dict.fromkeys(name for name, _ in rows):
         differences = {
-            seed: 100 * (np.mean(methods[DEFAULTS_LABEL]) - np.mean(methods[DFR_LABEL]))
+            seed: 100 * (np.mean(methods[run.DEFAULTS_LABEL]) - np.mean(methods[run.DFR_LABEL]))
             for (benchmark, seed), methods in rows.items()
             if benchmark == name
         }
@@ -97,12 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.noise", description=__doc__.split("\n\n")[0]
     )
-    add_run_arguments(parser)
+    run.add_run_arguments(parser)
     parser.add_argument(
         "--random-states", type=int, nargs="+", default=list(range(10)), metavar="N"
     )
     args = parser.parse_args(argv)
-    rows = spreads(args.benchmarks, args.seeds, args.random_states, real_splits(args))
+    rows = spreads(args.benchmarks, args.seeds, args.random_states, run.real_splits(args))
     table = markdown(rows, command_line("benchmarks.noise", argv))
     replace_section(args.out / "RESULTS.md", "noise", table)
     print(table)

@@ -198,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line("benchmarks.speed", argv)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
-    replace_section(args.out / "RESULTS.md", "speed", markdown(rows, command))
-    print(markdown(rows, command))
+    table = markdown(rows, command)
+    replace_section(args.out / "RESULTS.md", "speed", table)
+    print(table)
     return 0
 
 
