@@ -81,6 +81,10 @@ ABLATIONS = [
 # Options that are not defaults, each on top of the defaults.
 OPTIONS = [
     ("defaults, but always whitened (whitening_ridge=0.1, an option)", {"whitening_ridge": 0.1}),
+    (
+        f"defaults, but {2 * _DEFAULTS['n_epochs']} epochs (twice the fit time)",
+        {"n_epochs": 2 * _DEFAULTS["n_epochs"]},
+    ),
 ]
 
 
