@@ -82,7 +82,7 @@ ABLATIONS = [
 OPTIONS = [
     ("defaults, but always whitened (whitening_ridge=0.1, an option)", {"whitening_ridge": 0.1}),
     (
-        f"defaults, but {2 * _DEFAULTS['n_epochs']} epochs (twice the fit time)",
+        f"defaults, but {2 * _DEFAULTS['n_epochs']} epochs (twice as many)",
         {"n_epochs": 2 * _DEFAULTS["n_epochs"]},
     ),
 ]

@@ -89,8 +89,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         (the paper), or of each (class, group) cell.
     n_epochs : int, default=10
         Epochs of hard-set mining, support edits and head update (``E``), per
-        run. On our benchmarks 20 epochs took twice as long for the same
-        worst-group accuracy (``benchmarks/RESULTS.md``, options).
+        run. On our benchmarks 20 epochs took 1.7-2.1 times as long for the
+        same worst-group accuracy (``benchmarks/RESULTS.md``, options).
     selection_metric : {"worst_group_loss", "worst_group_accuracy"}, \
             default="worst_group_loss"
         Which epoch of a run is kept: the lowest held-out worst-group mean
