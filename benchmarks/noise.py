@@ -27,10 +27,10 @@ def spreads(benchmarks, seeds, random_states, splits) -> dict:
     """(benchmark, seed) -> method -> test worst-group accuracy per random state."""
     rows = {}
     for name in benchmarks:
+        fits = run.methods(name, ("defaults", "dfr"))  # benchmarks.run's fits, seeded here
         for seed in seeds:
             X, y, groups, X_test, y_test, groups_test = splits(name, seed)
             rows[name, seed] = {}
-            fits = run.methods(name, ("defaults", "dfr"))  # benchmarks.run's fits, seeded here
             for label in (run.DEFAULTS_LABEL, run.DFR_LABEL):
                 accuracies = []
                 for random_state in random_states:
