@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Benchmark, recipe_key
+from .threads import benchmark_threads
 
 TEXT_MODEL = "all-MiniLM-L6-v2"
 
@@ -126,7 +127,9 @@ def train_cnn_embeddings(
 
     The embeddings go to ``cnn-<recipe key>-e<epochs>.npz`` and the trained
     network's weights next to them (``.pt``: the ``features`` and ``head``
-    state dicts of :func:`_small_cnn`).
+    state dicts of :func:`_small_cnn`). Training runs on ``BENCHMARK_THREADS``
+    threads whatever the caller set, as its result depends on the thread count
+    (:mod:`benchmarks.threads`) and the cache key does not say it.
     """
     key = recipe_key(benchmark.name, seed)
     path = Path(cache_dir) / f"cnn-{key}-e{epochs}.npz"
@@ -136,7 +139,7 @@ def train_cnn_embeddings(
     import torch
 
     start = time.perf_counter()
-    with torch.random.fork_rng():
+    with benchmark_threads(), torch.random.fork_rng():
         torch.manual_seed(seed)
         images = torch.from_numpy(benchmark.train.inputs).float() / 255.0
         labels = torch.from_numpy(benchmark.train.y)

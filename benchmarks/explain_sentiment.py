@@ -24,6 +24,7 @@ from sklearn_featmeta.explain import concept_alignment, edit_summary, plot_edits
 from .data import add_data_arguments
 from .report import command_line, replace_section
 from .run import _real_splits
+from .threads import with_benchmark_threads
 
 PROMPT_CONTRASTS = {
     "prompt: tweet - movie review": ("a tweet", "a movie review"),
@@ -64,6 +65,7 @@ def verdict(alignment, source: str, label: str) -> str:
     )
 
 
+@with_benchmark_threads
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.explain_sentiment", description=__doc__.split("\n\n")[0]

@@ -21,6 +21,7 @@ from sklearn_featmeta.metrics import worst_group_accuracy_score
 
 from .report import command_line, replace_section
 from .run import add_run_arguments, real_splits
+from .threads import with_benchmark_threads
 
 
 def choices(benchmarks, seeds, splits) -> dict:
@@ -67,6 +68,7 @@ def markdown(rows: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@with_benchmark_threads
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.geometry", description=__doc__.split("\n\n")[0]

@@ -21,6 +21,7 @@ from sklearn_featmeta.metrics import worst_group_accuracy_score
 
 from . import run
 from .report import command_line, replace_section
+from .threads import with_benchmark_threads
 
 
 def spreads(benchmarks, seeds, random_states, splits) -> dict:
@@ -86,6 +87,7 @@ def markdown(rows: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@with_benchmark_threads
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.noise", description=__doc__.split("\n\n")[0]

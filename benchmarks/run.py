@@ -36,6 +36,7 @@ from sklearn_featmeta.metrics import worst_group_accuracy_score
 
 from .data import add_data_arguments
 from .report import command_line, replace_section
+from .threads import with_benchmark_threads
 
 BENCHMARKS = ["sentiment_source", "polarity_negation", "dominoes", "colored_mnist"]
 
@@ -333,6 +334,7 @@ def real_splits(args: argparse.Namespace) -> Callable:
     return lambda name, seed: _real_splits(name, seed, args.data_dir, args.cache_dir, encoder)
 
 
+@with_benchmark_threads
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0]

@@ -9,6 +9,7 @@ from benchmarks import geometry, noise, run, speed
 from benchmarks.data import Benchmark, Split, has_negation
 from benchmarks.embed import TextEncoder, _small_cnn, train_cnn_embeddings
 from benchmarks.report import replace_section
+from benchmarks.threads import BENCHMARK_THREADS
 
 
 def test_run_harness_on_synthetic_data(tmp_path):
@@ -151,15 +152,64 @@ def test_text_encoder_rejects_a_sentence_outside_the_corpus(tmp_path):
         _encoder(tmp_path).encode(["a cat", "unseen"], ["a cat", "a dog"])
 
 
-def test_cnn_embeddings_are_cached_with_the_weights_that_made_them(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
+def _tiny_image_benchmark():
     rng = np.random.RandomState(0)
 
     def split(n):
         images = rng.randint(0, 256, size=(n, 2, 28, 28)).astype(np.uint8)
         return Split(images, rng.randint(0, 2, n), rng.randint(0, 2, n))
 
-    benchmark = Benchmark("colored_mnist", split(64), split(16), split(16))
+    return Benchmark("colored_mnist", split(64), split(16), split(16))
+
+
+@pytest.fixture
+def one_thread():
+    """The caller runs torch on one thread (not the benchmarks' count); restored after."""
+    torch = pytest.importorskip("torch")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1 if BENCHMARK_THREADS != 1 else 3)
+    yield torch.get_num_threads()
+    torch.set_num_threads(previous)
+
+
+def test_cnn_trains_on_the_benchmark_thread_count_whatever_the_caller_set(
+    tmp_path, monkeypatch, one_thread
+):
+    import torch
+
+    threads_in_training = []
+
+    def recording_cnn(in_channels):
+        features, head = _small_cnn(in_channels)
+        head.register_forward_hook(lambda *_: threads_in_training.append(torch.get_num_threads()))
+        return features, head
+
+    monkeypatch.setattr("benchmarks.embed._small_cnn", recording_cnn)
+    train_cnn_embeddings(_tiny_image_benchmark(), 0, tmp_path, epochs=1)
+    assert threads_in_training and set(threads_in_training) == {BENCHMARK_THREADS}
+    assert torch.get_num_threads() == one_thread
+
+
+def test_run_script_fits_on_the_benchmark_thread_count(tmp_path, monkeypatch, one_thread):
+    import torch
+
+    pytest.importorskip("matplotlib")
+    threads_in_fits = []
+    fit_dfr = run.methods("synthetic", ["dfr"])[run.DFR_LABEL]
+
+    def recording_fit(*args):
+        threads_in_fits.append(torch.get_num_threads())
+        return fit_dfr(*args)
+
+    monkeypatch.setattr(run, "methods", lambda name, keys: {run.DFR_LABEL: recording_fit})
+    assert run.main(["--synthetic", "--quick", "--methods", "dfr", "--out", str(tmp_path)]) == 0
+    assert threads_in_fits == [BENCHMARK_THREADS]
+    assert torch.get_num_threads() == one_thread
+
+
+def test_cnn_embeddings_are_cached_with_the_weights_that_made_them(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    benchmark = _tiny_image_benchmark()
     embeddings = train_cnn_embeddings(benchmark, 0, tmp_path, epochs=1)
     assert {k: v.shape for k, v in embeddings.items()} == {
         "train": (64, 128), "val": (16, 128), "test": (16, 128)
