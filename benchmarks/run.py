@@ -86,6 +86,10 @@ OPTIONS = [
         f"defaults, but {2 * _DEFAULTS['n_epochs']} epochs (twice as many)",
         {"n_epochs": 2 * _DEFAULTS["n_epochs"]},
     ),
+    (
+        "defaults, but up to 40 epochs, stopping 5 after the best (n_iter_no_change=5)",
+        {"n_epochs": 40, "n_iter_no_change": 5},
+    ),
 ]
 
 
