@@ -358,6 +358,9 @@ class HSFMSettings:
     ``inner_steps`` steps of plain gradient descent (``head_update="gradient"``:
     the very map the support set was optimised through) or of Adam
     (``"adam"``, the paper), with step ``head_lr`` (None: the inner step).
+    Every run makes ``n_epochs`` epochs (the paper); with ``max_epochs`` it
+    continues past them, up to ``max_epochs``, until ``n_iter_no_change``
+    epochs in a row have not improved its selection score.
     ``selection_metric`` picks the kept epoch: the best held-out worst-group
     accuracy, ties broken by the lower loss (the paper), or the lowest
     worst-group mean cross-entropy (a smoother criterion on small groups).
@@ -384,7 +387,8 @@ class HSFMSettings:
     head_lr: float | None = None
     inner_lr_scale: float = 1.0
     max_grad_norm: float = 10.0
-    n_iter_no_change: int | None = None
+    max_epochs: int | None = None
+    n_iter_no_change: int = 5
     weight_decay: float = 0.0
     selection_metric: str = "worst_group_accuracy"
     compare_unedited: bool = False
@@ -737,7 +741,8 @@ def _unedited_probe(
 
     For every run of ``plans``, the head update alone (the unedited control of
     :func:`_bilevel_run`: ``n_epochs`` times ``inner_steps`` steps on the
-    support as drawn, from the initial head) in standardised coordinates
+    support as drawn, from the initial head; never more epochs, so that both
+    geometries get the same budget) in standardised coordinates
     (``whitening`` None) or whitened ones (``whitening`` = ``T``); the score is the mean
     over runs of the lowest worst-group mean cross-entropy on the run's
     selection rows, rows that did not shape it. ``heldout_X`` stays
@@ -869,7 +874,10 @@ def _bilevel_run(
 
     # logits of the current head on every held-out row: scored in (d), mined in the next (a)
     logits = torch.addmm(b, heldout_X, W.T)
-    for epoch in range(1, settings.n_epochs + 1):
+    # past n_epochs, a run goes on only while its best epoch is recent: a run
+    # cut short while its selection score still falls loses the most
+    last_epoch = settings.n_epochs if settings.max_epochs is None else settings.max_epochs
+    for epoch in range(1, last_epoch + 1):
         # (a) hard set under the current head
         losses = _per_row_cross_entropy(logits[shaping_rows], shaping_y)
         hard = select_hard_set(losses, shaping_cells, n_hard_set_cells, settings.hard_set_size)
@@ -931,15 +939,9 @@ def _bilevel_run(
             improved |= keep_if_best(
                 unedited_scores, W_unedited, b_unedited, S_unedited, epoch, edited=False
             )
-        if improved:
-            epochs_without_improvement = 0
-        else:
-            epochs_without_improvement += 1
-            if (
-                settings.n_iter_no_change is not None
-                and epochs_without_improvement >= settings.n_iter_no_change
-            ):
-                break
+        epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
+        if epoch >= settings.n_epochs and epochs_without_improvement >= settings.n_iter_no_change:
+            break
 
     best_W, best_b, best_epoch, kept_edits = best_state
     return RunResult(

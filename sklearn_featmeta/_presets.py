@@ -17,7 +17,7 @@ _PAPER_ALGORITHM = {
     "compare_unedited": False,  # ... of the edited head
     "head_update": "adam",  # head update: T Adam steps on the edited support ...
     "head_lr": None,  # ... with the inner step size alpha
-    "n_iter_no_change": None,  # every epoch runs
+    "max_epochs": None,  # every run makes exactly E epochs
     "max_grad_norm": 10.0,  # gradient-norm clipping of the support update
     "whitening_ridge": None,  # standardised features
 }

@@ -25,6 +25,18 @@ def _boolean(value: str) -> bool:
     return value.lower() == "true"
 
 
+def _none_or_int(value: str) -> int | None:
+    """``none`` (None) or a whole number."""
+    if value.lower() == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number or none, got {value!r}"
+        ) from None
+
+
 def _auto_none_or_float(value: str) -> str | float | None:
     """``auto``, ``none`` (None) or a number."""
     word = value.lower()
@@ -50,6 +62,8 @@ _FIT_OPTIONS = [
     ("--hard-set-size", "hard_set_size", int),
     ("--hard-set", "hard_set", str),
     ("--n-epochs", "n_epochs", int),
+    ("--max-epochs", "max_epochs", _none_or_int),
+    ("--n-iter-no-change", "n_iter_no_change", int),
     ("--selection-metric", "selection_metric", str),
     ("--compare-unedited", "compare_unedited", _boolean),
     ("--n-repeats", "n_repeats", int),

@@ -221,12 +221,48 @@ def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
 
 
 def test_early_stopping():
+    """With n_epochs=1 a run stops n_iter_no_change epochs after its best one."""
     settings = _hsfm.HSFMSettings(
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=1e-6,
-        outer_steps=1, hard_set_size=10, n_epochs=50, head_lr=1e-9, n_iter_no_change=3,
+        outer_steps=1, hard_set_size=10, n_epochs=1, head_lr=1e-9, max_epochs=50,
+        n_iter_no_change=3,
     )  # fmt: skip
     (result,) = _fit(settings).runs
     assert len(result.history["outer_loss"]) == result.best_epoch + 3 < 50
+
+
+def _improving_settings(**epochs):
+    """A head that creeps towards the held-out optimum: the selection loss falls every epoch."""
+    return _hsfm.HSFMSettings(
+        support_size_per_class=8, inner_steps=1, inner_lr=None, outer_lr=1e-6, outer_steps=1,
+        hard_set_size=10, head_lr=1e-3, selection_metric="worst_group_loss", **epochs,
+    )  # fmt: skip
+
+
+def test_run_still_improving_continues_past_n_epochs_up_to_max_epochs():
+    zero_head = (torch.zeros(2, 6), torch.zeros(2))  # far from the held-out optimum
+    (fixed,) = _fit(_improving_settings(n_epochs=3), initial_head=zero_head).runs
+    assert len(fixed.history["outer_loss"]) == fixed.best_epoch == 3  # max_epochs=None: exactly 3
+    extending = _improving_settings(n_epochs=3, max_epochs=7, n_iter_no_change=2)
+    (extended,) = _fit(extending, initial_head=zero_head).runs
+    assert len(extended.history["outer_loss"]) == extended.best_epoch == 7
+    losses = extended.history["worst_group_loss"]
+    assert losses[:3] == fixed.history["worst_group_loss"]  # the same first epochs
+    assert (np.diff(losses) < 0).all()
+
+
+@pytest.mark.parametrize("n_epochs", [1, 4, 8])
+def test_run_past_n_epochs_stops_n_iter_no_change_after_its_best(n_epochs):
+    settings = _hsfm.HSFMSettings(
+        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5, outer_steps=2,
+        hard_set_size=10, n_epochs=n_epochs, max_epochs=30, n_iter_no_change=2,
+        selection_metric="worst_group_loss", compare_unedited=True,
+    )  # fmt: skip
+    for seed in range(3):
+        (result,) = _fit(settings, seed=seed).runs
+        made = len(result.history["outer_loss"])
+        assert made == min(30, max(n_epochs, result.best_epoch + 2))
+        assert made >= n_epochs
 
 
 def test_resolve_device():

@@ -16,7 +16,7 @@ from sklearn_featmeta._groups import cross_fitting_folds
 from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
-FAST = {"n_epochs": 4, "outer_steps": 3, "inner_steps": 5, "random_state": 0}
+FAST = {"n_epochs": 4, "max_epochs": None, "outer_steps": 3, "inner_steps": 5, "random_state": 0}
 POOL_SUPPORT = {"support_source": "pool", "support_size_per_class": 16}  # the paper's protocol
 
 
@@ -176,6 +176,26 @@ def test_feature_names_in(spurious):
     frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(X.shape[1])])
     model = MetaAugmentedHeadClassifier(**FAST).fit(frame, y, groups)
     np.testing.assert_array_equal(model.feature_names_in_, frame.columns)
+
+
+def test_runs_past_n_epochs_stop_n_iter_no_change_after_their_best(spurious, capsys):
+    X, y, groups = spurious
+    params = {**FAST, "n_epochs": 2, "max_epochs": 9, "n_iter_no_change": 2, "verbose": 1}
+    model = MetaAugmentedHeadClassifier(**params).fit(X, y, groups)
+    made = np.bincount(model.history_["run"])
+    np.testing.assert_array_equal(made, np.clip(model.best_epoch_ + 2, 2, 9))
+    assert model.n_iter_ == made.max() > 2  # some run went on past n_epochs
+    out = capsys.readouterr().out
+    assert "epoch   3/2-9" in out
+    assert f"of {', '.join(map(str, made))} epochs" in out
+    exact = MetaAugmentedHeadClassifier(**{**params, "max_epochs": None}).fit(X, y, groups)
+    assert exact.n_iter_ == 2 and len(exact.history_["run"]) == 8
+    assert "epoch   2/2:" in capsys.readouterr().out
+
+
+def test_max_epochs_below_n_epochs_is_an_error(spurious):
+    with pytest.raises(ValueError, match="max_epochs=5 is below n_epochs=10"):
+        MetaAugmentedHeadClassifier(n_epochs=10, max_epochs=5).fit(*spurious)
 
 
 def test_verbose_prints_every_epoch(spurious, capsys):
