@@ -100,7 +100,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         the worst-group accuracy was 82.0 with ``max_epochs=None`` and 88.9
         with the default; where runs peak early (our text benchmarks) the fit
         is unchanged (``benchmarks/RESULTS.md``). ``n_epochs=1`` makes it
-        plain early stopping. Must be at least ``n_epochs``.
+        plain early stopping (the geometry probe of ``whitening_ridge="auto"``
+        always runs ``n_epochs`` epochs, then one). Must be at least
+        ``n_epochs``.
     n_iter_no_change : int, default=5
         Epochs without improvement of the selection metric after which a run
         past ``n_epochs`` stops. Unused with ``max_epochs=None``.
@@ -159,8 +161,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         back, so ``coef_`` still applies to raw features. None keeps standardised
         features (the paper). ``"auto"`` weighs standardised features against
         a ridge of 0.1 on held-out rows before any edit: in each geometry, the
-        runs' unedited head updates (see ``compare_unedited``, same support
-        draws) are scored by their lowest worst-group loss on their selection
+        runs' unedited head updates over ``n_epochs`` epochs (see
+        ``compare_unedited``, same support draws) are scored by their lowest worst-group loss on their selection
         rows, and the fit proceeds in the geometry with the lower mean
         (``whitening_ridge_``, ``whitening_scores_``). On our benchmarks it
         whitened the CNN image embeddings in 23 of 30 fits and the MiniLM
