@@ -73,6 +73,21 @@ def test_fit_passes_the_whitening_option(data_dir):
     assert joblib.load(data_dir / "plain.joblib").whitening_ridge is None
 
 
+def test_fit_passes_the_epoch_options(data_dir):
+    fitted = featmeta("fit", "train.npz", "-o", "long.joblib", "--n-epochs", 2, "--max-epochs", 6,
+                      "--n-iter-no-change", 2, "-v", cwd=data_dir)  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    model = joblib.load(data_dir / "long.joblib")
+    assert (model.n_epochs, model.max_epochs, model.n_iter_no_change) == (2, 6, 2)
+    assert "epoch   1/2-6" in fitted.stdout
+    fitted = featmeta("fit", "train.npz", "-o", "exact.joblib", "--n-epochs", 2,
+                      "--max-epochs", "none", cwd=data_dir)  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    assert joblib.load(data_dir / "exact.joblib").max_epochs is None
+    wrong = featmeta("fit", "train.npz", "-o", "m.joblib", "--max-epochs", "many", cwd=data_dir)
+    assert wrong.returncode == 2 and "expected a whole number or none, got 'many'" in wrong.stderr
+
+
 def test_errors_are_reported_without_traceback(data_dir):
     missing = featmeta("fit", "no_y.npz", "-o", "m.joblib", cwd=data_dir)
     assert missing.returncode == 2
