@@ -162,8 +162,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         features (the paper). ``"auto"`` weighs standardised features against
         a ridge of 0.1 on held-out rows before any edit: in each geometry, the
         runs' unedited head updates over ``n_epochs`` epochs (see
-        ``compare_unedited``, same support draws) are scored by their lowest worst-group loss on their selection
-        rows, and the fit proceeds in the geometry with the lower mean
+        ``compare_unedited``, same support draws) are scored by their lowest
+        worst-group loss on their selection rows, and the fit proceeds in the
+        geometry with the lower mean
         (``whitening_ridge_``, ``whitening_scores_``). On our benchmarks it
         whitened the CNN image embeddings in 23 of 30 fits and the MiniLM
         text embeddings in none of 30 (seeds 0-14, ``benchmarks/RESULTS.md``).

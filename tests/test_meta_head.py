@@ -478,7 +478,7 @@ def test_presets_reproduce_the_paper_settings():
     assert model.get_params()["random_state"] == 3
     expected = {"support_size_per_class": 16, "inner_steps": 15, "inner_lr": 5e-5, "outer_lr": 1.0,
                 "outer_steps": 15, "hard_set_size": 64, "n_epochs": 40, "hard_set": "class",
-                "head_update": "adam", "head_lr": None}  # fmt: skip
+                "head_update": "adam", "head_lr": None, "max_epochs": None}  # fmt: skip
     assert {k: model.get_params()[k] for k in expected} == expected
     celeba = MetaAugmentedHeadClassifier.from_preset("celeba").get_params()
     assert (celeba["support_size_per_class"], celeba["inner_steps"], celeba["outer_steps"]) == (
