@@ -411,6 +411,11 @@ class RunResult:
     diverged: bool
     kept_edits: bool = True  # False: the head of the unedited support was kept
 
+    @property
+    def epochs_made(self) -> int:
+        """Epochs the run completed (``n_epochs`` to ``max_epochs``; fewer if it diverged)."""
+        return len(self.history["outer_loss"])
+
 
 @dataclass
 class HSFMResult:

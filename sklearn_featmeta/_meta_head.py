@@ -566,7 +566,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             if run.diverged:
                 warnings.warn(
                     f"The bilevel loss became non-finite in epoch "
-                    f"{len(run.history['outer_loss']) + 1} of run {number}; that run stopped "
+                    f"{run.epochs_made + 1} of run {number}; that run stopped "
                     f"and kept epoch {run.best_epoch}. Lower outer_lr or inner_lr.",
                     RuntimeWarning,
                     stacklevel=4,
@@ -575,7 +575,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             best = ", ".join(
                 f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs
             )
-            made = ", ".join(str(len(run.history["outer_loss"])) for run in result.runs)
+            made = ", ".join(str(run.epochs_made) for run in result.runs)
             if result.probe_scores is not None:
                 scores = result.probe_scores
                 print(
@@ -635,10 +635,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             np.concatenate([r.support_labels.cpu().numpy() for r in runs])
         ]
         self.history_ = {
-            "run": np.concatenate(
-                [np.full(len(r.history["outer_loss"]), i) for i, r in enumerate(runs)]
-            ),
-            "epoch": np.concatenate([np.arange(1, len(r.history["outer_loss"]) + 1) for r in runs]),
+            "run": np.concatenate([np.full(r.epochs_made, i) for i, r in enumerate(runs)]),
+            "epoch": np.concatenate([np.arange(1, r.epochs_made + 1) for r in runs]),
         }
         for key in runs[0].history:
             self.history_[key] = np.concatenate(
@@ -646,7 +644,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             )
         self.best_epoch_ = np.array([r.best_epoch for r in runs])
         self.kept_edits_ = np.array([r.kept_edits for r in runs])
-        self.n_iter_ = int(max(len(r.history["outer_loss"]) for r in runs))
+        self.n_iter_ = max(r.epochs_made for r in runs)
         self.inner_lr_ = float(result.inner_lr)
         self.whitening_ridge_ = self._whitening_ridge() if result.whitened else None
         self.whitening_scores_ = result.probe_scores
