@@ -87,22 +87,20 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     hard_set : {"class", "group"}, default="group"
         How the hard set is mined: the highest-loss held-out rows of each class
         (the paper), or of each (class, group) cell.
-    n_epochs : int, default=10
+    n_epochs : int, default=1
         Epochs of hard-set mining, support edits and head update every run
-        makes (the paper's ``E``, and all of them there).
+        makes before it may stop (the paper's ``E``, and all of them there).
     max_epochs : int or None, default=40
-        A run still improving at epoch ``n_epochs`` goes on, up to
-        ``max_epochs``, until ``n_iter_no_change`` epochs in a row have not
-        improved its selection metric; then it keeps its best epoch as
-        always. None: exactly ``n_epochs`` (the paper). Runs that improve
-        slowly need it: on one Colored MNIST seed of our benchmarks, every
-        run's held-out worst-group loss was still falling at epoch 10, and
-        the worst-group accuracy was 82.0 with ``max_epochs=None`` and 88.9
-        with the default; where runs peak early (our text benchmarks) the fit
-        is unchanged (``benchmarks/RESULTS.md``). ``n_epochs=1`` makes it
-        plain early stopping (the geometry probe of ``whitening_ridge="auto"``
-        always runs ``n_epochs`` epochs, then one). Must be at least
-        ``n_epochs``.
+        Past ``n_epochs``, a run goes on while it improves, up to
+        ``max_epochs``: it stops once ``n_iter_no_change`` epochs in a row
+        have not improved its selection metric, and keeps its best epoch as
+        always. With the default ``n_epochs=1`` this is plain early stopping.
+        None: exactly ``n_epochs`` (the paper). Runs that improve slowly need
+        it: on one Colored MNIST seed of our benchmarks every run's held-out
+        worst-group loss was still falling at epoch 10, and the worst-group
+        accuracy was 82.0 with exactly 10 epochs against 88.9 with early
+        stopping; where runs peak early (our text benchmarks) the fit does not
+        change (``benchmarks/RESULTS.md``). Must be at least ``n_epochs``.
     n_iter_no_change : int, default=5
         Epochs without improvement of the selection metric after which a run
         past ``n_epochs`` stops. Unused with ``max_epochs=None``.
@@ -161,7 +159,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         back, so ``coef_`` still applies to raw features. None keeps standardised
         features (the paper). ``"auto"`` weighs standardised features against
         a ridge of 0.1 on held-out rows before any edit: in each geometry, the
-        runs' unedited head updates over ``n_epochs`` epochs (see
+        runs' unedited head updates over ``n_epochs`` epochs, never more (see
         ``compare_unedited``, same support draws) are scored by their lowest
         worst-group loss on their selection rows, and the fit proceeds in the
         geometry with the lower mean
@@ -299,7 +297,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         outer_steps=5,
         hard_set_size=64,
         hard_set="group",
-        n_epochs=10,
+        n_epochs=1,
         max_epochs=40,
         selection_metric="worst_group_loss",
         compare_unedited=True,
