@@ -164,7 +164,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         worst-group loss on their selection rows, and the fit proceeds in the
         geometry with the lower mean
         (``whitening_ridge_``, ``whitening_scores_``). On our benchmarks it
-        whitened the CNN image embeddings in 23 of 30 fits and the MiniLM
+        whitened the CNN image embeddings in 25 of 30 fits and the MiniLM
         text embeddings in none of 30 (seeds 0-14, ``benchmarks/RESULTS.md``).
         Whitening costs a pass over the pool and an eigendecomposition of a
         ``(n_features, n_features)`` matrix; ``"auto"`` also fits a second
