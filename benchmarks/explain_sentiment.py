@@ -22,7 +22,7 @@ from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta.explain import concept_alignment, edit_summary, plot_edits
 
 from .data import add_data_arguments
-from .report import command_line, replace_section
+from .report import command_line, machine_line, replace_section
 from .run import _real_splits
 from .threads import with_benchmark_threads
 
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     command = command_line("benchmarks.explain_sentiment", argv)
     lines = [
         f"Command: `{command}`  ",
+        f"{machine_line()}  ",
         f"Sentiment x source (seed {args.seed}), MiniLM embeddings; class 0 = negative (mostly movie reviews in "
         "training), class 1 = positive (mostly tweets). `shift` is in standard deviations of the training "
         "embeddings along the direction; `z` compares it with 200 random directions.",

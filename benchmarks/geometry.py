@@ -19,7 +19,7 @@ from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta._meta_head import AUTO_WHITENING_RIDGE
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
-from .report import command_line, replace_section
+from .report import command_line, machine_line, replace_section
 from .run import add_run_arguments, real_splits
 from .threads import with_benchmark_threads
 
@@ -50,6 +50,7 @@ def choices(benchmarks, seeds, splits) -> dict:
 def markdown(rows: dict, command: str) -> str:
     lines = [
         f"Command: `{command}`  ",
+        f"{machine_line()}  ",
         "Geometry the defaults chose per seed (`whitening_ridge_`): "
         f"W = whitened (ridge {AUTO_WHITENING_RIDGE:g}), "
         "s = standardised; scores = mean over runs of the unedited heads' lowest held-out "

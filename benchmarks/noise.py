@@ -20,7 +20,7 @@ import numpy as np
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
 from . import run
-from .report import command_line, replace_section
+from .report import command_line, machine_line, replace_section
 from .threads import with_benchmark_threads
 
 
@@ -53,6 +53,7 @@ def spreads(benchmarks, seeds, random_states, splits) -> dict:
 def markdown(rows: dict, command: str) -> str:
     lines = [
         f"Command: `{command}`  ",
+        f"{machine_line()}  ",
         "Test worst-group accuracy in % on one data seed's splits and embeddings, one fit per "
         "`random_state`: mean, standard deviation, range, and every fit in order.",
         "",

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .report import command_line, machine_line, replace_section
+
 METHODS = ["LogisticRegression", "DFRClassifier", "MetaAugmentedHeadClassifier"]
 DEFAULT_SIZES = [
     (6000, 384),
@@ -143,13 +145,10 @@ def _cell(result: dict, x_bytes: int) -> str:
 
 
 def markdown(rows: list[dict], command: str) -> str:
-    import datetime
-    import platform
-
     lines = [
         f"Command: `{command}`  ",
-        f"Date: {datetime.date.today().isoformat()}; {platform.machine()}, {len(os.sched_getaffinity(0))} CPU cores, "
-        "no GPU; torch CPU build. Median fit seconds after a warm-up fit; peak memory beyond X as a multiple "
+        f"{machine_line()}  ",
+        "Median fit seconds after a warm-up fit; peak memory beyond X as a multiple "
         "of X's size (float32). HSFM = `MetaAugmentedHeadClassifier()` defaults.",
         "",
         "| n x d | LogisticRegression | DFRClassifier | HSFM | HSFM / LR | HSFM / DFR | HSFM peak memory beyond X |",
@@ -193,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         sizes = [s for s in sizes if s[0] <= 6000]
     rows = [measure(n, d, args.repeats if n <= 50000 else 1, args.timeout) for n, d in sizes]
-    from .report import command_line, replace_section
 
     command = command_line("benchmarks.speed", argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Smoke tests of the benchmark harnesses on tiny synthetic data (the full runs are commands)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from benchmarks import geometry, noise, run, speed
 from benchmarks.data import Benchmark, Split, has_negation
 from benchmarks.embed import TextEncoder, _small_cnn, train_cnn_embeddings
-from benchmarks.report import replace_section
+from benchmarks.report import machine_line, replace_section
 from benchmarks.threads import BENCHMARK_THREADS
 
 
@@ -24,6 +25,17 @@ def test_run_harness_on_synthetic_data(tmp_path):
     assert (tmp_path / "wga.png").stat().st_size > 1000
     text = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- begin: benchmarks -->" in text and "| DFRClassifier |" in text
+    assert machine_line() in text
+
+
+def test_machine_line_names_the_cpu_and_its_instruction_set():
+    """Fits differ in their last bits between CPUs, so every section says which one ran."""
+    torch = pytest.importorskip("torch")
+    line = machine_line()
+    assert f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}," in line
+    assert f"torch {torch.__version__}" in line and " CPU cores" in line
+    if Path("/proc/cpuinfo").exists():
+        assert "(family " in line and ", model " in line
 
 
 def test_geometry_report_on_synthetic_data():

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 needs_cuda = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device (run benchmarks/gpu_check.py on one)"
 )
-FAST = {"n_epochs": 5, "outer_steps": 3, "inner_steps": 5, "random_state": 0}
+FAST = {"n_epochs": 5, "outer_steps": 3, "inner_steps": 5, "n_repeats": 2, "random_state": 0}
 
 
 @pytest.fixture(scope="module")

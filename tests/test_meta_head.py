@@ -16,7 +16,14 @@ from sklearn_featmeta._groups import cross_fitting_folds
 from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
-FAST = {"n_epochs": 4, "max_epochs": None, "outer_steps": 3, "inner_steps": 5, "random_state": 0}
+FAST = {
+    "n_epochs": 4,
+    "max_epochs": None,
+    "outer_steps": 3,
+    "inner_steps": 5,
+    "n_repeats": 2,
+    "random_state": 0,
+}
 POOL_SUPPORT = {"support_source": "pool", "support_size_per_class": 16}  # the paper's protocol
 
 
@@ -113,10 +120,8 @@ def test_fitted_attributes(spurious):
     model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
     known = np.flatnonzero(groups != -1)
     rows = _rows_of(X, model.support_init_.astype(np.float32))
-    # two splits, each covering every annotated row once across its two runs
-    n_repeats = model.n_repeats
-    assert n_repeats == 2
-    np.testing.assert_array_equal(np.sort(rows), np.repeat(known, n_repeats))
+    # every split covers each annotated row once across its two runs
+    np.testing.assert_array_equal(np.sort(rows), np.repeat(known, FAST["n_repeats"]))
     assert model.support_edited_.shape == model.support_init_.shape == (2 * known.size, 16)
     np.testing.assert_array_equal(model.support_labels_, y[rows])
     assert not np.allclose(model.support_init_, model.support_edited_)
@@ -149,7 +154,7 @@ def test_fitted_attributes(spurious):
 def test_selection_by_worst_group_accuracy(spurious):
     X, y, groups = spurious
     model = MetaAugmentedHeadClassifier(
-        **FAST, n_repeats=1, selection_metric="worst_group_accuracy"
+        **{**FAST, "n_repeats": 1}, selection_metric="worst_group_accuracy"
     ).fit(X, y, groups)
     assert model.best_epoch_.shape == (2,)
     for run, best in enumerate(model.best_epoch_):
@@ -265,7 +270,7 @@ def test_all_groups_known_holds_out_a_stratified_fraction(spurious):
     X, y, _ = spurious
     attribute = (np.arange(y.size) % 5 == 0).astype(int)
     groups = y * 2 + attribute
-    model = MetaAugmentedHeadClassifier(**FAST, n_repeats=1, validation_fraction=0.25)
+    model = MetaAugmentedHeadClassifier(**{**FAST, "n_repeats": 1}, validation_fraction=0.25)
     model.fit(X, y, groups)
     # the annotated support is the held-out rows: 25% of the rows of each (class, group) cell
     rows = _rows_of(X, model.support_init_.astype(np.float32))
@@ -275,7 +280,9 @@ def test_all_groups_known_holds_out_a_stratified_fraction(spurious):
 
 def test_groups_none_holds_out_by_class_and_selects_worst_class(spurious):
     X, y, _ = spurious
-    model = MetaAugmentedHeadClassifier(**FAST, n_repeats=1, validation_fraction=0.2).fit(X, y)
+    model = MetaAugmentedHeadClassifier(**{**FAST, "n_repeats": 1}, validation_fraction=0.2).fit(
+        X, y
+    )
     counts = np.bincount(y)
     support_counts = np.bincount(np.searchsorted(model.classes_, model.support_labels_))
     np.testing.assert_array_equal(support_counts, np.rint(0.2 * counts))

@@ -15,7 +15,7 @@ from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score, worst_group_scorer
 from sklearn_featmeta.model_selection import SubgroupStratifiedKFold
 
-FAST = {"n_epochs": 3, "outer_steps": 2, "inner_steps": 4, "random_state": 0}
+FAST = {"n_epochs": 3, "outer_steps": 2, "inner_steps": 4, "n_repeats": 2, "random_state": 0}
 ESTIMATORS = [MetaAugmentedHeadClassifier(**FAST), DFRClassifier(n_estimators=2, random_state=0)]
 CV = SubgroupStratifiedKFold(3, shuffle=True, random_state=0)
 
