@@ -24,6 +24,7 @@ FAST = {
     "n_repeats": 2,
     "random_state": 0,
 }
+ONE_SPLIT = {**FAST, "n_repeats": 1}  # two runs: one split of the annotated rows
 POOL_SUPPORT = {"support_source": "pool", "support_size_per_class": 16}  # the paper's protocol
 
 
@@ -153,9 +154,9 @@ def test_fitted_attributes(spurious):
 
 def test_selection_by_worst_group_accuracy(spurious):
     X, y, groups = spurious
-    model = MetaAugmentedHeadClassifier(
-        **{**FAST, "n_repeats": 1}, selection_metric="worst_group_accuracy"
-    ).fit(X, y, groups)
+    model = MetaAugmentedHeadClassifier(**ONE_SPLIT, selection_metric="worst_group_accuracy").fit(
+        X, y, groups
+    )
     assert model.best_epoch_.shape == (2,)
     for run, best in enumerate(model.best_epoch_):
         accuracy = model.history_["worst_group_accuracy"][model.history_["run"] == run]
@@ -270,7 +271,7 @@ def test_all_groups_known_holds_out_a_stratified_fraction(spurious):
     X, y, _ = spurious
     attribute = (np.arange(y.size) % 5 == 0).astype(int)
     groups = y * 2 + attribute
-    model = MetaAugmentedHeadClassifier(**{**FAST, "n_repeats": 1}, validation_fraction=0.25)
+    model = MetaAugmentedHeadClassifier(**ONE_SPLIT, validation_fraction=0.25)
     model.fit(X, y, groups)
     # the annotated support is the held-out rows: 25% of the rows of each (class, group) cell
     rows = _rows_of(X, model.support_init_.astype(np.float32))
@@ -280,9 +281,7 @@ def test_all_groups_known_holds_out_a_stratified_fraction(spurious):
 
 def test_groups_none_holds_out_by_class_and_selects_worst_class(spurious):
     X, y, _ = spurious
-    model = MetaAugmentedHeadClassifier(**{**FAST, "n_repeats": 1}, validation_fraction=0.2).fit(
-        X, y
-    )
+    model = MetaAugmentedHeadClassifier(**ONE_SPLIT, validation_fraction=0.2).fit(X, y)
     counts = np.bincount(y)
     support_counts = np.bincount(np.searchsorted(model.classes_, model.support_labels_))
     np.testing.assert_array_equal(support_counts, np.rint(0.2 * counts))
