@@ -34,7 +34,7 @@ __all__ = [
     "support_hypergradient",
     "support_hypergradient_autograd",
     "select_hard_set",
-    "sample_support",
+    "RunRows",
     "inner_lr_from_lipschitz",
     "fit_hsfm",
 ]
@@ -130,14 +130,18 @@ def fit_softmax_head(
     max_iter: int = 200,
     tol: float = 1e-6,
     transform: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    row_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Multinomial logistic regression by L-BFGS, the ERM head of step 1.
 
-    Minimises ``mean cross-entropy + l2 / 2 * ||W||^2`` (bias not penalised),
-    which is scikit-learn's multinomial ``LogisticRegression(C)`` objective with
+    Minimises ``mean cross-entropy + l2 / 2 * ||W||^2`` (bias not penalised;
+    the mean weighted by ``row_weight``, summing to one, when given), which is
+    scikit-learn's multinomial ``LogisticRegression(C)`` objective with
     ``l2 = 1 / (C * n_samples)``. Runs on ``X``'s device and dtype. With a
     symmetric ``transform`` ``T`` it fits the head of ``X T`` (the L2 penalty
     in those coordinates) without forming ``X T``: logits ``X (W T)^T``.
+    Returns ``(W, b, converged)``; ``converged`` is False when L-BFGS stopped
+    at ``max_iter``.
     """
     n_features = X.shape[1]
     Y = _one_hot(y, n_classes, X.dtype)
@@ -156,7 +160,7 @@ def fit_softmax_head(
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         head = W.detach() if transform is None else W.detach() @ transform
-        loss, grad_W, grad_b = softmax_head_gradient(X, Y, head, b.detach())
+        loss, grad_W, grad_b = softmax_head_gradient(X, Y, head, b.detach(), row_weight)
         # Closed-form gradients: no autograd graph over the (possibly huge) X.
         if transform is not None:
             grad_W = grad_W @ transform
@@ -165,7 +169,10 @@ def fit_softmax_head(
         return loss + 0.5 * l2 * (W.detach() ** 2).sum()
 
     optimizer.step(closure)
-    return W.detach(), b.detach()
+    state = optimizer.state[W]
+    # L-BFGS stops at max_iter iterations or at max_eval (5/4 of it) loss evaluations
+    converged = state.get("n_iter", 0) < max_iter and state.get("func_evals", 0) < max_iter * 5 // 4
+    return W.detach(), b.detach(), converged
 
 
 # --------------------------------------------------------------------------- #
@@ -183,6 +190,7 @@ def support_hypergradient(
     inner_steps: int,
     support_weight: torch.Tensor | None = None,
     weight_decay: float = 0.0,
+    hard_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outer loss after the unrolled inner loop, and its gradient with respect to ``S``.
 
@@ -190,7 +198,8 @@ def support_hypergradient(
     on the cross-entropy of ``(S, Y_support)`` (mean over rows, or weighted by
     ``support_weight``, summing to one) plus ``weight_decay / 2 * ||W||^2``,
     starting from ``(W, b)``.
-    Outer loss: mean cross-entropy of the adapted head on ``(H, Y_hard)``.
+    Outer loss: mean cross-entropy of the adapted head on ``(H, Y_hard)`` (or
+    weighted by ``hard_weight``, summing to one).
     ``Y_support`` and ``Y_hard`` are one-hot.
 
     The reverse pass is written out by hand. With ``P_t`` the support
@@ -219,9 +228,10 @@ def support_hypergradient(
         W_t = torch.addmm(W_t, residual.T, S, beta=decay, alpha=-step)
         b_t = b_t.add(residual.sum(0), alpha=-step)
 
+    hard_row_weight = _row_weights(H, hard_weight)
     log_p_hard = torch.log_softmax(torch.addmm(b_t, H, W_t.T), dim=1)
-    outer_loss = -(Y_hard * log_p_hard).sum() / H.shape[0]
-    residual_hard = (log_p_hard.exp() - Y_hard) / H.shape[0]
+    outer_loss = -(hard_row_weight * Y_hard * log_p_hard).sum()
+    residual_hard = (log_p_hard.exp() - Y_hard) * hard_row_weight
     adjoint_W = residual_hard.T @ H
     adjoint_b = residual_hard.sum(0)
 
@@ -255,6 +265,7 @@ def support_hypergradient_autograd(
     inner_steps: int,
     support_weight: torch.Tensor | None = None,
     weight_decay: float = 0.0,
+    hard_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference implementation of :func:`support_hypergradient` by autograd.
 
@@ -273,46 +284,40 @@ def support_hypergradient_autograd(
         grad_W, grad_b = torch.autograd.grad(inner_loss, (W_t, b_t), create_graph=True)
         W_t = W_t - inner_lr * (grad_W + weight_decay * W_t)
         b_t = b_t - inner_lr * grad_b
-    outer_loss = torch.nn.functional.cross_entropy(H @ W_t.T + b_t, Y_hard.argmax(1))
+    per_hard_row = torch.nn.functional.cross_entropy(
+        H @ W_t.T + b_t, Y_hard.argmax(1), reduction="none"
+    )
+    outer_loss = (_row_weights(H, hard_weight).ravel() * per_hard_row).sum()
     (grad_S,) = torch.autograd.grad(outer_loss, S)
     return outer_loss.detach(), grad_S
 
 
-def _rank_within_cells(order: torch.Tensor, cells: torch.Tensor, n_cells: int) -> torch.Tensor:
-    """Rank of each position of ``order`` among rows of the same cell (0 = first)."""
-    by_cell = order[torch.argsort(cells[order], stable=True)]
-    counts = torch.bincount(cells, minlength=n_cells)
-    starts = torch.cumsum(counts, 0) - counts
-    ranks = torch.arange(by_cell.numel(), device=cells.device) - starts[cells[by_cell]]
-    return by_cell, ranks
-
-
 def select_hard_set(
-    losses: torch.Tensor, cells: torch.Tensor, n_cells: int, size_per_cell: int
-) -> torch.Tensor:
-    """Indices of the ``size_per_cell`` highest-loss rows of every cell.
+    losses: torch.Tensor,
+    cells: torch.Tensor,
+    n_cells: int,
+    size_per_cell: float,
+    weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The highest-loss rows of every cell, up to ``size_per_cell`` of sample weight.
 
-    A cell with fewer rows contributes all of them. Vectorised: one sort by
-    loss, one stable sort by cell, no loop over cells.
+    Returns ``(index, taken)``: the rows and the weight taken from each. Rows
+    are taken in order of loss, whole while the cell's budget lasts and in
+    part where they cross it, so a row of weight k counts as k copies of it
+    (unit weights: the ``size_per_cell`` highest-loss rows, all rows of a
+    smaller cell). Vectorised: one sort by loss, one stable sort by cell.
     """
+    if weight is None:
+        weight = torch.ones_like(losses)
     by_loss = torch.argsort(losses, descending=True, stable=True)
-    by_cell, ranks = _rank_within_cells(by_loss, cells, n_cells)
-    return by_cell[ranks < size_per_cell]
-
-
-def sample_support(
-    cells: torch.Tensor, n_cells: int, size_per_cell: int, generator: torch.Generator
-) -> torch.Tensor:
-    """Indices of a balanced random sample: ``size_per_cell`` rows of every cell.
-
-    Cells are classes (support from the training pool) or (class, group) cells
-    (support from the annotated rows). A cell with fewer rows contributes all
-    of them. The permutation is drawn on the CPU so that a seed gives the same
-    sample on every device.
-    """
-    permutation = torch.randperm(cells.numel(), generator=generator).to(cells.device)
-    by_cell, ranks = _rank_within_cells(permutation, cells, n_cells)
-    return by_cell[ranks < size_per_cell]
+    order = by_loss[torch.argsort(cells[by_loss], stable=True)]
+    sorted_weight = weight[order]
+    before = torch.cumsum(sorted_weight, 0) - sorted_weight
+    cell_totals = torch.bincount(cells, weights=weight, minlength=n_cells)
+    before = before - (torch.cumsum(cell_totals, 0) - cell_totals)[cells[order]]
+    taken = torch.minimum(sorted_weight, (size_per_cell - before).clamp_min(0))
+    keep = taken > 0
+    return order[keep], taken[keep]
 
 
 def inner_lr_from_lipschitz(
@@ -396,6 +401,22 @@ class HSFMSettings:
     choose_whitening: bool = False
 
 
+@dataclass(frozen=True)
+class RunRows:
+    """Which rows one run uses: drawn by the caller (the core draws nothing at random).
+
+    ``support_index`` indexes the held-out rows (``support_source="annotated"``)
+    or the pool (``"pool"``); ``support_mass`` is the sample weight taken from
+    each support row. ``shaping_rows`` (hard set) and ``selection_rows`` (the
+    kept epoch) index the held-out rows: index tensors, or a slice for all.
+    """
+
+    support_index: torch.Tensor
+    support_mass: torch.Tensor
+    shaping_rows: torch.Tensor | slice
+    selection_rows: torch.Tensor | slice
+
+
 @dataclass
 class RunResult:
     """One bilevel run: the selected head and support, in standardised space."""
@@ -410,6 +431,7 @@ class RunResult:
     history: dict[str, list[float]]
     diverged: bool
     kept_edits: bool = True  # False: the head of the unedited support was kept
+    still_improving: bool = False  # its best epoch was its last, at max_epochs
 
     @property
     def epochs_made(self) -> int:
@@ -419,33 +441,26 @@ class RunResult:
 
 @dataclass
 class HSFMResult:
-    """What :func:`fit_hsfm` returns; heads are in standardised feature space.
+    """What :func:`fit_hsfm` returns; heads and supports in the coordinates it was given.
 
-    ``weight`` and ``bias`` are the mean of the runs' selected heads (one run,
-    or two when the annotated rows are cross-fitted).
+    ``weight`` and ``bias`` are the mean of the runs' selected heads.
     """
 
     weight: torch.Tensor
     bias: torch.Tensor
     initial_weight: torch.Tensor
     initial_bias: torch.Tensor
-    mean: torch.Tensor
-    scale: torch.Tensor
     inner_lr: float
     head_lr: float
     runs: list[RunResult]
     support_from_heldout: bool
     whitened: bool = False
     probe_scores: dict[str, float] | None = None  # with choose_whitening: geometry -> score
+    erm_converged: bool = True
 
     @property
     def diverged(self) -> bool:
         return any(run.diverged for run in self.runs)
-
-    def edited_support_in_raw_space(self) -> torch.Tensor:
-        """Every run's edited support, concatenated, mapped back to raw features."""
-        edited = torch.cat([run.support_edited for run in self.runs])
-        return edited.mul_(self.scale).add_(self.mean)
 
 
 # what _group_scores measures on the selection rows, per epoch (RunResult.history)
@@ -453,20 +468,29 @@ _SCORES = ("worst_group_accuracy", "average_accuracy", "heldout_loss", "worst_gr
 
 
 def _group_scores(
-    logits: torch.Tensor, y: torch.Tensor, groups: torch.Tensor, n_groups: int
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    groups: torch.Tensor,
+    n_groups: int,
+    weight: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Worst-group and average accuracy, mean and worst-group mean cross-entropy."""
-    correct = (logits.argmax(1) == y).to(logits.dtype)
-    losses = _per_row_cross_entropy(logits, y)
-    counts = torch.bincount(groups, minlength=n_groups)
-    present = counts > 0
+    """Worst-group and average accuracy, mean and worst-group mean cross-entropy.
+
+    Means are weighted by ``weight`` (sample weights) when given.
+    """
+    if weight is None:
+        weight = torch.ones(y.shape[0], dtype=logits.dtype, device=logits.device)
+    correct = (logits.argmax(1) == y).to(logits.dtype) * weight
+    losses = _per_row_cross_entropy(logits, y) * weight
+    totals = torch.bincount(groups, weights=weight, minlength=n_groups)
+    present = totals > 0
     hits = torch.bincount(groups, weights=correct, minlength=n_groups)[present]
     group_losses = torch.bincount(groups, weights=losses, minlength=n_groups)[present]
     return {
-        "worst_group_accuracy": float((hits / counts[present]).min()),
-        "average_accuracy": float(correct.mean()),
-        "heldout_loss": float(losses.mean()),
-        "worst_group_loss": float((group_losses / counts[present]).max()),
+        "worst_group_accuracy": float((hits / totals[present]).min()),
+        "average_accuracy": float(correct.sum() / weight.sum()),
+        "heldout_loss": float(losses.sum() / weight.sum()),
+        "worst_group_loss": float((group_losses / totals[present]).max()),
     }
 
 
@@ -477,43 +501,18 @@ def _selection_score(scores: dict[str, float], metric: str) -> tuple[float, floa
     return (scores["worst_group_accuracy"], -scores["heldout_loss"])
 
 
-def standardize(X: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``(X - mean) / scale`` in place (``X`` is the core's own copy)."""
-    return X.sub_(mean).div_(scale)
-
-
 def _block_rows(X: torch.Tensor) -> int:
     """Rows per block of about a million entries, for passes over ``X`` without big temporaries."""
     return max(1, 2**20 // max(1, X.shape[1]))
 
 
-def feature_moments(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature mean and standard deviation; constant features get scale 1.
-
-    Two passes over blocks of about a million entries, accumulated in float64:
-    no temporary the size of ``X`` (a fit's memory budget is a small multiple of ``X``).
-    """
-    chunk_rows = _block_rows(X)
-    # one reused float64 buffer: fresh temporaries per block grow the resident set
-    buffer = torch.empty(
-        min(chunk_rows, X.shape[0]), X.shape[1], dtype=torch.float64, device=X.device
-    )
-    total = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
-    for block in X.split(chunk_rows):
-        total += buffer[: block.shape[0]].copy_(block).sum(0)
-    mean = total / X.shape[0]
-    squares = torch.zeros_like(total)
-    for block in X.split(chunk_rows):
-        squares += buffer[: block.shape[0]].copy_(block).sub_(mean).square_().sum(0)
-    scale = (squares / X.shape[0]).sqrt()
-    scale = torch.where(scale > 10 * torch.finfo(X.dtype).eps * mean.abs().clamp_min(1), scale, 1)
-    return mean.to(X.dtype), scale.to(X.dtype)
-
-
-def whitening_transform(X: torch.Tensor, ridge: float) -> torch.Tensor:
+def whitening_transform(
+    X: torch.Tensor, ridge: float, row_weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Symmetric positive definite ``T`` that whitens ``X`` (centred rows) up to a ridge.
 
-    With ``(s, V)`` the eigenpairs of ``X^T X / n`` and ``m`` the mean of
+    With ``(s, V)`` the eigenpairs of ``X^T X / n`` (rows weighted by
+    ``row_weight``, summing to one, when given) and ``m`` the mean of
     ``s``, ``T = V diag(sqrt((m + ridge m) / (s + ridge m))) V^T``: directions
     of variance far above ``ridge * m`` end with variance near ``m + ridge m``,
     directions far below it are scaled up by at most ``sqrt(1 + 1 / ridge)``.
@@ -524,9 +523,11 @@ def whitening_transform(X: torch.Tensor, ridge: float) -> torch.Tensor:
     is not formed (:func:`_unwhiten` solves with ``T`` where it is needed).
     """
     covariance = torch.zeros(X.shape[1], X.shape[1], dtype=X.dtype, device=X.device)
-    for block in X.split(_block_rows(X)):
-        covariance.addmm_(block.T, block)
-    covariance /= max(X.shape[0], 1)
+    weights = _row_weights(X, row_weight)
+    for block, block_weight in zip(
+        X.split(_block_rows(X)), weights.split(_block_rows(X)), strict=True
+    ):
+        covariance.addmm_(block.T, block * block_weight)
     eigenvalues, eigenvectors = _eigh_in_place(covariance)
     eigenvalues = eigenvalues.clamp_min(0)
     offset = ridge * eigenvalues.mean().clamp_min(torch.finfo(X.dtype).tiny)
@@ -579,31 +580,30 @@ def fit_hsfm(
     hard_set_cells: torch.Tensor,
     n_hard_set_cells: int,
     settings: HSFMSettings,
-    generator: torch.Generator,
+    runs: list[RunRows],
     erm_l2: float,
+    pool_weight: torch.Tensor | None = None,
+    heldout_weight: torch.Tensor | None = None,
     initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
-    heldout_folds: torch.Tensor | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> HSFMResult:
-    """Run HSFM (DESIGN.md, "The method") and return the selected head.
+    """Run HSFM (docs/architecture.md) on standardised features and return the selected head.
 
-    With ``settings.support_source == "pool"`` (the paper) there is one run:
-    support from the training pool, hard set and selection on all held-out
-    rows. With ``"annotated"`` the held-out rows are cross-fitted: every split
-    of ``heldout_folds`` into two folds gives two runs, each drawing its
-    support and hard set from one fold and selecting its epoch on the other,
-    so no epoch is selected on rows that shaped it; the heads of all runs are
-    averaged.
+    Every entry of ``runs`` is one bilevel run: its support set, the held-out
+    rows that shape it (hard set) and those that select its epoch; the heads
+    of all runs are averaged. The paper has one run (support from the pool,
+    hard set and selection on all held-out rows); cross-fitting has two per
+    split of the annotated rows, so no epoch is selected on rows that shaped it.
 
     Parameters
     ----------
     pool_X, pool_y : tensors
-        Training pool in raw feature space (modified in place: standardised).
-        Source of the ERM head (and of the support set, for ``"pool"``). With
+        Training pool, standardised (modified in place when whitened). Source
+        of the ERM head (and of the support set, for ``"pool"``). With
         ``"annotated"`` support, ``pool_X`` is emptied (``Tensor.set_()``) once
         the ERM head is fitted, so its memory is free for the runs.
     heldout_X, heldout_y : tensors
-        Held-out rows in raw feature space (standardised in place).
+        Held-out rows, standardised (whitened in place when whitened).
     heldout_cells : tensor of int
         (class, group) cell of every held-out row, ``0 .. n_cells - 1``: the
         groups of the worst-group scores that choose the kept epoch
@@ -611,67 +611,55 @@ def fit_hsfm(
     hard_set_cells : tensor of int
         Partition of the held-out rows used to mine the hard set: the
         ``hard_set_size`` highest-loss rows of each part.
+    runs : list of RunRows
+        The rows of every run.
     erm_l2 : float
-        L2 strength of the ERM head on standardised features (ignored when
-        ``initial_head`` is given).
+        L2 strength of the ERM head (ignored when ``initial_head`` is given).
+    pool_weight, heldout_weight : tensors or None
+        Sample weights of the rows (None: ones).
     initial_head : (W, b) or None
-        Initial head in raw feature space.
-    heldout_folds : tensor of int of shape (n_splits, n_heldout) or None
-        Fold (0 or 1) of every held-out row in each split, for cross-fitting
-        when the support comes from the annotated rows. None there: one run
-        on all held-out rows.
+        Initial head in standardised coordinates.
     on_epoch : callable or None
         Called with each epoch's record (for progress output).
     """
-    mean, scale = feature_moments(pool_X)
-    standardize(pool_X, mean, scale)
-    standardize(heldout_X, mean, scale)
+    if heldout_weight is None:
+        heldout_weight = torch.ones_like(heldout_y, dtype=heldout_X.dtype)
+    pool_row_weight = None if pool_weight is None else pool_weight / pool_weight.sum()
     whitening = None
     if settings.whitening_ridge is not None:
-        whitening = whitening_transform(pool_X, settings.whitening_ridge)
+        whitening = whitening_transform(pool_X, settings.whitening_ridge, pool_row_weight)
 
-    given_head = None  # the given initial head in standardised coordinates
-    if initial_head is not None:
-        given_head = (initial_head[0] * scale, initial_head[1] + initial_head[0] @ mean)
+    erm_converged = True
 
     def initial_head_in(transform):
         """ERM (or the given) head in standardised coordinates, or in whitened ones."""
-        if given_head is None:
-            return fit_softmax_head(pool_X, pool_y, n_classes, l2=erm_l2, transform=transform)
+        nonlocal erm_converged
+        if initial_head is None:
+            W, b, converged = fit_softmax_head(
+                pool_X, pool_y, n_classes, l2=erm_l2, transform=transform,
+                row_weight=pool_row_weight,
+            )  # fmt: skip
+            erm_converged &= converged
+            return W, b
         if transform is None:
-            return given_head
-        return _unwhiten(given_head[0], transform), given_head[1]
+            return initial_head
+        return _unwhiten(initial_head[0], transform), initial_head[1]
 
-    n_heldout = heldout_y.numel()
-    if settings.support_source == "annotated" and heldout_folds is not None:
-        plans = []  # (shaping rows, selection rows) of each run
-        for split in heldout_folds.reshape(-1, n_heldout):
-            first, second = torch.nonzero(split == 0)[:, 0], torch.nonzero(split == 1)[:, 0]
-            plans += [(second, first), (first, second)]
-    else:
-        every_row = slice(0, n_heldout)  # a view, not a copy of the held-out rows
-        plans = [(every_row, every_row)]
-
-    def draw_support(shaping_rows, transform):
-        support = _draw_support(
-            pool_X, pool_y, heldout_X, heldout_y, heldout_cells, shaping_rows,
-            n_classes, n_cells, settings, generator,
-        )  # fmt: skip
+    def support_of(run, transform):
+        support = _support(run, pool_X, pool_y, heldout_X, heldout_y, heldout_cells, n_cells,
+                           settings)  # fmt: skip
         return support if transform is None else (support[0] @ transform, *support[1:])
 
     probe_scores, heads = None, {}
     if whitening is not None and settings.choose_whitening:
         # both geometries see the same support draws as the runs below
-        draws = generator.get_state()
         probe_scores = {}
         for geometry, transform in (("standardised", None), ("whitened", whitening)):
-            generator.set_state(draws)
             heads[geometry] = initial_head_in(transform)
             probe_scores[geometry] = _unedited_probe(
-                draw_support, plans, heldout_X, heldout_y, heldout_cells, n_cells,
+                support_of, runs, heldout_X, heldout_y, heldout_cells, heldout_weight, n_cells,
                 *heads[geometry], n_classes, settings, transform,
             )  # fmt: skip
-        generator.set_state(draws)
         if not probe_scores["whitened"] < probe_scores["standardised"]:
             whitening = None
     # the chosen geometry's initial head: the probe's, if it fitted one
@@ -687,48 +675,46 @@ def fit_hsfm(
     pool_transform = whitening if settings.support_source == "pool" else None
 
     inner_lr = head_lr = None
-    runs = []
-    for run, (shaping_rows, selection_rows) in enumerate(plans):
-        support = draw_support(shaping_rows, pool_transform)
+    results = []
+    for number, run in enumerate(runs):
+        support = support_of(run, pool_transform)
         if inner_lr is None:  # one inner step for every run: from the first run's support
             inner_lr, head_lr = _step_sizes(support, settings)
-        runs.append(
+        results.append(
             _bilevel_run(
-                support, heldout_X, heldout_y, heldout_cells, n_cells,
-                hard_set_cells, n_hard_set_cells, shaping_rows, selection_rows,
-                W0, b0, n_classes, settings, inner_lr, head_lr,
-                None if on_epoch is None else lambda record, run=run: on_epoch({"run": run, **record}),
+                support, run, heldout_X, heldout_y, heldout_cells, heldout_weight, n_cells,
+                hard_set_cells, n_hard_set_cells, W0, b0, n_classes, settings, inner_lr, head_lr,
+                None if on_epoch is None else lambda record, number=number: on_epoch({"run": number, **record}),
             )
         )  # fmt: skip
         del support
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
-        W0 = W0 @ whitening if given_head is None else given_head[0]  # a given head: as given
-        sizes = [len(r.support_edited) for r in runs]  # one solve for every run's support
-        edited = _unwhiten(torch.cat([r.support_edited for r in runs]), whitening).split(sizes)
-        for r, support in zip(runs, edited, strict=True):
+        W0 = W0 @ whitening if initial_head is None else initial_head[0]  # a given head: as given
+        sizes = [len(r.support_edited) for r in results]  # one solve for every run's support
+        edited = _unwhiten(torch.cat([r.support_edited for r in results]), whitening).split(sizes)
+        for r, support in zip(results, edited, strict=True):
             r.weight, r.support_edited = r.weight @ whitening, support
-    weight = torch.stack([r.weight for r in runs]).mean(0)
-    bias = torch.stack([r.bias for r in runs]).mean(0)
+    weight = torch.stack([r.weight for r in results]).mean(0)
+    bias = torch.stack([r.bias for r in results]).mean(0)
     return HSFMResult(
         weight=weight,
         bias=bias,
         initial_weight=W0,
         initial_bias=b0,
-        mean=mean,
-        scale=scale,
         inner_lr=inner_lr,
         head_lr=head_lr,
-        runs=runs,
+        runs=results,
         support_from_heldout=settings.support_source == "annotated",
         whitened=whitening is not None,
         probe_scores=probe_scores,
+        erm_converged=erm_converged,
     )
 
 
 def _step_sizes(support, settings: HSFMSettings) -> tuple[float, float]:
     """Inner and head step sizes, from a support set when ``inner_lr`` is None."""
-    S, _, _, support_weight = support
+    S, _, _, support_weight, _ = support
     if settings.inner_lr is None:
         inner_lr = inner_lr_from_lipschitz(
             S, settings.inner_lr_scale, support_weight, weight_decay=settings.weight_decay
@@ -739,40 +725,41 @@ def _step_sizes(support, settings: HSFMSettings) -> tuple[float, float]:
 
 
 def _unedited_probe(
-    draw_support, plans, heldout_X, heldout_y, heldout_cells, n_cells, W0, b0, n_classes,
-    settings, whitening,
+    support_of, runs, heldout_X, heldout_y, heldout_cells, heldout_weight, n_cells, W0, b0,
+    n_classes, settings, whitening,
 ) -> float:  # fmt: skip
     """How well a geometry suits the head updates, before any support edit.
 
-    For every run of ``plans``, the head update alone (the unedited control of
+    For every run, the head update alone (the unedited control of
     :func:`_bilevel_run`: ``n_epochs`` times ``inner_steps`` steps on the
     support as drawn, from the initial head; never more epochs, so that both
     geometries get the same budget) in standardised coordinates
     (``whitening`` None) or whitened ones (``whitening`` = ``T``); the score is the mean
     over runs of the lowest worst-group mean cross-entropy on the run's
     selection rows, rows that did not shape it. ``heldout_X`` stays
-    standardised: whitened heads are mapped back to score it; supports are
-    drawn by ``draw_support(shaping_rows, T)`` (whitened copies for ``T``).
+    standardised: whitened heads are mapped back to score it.
     """
     head_lr = None
     best_losses = []
-    for shaping_rows, selection_rows in plans:
-        support = draw_support(shaping_rows, whitening)
+    for run in runs:
+        support = support_of(run, whitening)
         if head_lr is None:
             head_lr = _step_sizes(support, settings)[1]
-        S, support_labels, _, support_weight = support
+        S, support_labels, _, support_weight, _ = support
         Y_support = _one_hot(support_labels, n_classes, S.dtype)
         W, b = W0.clone(), b0.clone()
         optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
-        selection_X = heldout_X[selection_rows]
-        selection_y, selection_cells = heldout_y[selection_rows], heldout_cells[selection_rows]
+        rows = run.selection_rows
+        selection_X = heldout_X[rows]
         best = math.inf
         for _ in range(settings.n_epochs):
             _update_head(S, Y_support, W, b, support_weight, optimizer, settings)
             head_W = W if whitening is None else W @ whitening
             logits = torch.addmm(b, selection_X, head_W.T)
             if torch.isfinite(logits).all():
-                loss = _group_scores(logits, selection_y, selection_cells, n_cells)
+                loss = _group_scores(
+                    logits, heldout_y[rows], heldout_cells[rows], n_cells, heldout_weight[rows]
+                )
                 best = min(best, loss["worst_group_loss"])
         best_losses.append(best)
     return sum(best_losses) / len(best_losses)
@@ -786,27 +773,20 @@ def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr)
 
 
-def _draw_support(
-    pool_X, pool_y, heldout_X, heldout_y, heldout_cells, shaping_rows,
-    n_classes, n_cells, settings, generator,
-):  # fmt: skip
-    """(rows, labels, index into the source, row weights) of a run's initial support set.
+def _support(run, pool_X, pool_y, heldout_X, heldout_y, heldout_cells, n_cells, settings):
+    """(rows, labels, index into the source, loss weights, masses) of a run's initial support.
 
-    From the pool: ``support_size_per_class`` rows per class, equal weights.
-    From the annotated rows: up to ``support_size_per_class`` rows of every
-    (class, group) cell, weighted so that every cell counts equally.
+    From the pool: loss weights proportional to the rows' masses (equal for
+    unit sample weights). From the annotated rows: every (class, group) cell
+    counts equally, rows within a cell by their masses.
     """
+    index, mass = run.support_index, run.support_mass
     if settings.support_source == "annotated":
-        chosen = sample_support(
-            heldout_cells[shaping_rows], n_cells, settings.support_size_per_class, generator
-        )
-        index = _row_index(shaping_rows, heldout_X)[chosen]
         cells = heldout_cells[index]
-        counts = torch.bincount(cells, minlength=n_cells).to(heldout_X.dtype)
-        weight = 1.0 / (counts[cells] * (counts > 0).sum())
-        return heldout_X[index], heldout_y[index], index, weight  # a gather: a new tensor
-    index = sample_support(pool_y, n_classes, settings.support_size_per_class, generator)
-    return pool_X[index], pool_y[index], index, None
+        cell_mass = torch.bincount(cells, weights=mass, minlength=n_cells)
+        weight = mass / (cell_mass[cells] * (cell_mass > 0).sum())
+        return heldout_X[index], heldout_y[index], index, weight, mass  # a gather: a new tensor
+    return pool_X[index], pool_y[index], index, mass / mass.sum(), mass
 
 
 def _head_optimizer(params: list[torch.Tensor], head_update: str, lr: float):
@@ -831,12 +811,31 @@ def _row_index(rows: slice | torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return rows
 
 
+def _clipped_support_step(S, grad_S, mass, optimizer, max_norm) -> bool:
+    """One Adam step of the support along ``grad_S`` per unit of mass, clipped; False if not finite.
+
+    A support row's gradient grows with its loss weight; divided by its mass
+    (its sample weight), a row of weight k moves as each of k copies of it
+    would, and the norm that is clipped counts it k times.
+    """
+    per_unit = grad_S / mass[:, None]
+    norm = (mass[:, None] * per_unit.square()).sum().sqrt()
+    if not torch.isfinite(norm):
+        return False
+    coefficient = max_norm / (norm + 1e-6)
+    if coefficient < 1:
+        per_unit.mul_(coefficient)
+    S.grad = per_unit
+    optimizer.step()
+    return True
+
+
 def _bilevel_run(
-    support, heldout_X, heldout_y, heldout_cells, n_cells, hard_set_cells, n_hard_set_cells,
-    shaping_rows, selection_rows, W0, b0, n_classes, settings, inner_lr, head_lr, on_epoch,
+    support, run, heldout_X, heldout_y, heldout_cells, heldout_weight, n_cells, hard_set_cells,
+    n_hard_set_cells, W0, b0, n_classes, settings, inner_lr, head_lr, on_epoch,
 ) -> RunResult:  # fmt: skip
     """Steps 3-4 of the method for one support draw: epochs of (a) to (d)."""
-    S, support_labels, support_index, support_weight = support  # S: the run's own copy
+    S, support_labels, support_index, support_weight, support_mass = support  # S: its own copy
     Y_support = _one_hot(support_labels, n_classes, S.dtype)
     W, b = W0.clone(), b0.clone()
     support_optimizer = _adam([S], settings.outer_lr)
@@ -849,11 +848,14 @@ def _bilevel_run(
         )
     # Scores come from logits of every held-out row, indexed afterwards: a fold
     # of rows is never copied (the logits are n x n_classes, the rows n x d).
+    shaping_rows, selection_rows = run.shaping_rows, run.selection_rows
     shaping_index = _row_index(shaping_rows, heldout_X)
     shaping_y = heldout_y[shaping_rows]
     shaping_cells = hard_set_cells[shaping_rows]
+    shaping_weight = heldout_weight[shaping_rows]
     selection_y = heldout_y[selection_rows]
     selection_cells = heldout_cells[selection_rows]
+    selection_weight = heldout_weight[selection_rows]
 
     history: dict[str, list[float]] = {
         key: [] for key in (*_SCORES, *(f"unedited_{key}" for key in _SCORES), "outer_loss")
@@ -865,7 +867,9 @@ def _bilevel_run(
     epochs_without_improvement = 0
 
     def selection_scores(logits):
-        return _group_scores(logits[selection_rows], selection_y, selection_cells, n_cells)
+        return _group_scores(
+            logits[selection_rows], selection_y, selection_cells, n_cells, selection_weight
+        )
 
     def keep_if_best(scores, head_W, head_b, support_rows, epoch, edited) -> bool:
         nonlocal best, best_state
@@ -882,12 +886,16 @@ def _bilevel_run(
     # past n_epochs, a run goes on only while its best epoch is recent: a run
     # cut short while its selection score still falls loses the most
     last_epoch = settings.n_epochs if settings.max_epochs is None else settings.max_epochs
+    epoch = 0
     for epoch in range(1, last_epoch + 1):
         # (a) hard set under the current head
         losses = _per_row_cross_entropy(logits[shaping_rows], shaping_y)
-        hard = select_hard_set(losses, shaping_cells, n_hard_set_cells, settings.hard_set_size)
+        hard, hard_weight = select_hard_set(
+            losses, shaping_cells, n_hard_set_cells, settings.hard_set_size, shaping_weight
+        )
         H = heldout_X[shaping_index[hard]]
         Y_hard = _one_hot(shaping_y[hard], n_classes, heldout_X.dtype)
+        hard_weight = hard_weight / hard_weight.sum()
 
         # (b) outer steps: edit the support set through the unrolled inner loop
         outer_losses = []
@@ -895,15 +903,16 @@ def _bilevel_run(
             outer_loss, grad_S = support_hypergradient(
                 S, Y_support, H, Y_hard, W, b,
                 inner_lr=inner_lr, inner_steps=settings.inner_steps, support_weight=support_weight,
-                weight_decay=settings.weight_decay,
+                weight_decay=settings.weight_decay, hard_weight=hard_weight,
             )  # fmt: skip
-            S.grad = grad_S
-            # the clipping's norm is finite exactly when the gradient is
-            norm = torch.nn.utils.clip_grad_norm_([S], settings.max_grad_norm)
-            if not (torch.isfinite(outer_loss) and torch.isfinite(norm)):
+            if not (
+                torch.isfinite(outer_loss)
+                and _clipped_support_step(
+                    S, grad_S, support_mass, support_optimizer, settings.max_grad_norm
+                )
+            ):
                 diverged = True
                 break
-            support_optimizer.step()
             outer_losses.append(float(outer_loss))
         if diverged:
             break
@@ -960,4 +969,9 @@ def _bilevel_run(
         history=history,
         diverged=diverged,
         kept_edits=kept_edits,
+        still_improving=(
+            settings.max_epochs is not None
+            and not diverged
+            and best_epoch == settings.max_epochs > settings.n_epochs
+        ),
     )

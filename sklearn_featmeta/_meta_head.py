@@ -13,6 +13,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
@@ -22,14 +23,25 @@ from ._groups import (
     as_group_array,
     cell_codes,
     cross_fitting_folds,
+    draw_keys,
+    drop_zero_weights,
     encode_groups,
     split_pool_and_heldout,
+    take_by_weight,
 )
 from ._linear import LinearHeadMixin, binary_to_softmax_head, softmax_to_fitted_head
+from ._preprocessing import content_hashes, standardized, weighted_moments
 from ._presets import PAPER_PRESETS
+from ._threads import auto_threads, fit_threads
 
 AUTO_WHITENING_RIDGE = 0.1
 """Ridge of the whitened geometry that ``whitening_ridge="auto"`` weighs against standardisation."""
+
+MIN_HELDOUT_ROWS_PER_GROUP = 5
+"""Below this many held-out rows in a (class, group) cell, a fit warns that selection is noise."""
+
+FLAT_HEAD_SPREAD = 1e-3
+"""A head whose held-out logits vary by less than this is flat: its predictions are noise."""
 
 MIN_WHITENING_RIDGE = 1e-6
 """Smallest ridge accepted: below it, float32 rounding of the whitening swamps its weakest directions."""
@@ -175,8 +187,18 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ``(n_features, n_features)`` matrix; ``"auto"`` also fits a second
         ERM head and the unedited head updates of both geometries.
     erm_C : float, default=1.0
-        Inverse L2 strength of the initial ERM head, a multinomial logistic
-        regression on the standardised training pool (as ``LogisticRegression(C=...)``).
+        Inverse L2 strength of the initial ERM head, a multinomial (softmax)
+        logistic regression on the standardised training pool. With three or
+        more classes it is ``LogisticRegression(C=erm_C)``; with two, the
+        softmax head's two rows make it ``LogisticRegression(C=2 * erm_C)``.
+    standardize : bool, default=True
+        Standardise the features with the training pool's (weighted) mean and
+        standard deviation before fitting, so that the fit is the same for
+        ``X`` and ``a * X + b`` (``a > 0``). False fits on the raw features,
+        as the paper authors' released script does (their loop barely moves
+        the head from ERM on unit-norm sentence embeddings, where the paper's
+        small ``inner_lr`` is tiny): ``from_preset(name, standardize=False)``
+        reproduces that script; predictions then depend on the scale of ``X``.
     initial_head : tuple (coef, intercept) or None, default=None
         Start from this head instead of fitting one (e.g. the final layer of
         the network that produced the embeddings). Shapes as
@@ -186,13 +208,20 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ``"cuda"`` or ``"cuda:N"``. An unavailable device is an error.
     n_threads : int or None, default=None
         CPU threads of torch and of BLAS / LAPACK during ``fit`` (restored
-        afterwards). Set 1 when many fits run in parallel (grid searches on
-        joblib or Dask workers).
+        afterwards). None: one thread, unless the training pool has at least
+        ``2**24`` entries (rows x features), and then the cores idle when the
+        fit starts: the fit's loops are too small for threads to pay, and
+        threads that wait for cores another process holds slow them down many
+        times (``n_threads_`` says what was used). Set 1 when many fits run in
+        parallel (grid searches on joblib or Dask workers).
     random_state : int, RandomState instance or None, default=None
-        Seeds the held-out split and a local ``torch.Generator`` for the
-        support draw; never the global seed.
+        Seeds the held-out split, the cross-fitting folds and the support
+        draws; never a global seed. Draws are keyed by each row's
+        standardised content, so they do not depend on the order of the rows,
+        and a row of integer ``sample_weight`` k is drawn as k copies of it.
     verbose : int, default=0
-        Print progress per epoch when positive.
+        Progress: 1 shows one line per run, updated each epoch; 2 and more
+        print every epoch of every run.
 
     Attributes
     ----------
@@ -236,6 +265,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         None otherwise.
     device_ : str
         Device the model was fitted on.
+    n_threads_ : int
+        CPU threads the fit used (resolved from ``n_threads=None``).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Only when ``X`` has string column names.
@@ -286,6 +317,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             Interval(Real, MIN_WHITENING_RIDGE, None, closed="left"),
         ],
         "erm_C": [Interval(Real, 0, None, closed="neither")],
+        "standardize": ["boolean"],
         "initial_head": [None, tuple],
         "device": [str],
         "n_threads": [None, Interval(Integral, 1, None, closed="left")],
@@ -316,6 +348,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         head_l2=0.0,
         whitening_ridge="auto",
         erm_C=1.0,
+        standardize=True,
         initial_head=None,
         device="auto",
         n_threads=None,
@@ -343,6 +376,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.head_l2 = head_l2
         self.whitening_ridge = whitening_ridge
         self.erm_C = erm_C
+        self.standardize = standardize
         self.initial_head = initial_head
         self.device = device
         self.n_threads = n_threads
@@ -371,7 +405,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         return cls(**PAPER_PRESETS[name], **params)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, groups=None) -> MetaAugmentedHeadClassifier:
+    def fit(self, X, y, groups=None, sample_weight=None) -> MetaAugmentedHeadClassifier:
         """Fit the head by HSFM.
 
         Parameters
@@ -385,6 +419,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             Known rows are held out (hard set, model selection); unknown rows
             form the training pool. None: selection by worst-class accuracy on
             a stratified hold-out.
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each row, in the ERM head's loss, the
+            support and hard-set losses, the standardisation and the
+            held-out scores. An integer weight counts as that many copies of
+            the row, and a zero weight as a row left out.
 
         Returns
         -------
@@ -397,8 +436,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 "makes n_epochs epochs. Set max_epochs to at least n_epochs, or to None for "
                 "exactly n_epochs."
             )
-        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64], y_numeric=False)
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
         check_classification_targets(y)
+        X, y, groups, weights = drop_zero_weights(X, y, groups, sample_weight)
         self.classes_, y_encoded = np.unique(y, return_inverse=True)
         y_encoded = y_encoded.ravel()
         n_classes = self.classes_.shape[0]
@@ -421,30 +461,103 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
 
         rng = check_random_state(self.random_state)
         pool, heldout, heldout_groups = split_pool_and_heldout(
-            y_encoded, group_codes, self.validation_fraction, rng
+            X, y_encoded, group_codes, weights, self.validation_fraction, rng
         )
         groups_split_rows = group_codes is not None and (group_codes < 0).any()
         self._check_split(y_encoded, pool, heldout, groups_split_rows)
+        if self.standardize:
+            mean, scale = weighted_moments(X, pool, weights[pool])
+        else:
+            mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+        cells, n_cells = cell_codes(y_encoded[heldout], heldout_groups)
+        runs = self._run_rows(
+            X, y_encoded, pool, heldout, heldout_groups, cells, weights, (mean, scale), rng
+        )
+        self._warn_small_heldout(cells, n_cells, len(runs))
         initial_head = self._initial_head_in_softmax_form(X.shape[1], n_classes)
-        heldout_folds = None
-        if self.support_source == "annotated":
-            heldout_folds = cross_fitting_folds(
-                y_encoded[heldout], heldout_groups, n_classes, self.n_repeats, rng
-            )
+        if initial_head is not None:  # to standardised coordinates
+            initial_head = (initial_head[0] * scale, initial_head[1] + initial_head[0] @ mean)
 
         from . import _hsfm  # torch stays out of prediction and unpickling
 
-        with _fit_threads(self.n_threads):
+        self.n_threads_ = (
+            auto_threads(pool.size * X.shape[1]) if self.n_threads is None else self.n_threads
+        )
+        with fit_threads(self.n_threads_):
             device = _hsfm.resolve_device(self.device)
-            generator = _hsfm.torch.Generator().manual_seed(
-                int(rng.randint(np.iinfo(np.int32).max))
-            )
             result = self._run_core(
-                _hsfm, X, y_encoded, pool, heldout, heldout_groups, heldout_folds,
-                n_classes, device, generator, initial_head,
+                _hsfm, X, y_encoded, weights, pool, heldout, cells, n_cells, runs,
+                (mean, scale), n_classes, device, initial_head,
             )  # fmt: skip
-        self._store_result(result, X, heldout if result.support_from_heldout else pool, device)
+        support_rows = heldout if result.support_from_heldout else pool
+        self._store_result(result, X, support_rows, mean, scale, device)
+        self._warn_degenerate(X[heldout], y_encoded[heldout])
         return self
+
+    def _run_rows(self, X, y, pool, heldout, heldout_groups, cells, weights, moments, rng):
+        """The rows of every run (``RunRows`` as NumPy index arrays): support, shaping, selection.
+
+        Random choices are keyed by row content (:mod:`._groups`), so a row of
+        integer weight k is drawn as k copies of it would be.
+        """
+        cap = self.support_size_per_class
+        if self.support_source == "pool":
+            keys = draw_keys(content_hashes(X, pool, *moments), rng)
+            mass = take_by_weight(y[pool], keys, weights[pool], cap)
+            every_row = slice(None)
+            return [(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
+        y_heldout, weights_heldout = y[heldout], weights[heldout]
+        hashes = content_hashes(X, heldout, *moments)
+        folds = cross_fitting_folds(
+            hashes, cells, y_heldout, weights_heldout, self.classes_.shape[0], self.n_repeats, rng
+        )
+        if folds is None:
+            mass = take_by_weight(cells, draw_keys(hashes, rng), weights_heldout, cap)
+            every_row = slice(None)
+            return [(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
+        runs = []
+        for split in folds:
+            first, second = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
+            for shaping, selection in ((second, first), (first, second)):
+                keys = draw_keys(hashes[shaping], rng)
+                mass = take_by_weight(cells[shaping], keys, weights_heldout[shaping], cap)
+                runs.append((shaping[mass > 0], mass[mass > 0], shaping, selection))
+        return runs
+
+    def _warn_small_heldout(self, cells, n_cells, n_runs):
+        counts = np.bincount(cells, minlength=n_cells)
+        if counts.min() < MIN_HELDOUT_ROWS_PER_GROUP:
+            warnings.warn(
+                f"Only {counts.min()} held-out row(s) in the smallest (class, group) cell "
+                f"({counts.sum()} in all): the hard set and the kept epoch rest on very few rows "
+                "and the fit is close to chance there. Annotate more rows (give them a "
+                "known group), or compare with LogisticRegression.",
+                UserWarning,
+                stacklevel=4,
+            )
+        elif n_runs == 1 and self.support_source == "annotated":
+            warnings.warn(
+                "Too few annotated rows to cross-fit (a fold would miss a class): one run uses "
+                "them all for its support, its hard set and its kept epoch.",
+                UserWarning,
+                stacklevel=4,
+            )
+
+    def _warn_degenerate(self, X_heldout, y_heldout):
+        scores = self.decision_function(X_heldout)
+        spread = float(np.ptp(scores, axis=0).max())
+        predicted = self.predict(X_heldout)
+        if spread < FLAT_HEAD_SPREAD or (
+            np.unique(predicted).size == 1 and np.unique(y_heldout).size > 1
+        ):
+            warnings.warn(
+                f"The fitted head is degenerate: its logits vary by {spread:.2g} over the "
+                f"held-out rows and it predicts {np.unique(predicted).size} of "
+                f"{self.classes_.size} classes there (a flat head predicts the single class "
+                "its bias favours). Check head_l2, erm_C and the learning rates.",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _check_split(self, y_encoded, pool, heldout, groups_split_rows):
         n_classes = self.classes_.shape[0]
@@ -528,30 +641,34 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         return AUTO_WHITENING_RIDGE if self.whitening_ridge == "auto" else self.whitening_ridge
 
     def _run_core(
-        self, _hsfm, X, y, pool, heldout, heldout_groups, heldout_folds,
-        n_classes, device, generator, initial_head,
+        self, _hsfm, X, y, weights, pool, heldout, cells, n_cells, runs, moments,
+        n_classes, device, initial_head,
     ):  # fmt: skip
         torch = _hsfm.torch
-        cells, n_cells = cell_codes(y[heldout], heldout_groups)
+        dtype = torch.float64 if X.dtype == np.float64 else torch.float32
         hard_cells, n_hard_cells = (
             (cells, n_cells) if self.hard_set == "group" else (y[heldout], n_classes)
         )
 
-        def tensor(array, dtype=torch.float32):
+        def tensor(array, dtype=dtype):
             return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
 
-        if initial_head is not None:
-            initial_head = (tensor(initial_head[0]), tensor(initial_head[1]))
+        def rows(index):
+            return index if isinstance(index, slice) else tensor(index, torch.int64)
+
+        mean, scale = moments
         start = time.perf_counter()
+        progress = _Progress(self, len(runs))
         if self.verbose:
             print(
                 f"[{type(self).__name__}] {pool.size} training rows, {heldout.size} held-out "
-                f"rows in {n_cells} groups, {X.shape[1]} features, device {device}"
+                f"rows in {n_cells} groups, {X.shape[1]} features, {len(runs)} run(s), "
+                f"device {device}"
             )
         result = _hsfm.fit_hsfm(
-            tensor(X[pool]),
+            tensor(standardized(X, pool, mean, scale, X.dtype)),
             tensor(y[pool], torch.int64),
-            tensor(X[heldout]),
+            tensor(standardized(X, heldout, mean, scale, X.dtype)),
             tensor(y[heldout], torch.int64),
             tensor(cells, torch.int64),
             n_classes=n_classes,
@@ -559,26 +676,19 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             hard_set_cells=tensor(hard_cells, torch.int64),
             n_hard_set_cells=n_hard_cells,
             settings=self._settings(_hsfm),
-            generator=generator,
-            erm_l2=1.0 / (self.erm_C * pool.size),
-            initial_head=initial_head,
-            heldout_folds=None if heldout_folds is None else tensor(heldout_folds, torch.int64),
-            on_epoch=self._print_epoch if self.verbose else None,
+            runs=[
+                _hsfm.RunRows(rows(index), tensor(mass), rows(shaping), rows(selection))
+                for index, mass, shaping, selection in runs
+            ],
+            erm_l2=1.0 / (self.erm_C * weights[pool].sum()),
+            pool_weight=tensor(weights[pool]),
+            heldout_weight=tensor(weights[heldout]),
+            initial_head=None if initial_head is None else tuple(map(tensor, initial_head)),
+            on_epoch=progress.epoch if self.verbose else None,
         )
-        for number, run in enumerate(result.runs, 1):
-            if run.diverged:
-                warnings.warn(
-                    f"The bilevel loss became non-finite in epoch "
-                    f"{run.epochs_made + 1} of run {number}; that run stopped "
-                    f"and kept epoch {run.best_epoch}. Lower outer_lr or inner_lr.",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
+        progress.close()
+        self._warn_about_runs(result)
         if self.verbose:
-            best = ", ".join(
-                f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs
-            )
-            made = ", ".join(str(run.epochs_made) for run in result.runs)
             if result.probe_scores is not None:
                 scores = result.probe_scores
                 print(
@@ -587,11 +697,42 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                     f"held-out worst-group loss {scores['standardised']:.4f} standardised, "
                     f"{scores['whitened']:.4f} whitened)"
                 )
+            best = ", ".join(
+                f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs
+            )
+            made = ", ".join(str(run.epochs_made) for run in result.runs)
             print(
                 f"[{type(self).__name__}] done in {time.perf_counter() - start:.2f}s: "
                 f"best epoch {best} of {made} epochs (inner_lr {result.inner_lr:.3g})"
             )
         return result
+
+    def _warn_about_runs(self, result):
+        if not result.erm_converged:
+            warnings.warn(
+                "The ERM head's L-BFGS stopped at its iteration limit before converging; "
+                "lower erm_C (more regularisation) or standardise the features.",
+                ConvergenceWarning,
+                stacklevel=5,
+            )
+        for number, run in enumerate(result.runs, 1):
+            if run.diverged:
+                warnings.warn(
+                    f"The bilevel loss became non-finite in epoch "
+                    f"{run.epochs_made + 1} of run {number}; that run stopped "
+                    f"and kept epoch {run.best_epoch}. Lower outer_lr or inner_lr.",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+        improving = sum(run.still_improving for run in result.runs)
+        if improving:
+            warnings.warn(
+                f"{improving} of {len(result.runs)} run(s) still improved their held-out "
+                f"selection score at their last epoch, max_epochs={self.max_epochs}; raise "
+                "max_epochs (or the step sizes).",
+                ConvergenceWarning,
+                stacklevel=5,
+            )
 
     def _epoch_range(self) -> str:
         """How many epochs a run makes, for progress output: ``10`` or ``10-40``."""
@@ -599,28 +740,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             return str(self.n_epochs)
         return f"{self.n_epochs}-{self.max_epochs}"
 
-    def _print_epoch(self, record):
-        run = f"run {record['run'] + 1}, " if self.support_source == "annotated" else ""
-        unedited = (
-            f"; unedited head: worst-group acc {record['unedited_worst_group_accuracy']:.4f}, "
-            f"worst-group loss {record['unedited_worst_group_loss']:.4f}"
-            if self.compare_unedited
-            else ""
-        )
-        print(
-            f"[{type(self).__name__}] {run}epoch {record['epoch']:>3}/{self._epoch_range()}: "
-            f"worst-group acc {record['worst_group_accuracy']:.4f}, "
-            f"average acc {record['average_accuracy']:.4f}, "
-            f"held-out loss {record['heldout_loss']:.4f}, "
-            f"worst-group loss {record['worst_group_loss']:.4f}, "
-            f"outer loss {record['outer_loss']:.4f}{unedited}"
-        )
-
-    def _store_result(self, result, X, support_source_rows, device):
+    def _store_result(self, result, X, support_source_rows, mean, scale, device):
         def numpy(tensor):
             return tensor.detach().cpu().double().numpy()
 
-        mean, scale = numpy(result.mean), numpy(result.scale)
         self.coef_, self.intercept_ = softmax_to_fitted_head(
             numpy(result.weight), numpy(result.bias), mean, scale
         )
@@ -631,9 +754,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         support_rows = np.concatenate(
             [support_source_rows[r.support_index.cpu().numpy()] for r in runs]
         )
-        # float32, as computed: with many annotated rows these are the largest attributes
-        self.support_init_ = X[support_rows].astype(np.float32)  # exact rows, no round trip
-        self.support_edited_ = result.edited_support_in_raw_space().cpu().numpy()
+        # in X's dtype, as computed: with many annotated rows these are the largest attributes
+        self.support_init_ = X[support_rows]  # exact rows, no round trip
+        edited = np.concatenate([numpy(r.support_edited) for r in runs])
+        self.support_edited_ = (edited * scale + mean).astype(X.dtype)
         self.support_labels_ = self.classes_[
             np.concatenate([r.support_labels.cpu().numpy() for r in runs])
         ]
@@ -654,28 +778,33 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.device_ = str(device)
 
 
-class _fit_threads:
-    """Context manager: CPU threads of torch and of BLAS / LAPACK during a fit.
+class _Progress:
+    """``verbose`` output: one line per run, updated in place each epoch (every epoch at 2+)."""
 
-    SciPy's LAPACK (the whitening's eigendecomposition) keeps its own thread
-    pool, limited through threadpoolctl like scikit-learn's own estimators.
-    """
+    def __init__(self, estimator, n_runs: int):
+        self.estimator, self.n_runs = estimator, n_runs
+        self.open = False
 
-    def __init__(self, n_threads):
-        self.n_threads = n_threads
+    def epoch(self, record: dict) -> None:
+        estimator = self.estimator
+        best_loss = record["worst_group_loss"]
+        if estimator.compare_unedited and np.isfinite(record["unedited_worst_group_loss"]):
+            best_loss = min(best_loss, record["unedited_worst_group_loss"])
+        line = (
+            f"[{type(estimator).__name__}] run {record['run'] + 1}/{self.n_runs}, "
+            f"epoch {record['epoch']:>3}/{estimator._epoch_range()}: "
+            f"worst-group acc {record['worst_group_accuracy']:.4f}, "
+            f"worst-group loss {best_loss:.4f}, outer loss {record['outer_loss']:.4f}"
+        )
+        if estimator.verbose >= 2:
+            print(line, flush=True)
+            return
+        if self.open and record["epoch"] == 1:
+            print(flush=True)  # the previous run's line is complete
+        print(f"\r{line}", end="", flush=True)
+        self.open = True
 
-    def __enter__(self):
-        if self.n_threads is not None:
-            import torch
-            from threadpoolctl import threadpool_limits
-
-            self._previous = torch.get_num_threads()
-            torch.set_num_threads(self.n_threads)
-            self._blas_limits = threadpool_limits(limits=self.n_threads)
-
-    def __exit__(self, *exc):
-        if self.n_threads is not None:
-            import torch
-
-            self._blas_limits.restore_original_limits()
-            torch.set_num_threads(self._previous)
+    def close(self) -> None:
+        if self.open:
+            print(flush=True)
+            self.open = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from numbers import Integral, Real
 
 import numpy as np
@@ -13,8 +14,16 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
-from ._groups import as_group_array, cell_codes, encode_groups, stratified_holdout
+from ._groups import (
+    cell_codes,
+    draw_keys,
+    drop_zero_weights,
+    encode_groups,
+    stratified_split,
+    take_by_weight,
+)
 from ._linear import LinearHeadMixin
+from ._preprocessing import content_hashes, standardized, weighted_moments
 
 __all__ = ["DFRClassifier"]
 
@@ -91,7 +100,7 @@ class DFRClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, groups=None) -> DFRClassifier:
+    def fit(self, X, y, groups=None, sample_weight=None) -> DFRClassifier:
         """Fit the averaged head on group-balanced subsets of the annotated rows.
 
         Parameters
@@ -100,6 +109,11 @@ class DFRClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         y : array-like of shape (n_samples,)
         groups : array-like of shape (n_samples,), default=None
             Group of each row; ``-1`` / None / NaN where unknown (not used).
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative row weights: in the standardisation, the balanced
+            subsets (a group's size is its total weight), the logistic
+            regressions and the tuning scores. An integer weight counts as
+            that many copies of the row, a zero weight as a row left out.
 
         Returns
         -------
@@ -111,6 +125,7 @@ class DFRClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"Cs must be a non-empty sequence of positive numbers; got {self.Cs!r}."
             )
+        X, y, groups, weights = drop_zero_weights(X, y, groups, sample_weight)
         self.classes_, y_encoded = np.unique(y, return_inverse=True)
         y_encoded = y_encoded.ravel()
         if self.classes_.shape[0] < 2:
@@ -122,7 +137,7 @@ class DFRClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
             annotated = np.arange(X.shape[0])
             group_codes = np.zeros(X.shape[0], dtype=np.int64)
         else:
-            group_codes, _ = encode_groups(as_group_array(groups, X.shape[0]))
+            group_codes, _ = encode_groups(groups)
             annotated = np.flatnonzero(group_codes >= 0)
         missing = np.setdiff1d(np.arange(self.classes_.shape[0]), y_encoded[annotated])
         if annotated.size == 0 or missing.size:
@@ -130,67 +145,67 @@ class DFRClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
                 f"Class(es) {self.classes_[missing].tolist()} have no rows with a known group; "
                 "DFR retrains on annotated rows only."
             )
-        X_annotated = X[annotated].astype(np.float64)
-        y_annotated = y_encoded[annotated]
+        y_annotated, weights = y_encoded[annotated], weights[annotated]
         cells, _ = cell_codes(y_annotated, group_codes[annotated])
-        mean = X_annotated.mean(axis=0)
-        scale = X_annotated.std(axis=0)
-        scale[scale < 10 * np.finfo(np.float64).eps * np.maximum(np.abs(mean), 1)] = 1.0
-        Z = (X_annotated - mean) / scale
-
+        mean, scale = weighted_moments(X, annotated, weights)
+        Z = standardized(X, annotated, mean, scale, np.float64)
+        hashes = content_hashes(X, annotated, mean, scale)
         rng = check_random_state(self.random_state)
-        self.C_, self.tuning_scores_ = self._tune_C(Z, y_annotated, cells, rng)
-        weight, bias = self._averaged_head(Z, y_annotated, cells, self.C_, rng)
+        data = _Annotated(Z, y_annotated, cells, weights, hashes)
+        self.C_, self.tuning_scores_ = self._tune_C(data, rng)
+        weight, bias = self._averaged_head(data, self.C_, rng)
         self.coef_ = weight / scale
         self.intercept_ = bias - self.coef_ @ mean
         return self
 
-    def _tune_C(self, Z, y, cells, rng):
-        second_half = stratified_holdout(cells, 0.5, rng)
-        first_half = ~second_half
+    def _tune_C(self, data, rng):
+        second_half = stratified_split(data.cells, draw_keys(data.hashes, rng), data.weights, 0.5)
         if not second_half.any():
             return float(self.Cs[0]), {}
+        first, held = data.subset(~second_half), data.subset(second_half)
         scores = {}
         for C in self.Cs:
-            weight, bias = self._averaged_head(
-                Z[first_half], y[first_half], cells[first_half], C, rng
-            )
-            predicted = _predict_codes(Z[second_half], weight, bias)
-            correct = predicted == y[second_half]
-            held_cells = cells[second_half]
-            counts = np.bincount(held_cells)
-            accuracy = np.bincount(held_cells, weights=correct)[counts > 0] / counts[counts > 0]
-            scores[float(C)] = float(accuracy.min())
+            weight, bias = self._averaged_head(first, C, rng)
+            correct = _predict_codes(held.Z, weight, bias) == held.y
+            totals = np.bincount(held.cells, weights=held.weights)
+            hits = np.bincount(held.cells, weights=held.weights * correct)
+            scores[float(C)] = float((hits[totals > 0] / totals[totals > 0]).min())
         return max(scores, key=scores.get), scores  # ties: the first (largest) C
 
-    def _averaged_head(self, Z, y, cells, C, rng):
+    def _averaged_head(self, data, C, rng):
         """Mean (coef, intercept) over ``n_estimators`` group-balanced subsets."""
-        n_cells = int(cells.max()) + 1
-        counts = np.bincount(cells, minlength=n_cells)
-        smallest = counts[counts > 0].min()
+        totals = np.bincount(data.cells, weights=data.weights)
+        smallest = totals[totals > 0].min()
         n_rows = 1 if self.classes_.shape[0] == 2 else self.classes_.shape[0]
-        weight = np.zeros((n_rows, Z.shape[1]))
+        weight = np.zeros((n_rows, data.Z.shape[1]))
         bias = np.zeros(n_rows)
         for _ in range(self.n_estimators):
-            subset = _balanced_subset(cells, smallest, rng)
+            # every group subsampled to the smallest one's weight
+            mass = take_by_weight(data.cells, draw_keys(data.hashes, rng), data.weights, smallest)
+            subset = np.flatnonzero(mass)
+            y = data.y[subset]
             # liblinear is binary: one L1 model per class against the rest
-            targets = [y[subset] == 1] if n_rows == 1 else [y[subset] == k for k in range(n_rows)]
+            targets = [y == 1] if n_rows == 1 else [y == k for k in range(n_rows)]
             for row, target in enumerate(targets):
                 model = _l1_logistic_regression(C, int(rng.randint(np.iinfo(np.int32).max)))
-                model.fit(Z[subset], target)
+                model.fit(data.Z[subset], target, sample_weight=mass[subset])
                 weight[row] += model.coef_[0]
                 bias[row] += model.intercept_[0]
         return weight / self.n_estimators, bias / self.n_estimators
 
 
-def _balanced_subset(cells, size, rng):
-    """Indices of ``size`` random rows from every cell."""
-    permutation = rng.permutation(cells.shape[0])
-    by_cell = permutation[np.argsort(cells[permutation], kind="stable")]
-    counts = np.bincount(cells)
-    starts = np.cumsum(counts) - counts
-    ranks = np.arange(cells.shape[0]) - starts[cells[by_cell]]
-    return by_cell[ranks < size]
+@dataclass
+class _Annotated:
+    """The annotated rows DFR retrains on: standardised rows, labels, cells, weights, hashes."""
+
+    Z: np.ndarray
+    y: np.ndarray
+    cells: np.ndarray
+    weights: np.ndarray
+    hashes: np.ndarray
+
+    def subset(self, mask: np.ndarray) -> _Annotated:
+        return _Annotated(*(getattr(self, field.name)[mask] for field in fields(self)))
 
 
 def _predict_codes(Z, weight, bias):

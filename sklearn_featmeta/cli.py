@@ -8,74 +8,143 @@ Data files are ``.npz`` archives with arrays ``X``, ``y`` and optionally
 from __future__ import annotations
 
 import argparse
+import inspect
+import re
 import sys
+import zipfile
+from numbers import Integral
 from pathlib import Path
 
 import joblib
 import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from . import __version__
 from ._meta_head import MetaAugmentedHeadClassifier
 from ._presets import PAPER_PRESETS
 
-
-def _boolean(value: str) -> bool:
-    if value.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
-    return value.lower() == "true"
+# Parameters a command line cannot express (a tuple of arrays) or that have their own option.
+_NOT_OPTIONS = {"initial_head": "a (coef, intercept) tuple of arrays", "verbose": "-v"}
+_DOCSTRING_SECTIONS = ("Attributes", "See Also", "References", "Examples", "Notes")
 
 
-def _none_or_int(value: str) -> int | None:
-    """``none`` (None) or a whole number."""
-    if value.lower() == "none":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number or none, got {value!r}"
-        ) from None
+def _parameter_docs(estimator_class) -> dict[str, str]:
+    """First sentence of each parameter's description in the class's numpydoc docstring."""
+    lines = inspect.getdoc(estimator_class).splitlines()
+    docs, name = {}, None
+    for line in lines[lines.index("Parameters") + 2 :]:
+        if line.strip() in _DOCSTRING_SECTIONS:
+            break
+        if line and not line.startswith(" "):
+            name = line.split(" : ")[0].strip()
+            docs[name] = []
+        elif line.strip() and name:
+            docs[name].append(line.strip())
+    return {
+        name: re.split(r"(?<=[a-z0-9)`])\. ", " ".join(text), maxsplit=1)[0].rstrip(".")
+        for name, text in docs.items()
+    }
 
 
-def _auto_none_or_float(value: str) -> str | float | None:
-    """``auto``, ``none`` (None) or a number."""
-    word = value.lower()
-    if word == "none":
-        return None
-    if word == "auto":
-        return "auto"
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected auto, none or a number, got {value!r}"
-        ) from None
+def _allowed(constraints: list) -> str:
+    """The values a parameter takes, in words: ``auto, none or a number > 0``."""
+    words = []
+    for constraint in constraints:
+        if constraint is None:
+            words.append("none")
+        elif constraint == "boolean":
+            words.append("true or false")
+        elif isinstance(constraint, StrOptions):
+            words.append(" or ".join(sorted(constraint.options)))
+        elif isinstance(constraint, Interval):
+            bounds = []
+            if constraint.left is not None:
+                sign = ">=" if constraint.closed in ("left", "both") else ">"
+                bounds.append(f"{sign} {constraint.left:g}")
+            if constraint.right is not None:
+                sign = "<=" if constraint.closed in ("right", "both") else "<"
+                bounds.append(f"{sign} {constraint.right:g}")
+            kind = "a whole number" if constraint.type is Integral else "a number"
+            words.append(" ".join([kind, " and ".join(bounds)]).strip())
+        elif constraint == "random_state":
+            words.append("a whole number (seed)")
+        elif constraint is str:
+            words.append("text")
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
-# Estimator parameters offered as options: (option, parameter, type).
-_FIT_OPTIONS = [
-    ("--support-size-per-class", "support_size_per_class", int),
-    ("--inner-steps", "inner_steps", int),
-    ("--inner-lr", "inner_lr", lambda v: v if v == "auto" else float(v)),
-    ("--outer-lr", "outer_lr", float),
-    ("--outer-steps", "outer_steps", int),
-    ("--hard-set-size", "hard_set_size", int),
-    ("--hard-set", "hard_set", str),
-    ("--n-epochs", "n_epochs", int),
-    ("--max-epochs", "max_epochs", _none_or_int),
-    ("--n-iter-no-change", "n_iter_no_change", int),
-    ("--selection-metric", "selection_metric", str),
-    ("--compare-unedited", "compare_unedited", _boolean),
-    ("--n-repeats", "n_repeats", int),
-    ("--head-update", "head_update", str),
-    ("--validation-fraction", "validation_fraction", float),
-    ("--head-l2", "head_l2", float),
-    ("--whitening-ridge", "whitening_ridge", _auto_none_or_float),
-    ("--erm-c", "erm_C", float),
-    ("--device", "device", str),
-    ("--n-threads", "n_threads", int),
-    ("--random-state", "random_state", int),
-]
+def _parser_of(name: str, constraints: list):
+    """A converter from text that accepts exactly what the parameter's constraints allow."""
+    options = [c for c in constraints if isinstance(c, StrOptions)]
+    intervals = [c for c in constraints if isinstance(c, Interval)]
+
+    def convert(text: str):
+        word = text.strip().lower()
+        if None in constraints and word == "none":
+            return None
+        if "boolean" in constraints and word in ("true", "false"):
+            return word == "true"
+        if any(text in option.options for option in options) or str in constraints:
+            return text
+        for interval in intervals:
+            try:
+                value = int(text) if interval.type is Integral else float(text)
+            except ValueError:
+                continue
+            if interval.is_satisfied_by(value):
+                return value
+        if "random_state" in constraints and re.fullmatch(r"\d+", text.strip()):
+            return int(text)
+        raise argparse.ArgumentTypeError(f"expected {_allowed(constraints)}, got {text!r}")
+
+    convert.__name__ = name  # argparse names the converter in its messages
+    return convert
+
+
+def _fit_options() -> list[tuple[str, str, object, str]]:
+    """``(option, parameter, converter, help, metavar)`` of every estimator parameter.
+
+    Derived from the estimator's ``_parameter_constraints``, its defaults and its
+    docstring, so the command line offers exactly what the estimator takes.
+    """
+    estimator = MetaAugmentedHeadClassifier
+    docs = _parameter_docs(estimator)
+    defaults = estimator().get_params()
+    options = []
+    for name, constraints in estimator._parameter_constraints.items():
+        if name in _NOT_OPTIONS:
+            continue
+        default = "none" if defaults[name] is None else defaults[name]
+        help_text = f"{docs[name]} [default: {default}; {_allowed(constraints)}]"
+        option = "--" + name.replace("_", "-").lower()
+        options.append(
+            (
+                option,
+                name,
+                _parser_of(name, constraints),
+                help_text.replace("``", "").replace("%", "%%"),
+                _metavar(constraints),
+            )
+        )
+    return options
+
+
+def _metavar(constraints: list) -> str:
+    """``{auto,none,X}``, ``{class,group}``, ``N`` ...: what an option's value looks like."""
+    words = []
+    for constraint in constraints:
+        if constraint is None:
+            words.append("none")
+        elif constraint == "boolean":
+            words += ["true", "false"]
+        elif isinstance(constraint, StrOptions):
+            words += sorted(constraint.options)
+        elif isinstance(constraint, Interval) or constraint == "random_state":
+            integral = constraint == "random_state" or constraint.type is Integral
+            words.append("N" if integral else "X")
+        elif constraint is str:
+            words.append("TEXT")
+    return words[0] if len(words) == 1 else "{" + ",".join(words) + "}"
 
 
 class CommandError(Exception):
@@ -84,40 +153,61 @@ class CommandError(Exception):
 
 def _load(path: str, *, need_y: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     file = Path(path)
-    if not file.exists():
+    if not file.is_file():
         raise CommandError(f"{path}: no such file")
     if file.suffix == ".npy":
         if need_y:
             raise CommandError(
                 f"{path}: a .npy file holds only X; this command needs an .npz with X and y"
             )
-        return np.load(file, allow_pickle=False), None, None
-    try:
-        archive = np.load(file, allow_pickle=True)
-    except (OSError, ValueError) as exc:
-        raise CommandError(f"{path}: not a NumPy .npz/.npy file ({exc})") from exc
-    keys = set(getattr(archive, "files", []))
-    missing = {"X", "y"} - keys if need_y else {"X"} - keys
-    if missing:
+        try:
+            return np.load(file, allow_pickle=False), None, None
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"{path}: not a NumPy .npy matrix ({exc})") from None
+    if not zipfile.is_zipfile(file):
         raise CommandError(
-            f"{path}: missing array(s) {sorted(missing)}; found {sorted(keys)}. "
-            "Save with np.savez(path, X=..., y=..., groups=...)."
+            f"{path}: not a NumPy .npz archive; save data with "
+            "np.savez(path, X=..., y=..., groups=...), or give X alone as a .npy file"
         )
-    groups = archive["groups"] if "groups" in keys else None
-    y = archive["y"] if "y" in keys else None
-    return archive["X"], y, groups
+    try:
+        with np.load(file, allow_pickle=True) as archive:  # object groups (None) are pickled
+            keys = set(archive.files)
+            missing = {"X", "y"} - keys if need_y else {"X"} - keys
+            if missing:
+                raise CommandError(
+                    f"{path}: missing array(s) {sorted(missing)}; found {sorted(keys)}. "
+                    "Save with np.savez(path, X=..., y=..., groups=...)."
+                )
+            return tuple(archive[key] if key in keys else None for key in ("X", "y", "groups"))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CommandError(f"{path}: unreadable .npz archive ({exc})") from None
 
 
 def _load_model(path: str):
-    if not Path(path).exists():
+    if not Path(path).is_file():
         raise CommandError(f"{path}: no such model file")
-    return joblib.load(path)
+    try:
+        model = joblib.load(path)
+    except Exception as exc:  # unpickling a file that is not a model fails in many ways
+        raise CommandError(
+            f"{path}: not a model saved by 'featmeta fit' ({type(exc).__name__}: {exc})"
+        ) from None
+    if not hasattr(model, "predict"):
+        raise CommandError(f"{path}: holds a {type(model).__name__}, not a fitted classifier")
+    return model
+
+
+def _check_writable(path: str | None) -> None:
+    """A clear error before any work when an output's folder does not exist."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise CommandError(f"{path}: folder {Path(path).parent} does not exist")
 
 
 def _cmd_fit(args) -> None:
+    _check_writable(args.output)
     X, y, groups = _load(args.data, need_y=True)
     params = {
-        name: getattr(args, name) for _, name, _ in _FIT_OPTIONS if hasattr(args, name)
+        name: getattr(args, name) for _, name, *_ in _fit_options() if hasattr(args, name)
     }  # options not given are absent (argparse.SUPPRESS): "none" can pass None
     if args.preset:
         estimator = MetaAugmentedHeadClassifier.from_preset(args.preset, **params)
@@ -148,6 +238,7 @@ def _kept_epoch(history: dict, run: int, epoch: int, edited: bool) -> str:
 
 
 def _cmd_predict(args) -> None:
+    _check_writable(args.output)
     estimator = _load_model(args.model)
     X, _, _ = _load(args.data, need_y=False)
     result = estimator.predict_proba(X) if args.proba else estimator.predict(X)
@@ -183,6 +274,7 @@ def _load_concepts(path: str):
 def _cmd_explain(args) -> None:
     from .explain import concept_alignment, edit_summary, plot_edits
 
+    _check_writable(args.plot)
     estimator = _load_model(args.model)
     if not hasattr(estimator, "support_edited_"):
         raise CommandError(
@@ -271,19 +363,30 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    fit = commands.add_parser("fit", help="fit a model on an .npz with X, y and optional groups")
+    fit = commands.add_parser(
+        "fit",
+        help="fit a model on an .npz with X, y and optional groups",
+        description="Fit MetaAugmentedHeadClassifier on an .npz archive (arrays X, y and "
+        "optionally groups, -1 / None where unknown) and save it with joblib. Every estimator "
+        "parameter is an option; --preset fixes the paper's settings for a data set, and "
+        "the options it fixes cannot be given with it.",
+    )
     fit.add_argument("data", help=".npz with arrays X, y and optionally groups (-1 = unknown)")
     fit.add_argument("-o", "--output", required=True, help="where to save the model (joblib)")
     fit.add_argument(
-        "--preset", choices=sorted(PAPER_PRESETS), help="the paper's settings for a data set"
+        "--preset",
+        choices=sorted(PAPER_PRESETS),
+        help="the paper's settings for a data set (fixes: "
+        f"{', '.join(sorted(next(iter(PAPER_PRESETS.values()))))})",
     )
-    for option, name, kind in _FIT_OPTIONS:
+    for option, name, convert, help_text, metavar in _fit_options():
         fit.add_argument(
             option,
             dest=name,
-            type=kind,
+            type=convert,
             default=argparse.SUPPRESS,
-            help=f"estimator parameter {name}",
+            metavar=metavar,
+            help=help_text,
         )
     fit.add_argument("-v", "--verbose", action="count", default=0, help="progress per epoch")
     fit.set_defaults(handler=_cmd_fit)
@@ -332,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         args.handler(args)
-    except (CommandError, ValueError) as exc:
+    except (CommandError, ValueError, OSError) as exc:
         print(f"featmeta {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

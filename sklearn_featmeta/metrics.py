@@ -37,8 +37,8 @@ def _per_group_accuracy(y_true, y_pred, groups, sample_weight=None):
         )
     groups = as_group_array(groups, y_true.shape[0])
     check_consistent_length(y_true, y_pred, groups)
-    weight = np.ones(y_true.shape[0]) if sample_weight is None else column_or_1d(sample_weight)
-    check_consistent_length(y_true, weight)
+    _check_label_types(y_true, y_pred)
+    weight = _sample_weight(sample_weight, y_true.shape[0])
     codes, values = encode_groups(groups)
     known = codes >= 0
     if not known.any():
@@ -50,6 +50,39 @@ def _per_group_accuracy(y_true, y_pred, groups, sample_weight=None):
     with np.errstate(invalid="ignore", divide="ignore"):
         accuracy = hits / total_weight
     return values, counts, accuracy, float(hits.sum() / total_weight.sum())
+
+
+def _sample_weight(sample_weight, n_samples: int) -> np.ndarray:
+    """Row weights as floats: ones when None; NaN, infinite or negative weights are an error."""
+    if sample_weight is None:
+        return np.ones(n_samples)
+    weight = column_or_1d(sample_weight).astype(np.float64)
+    if weight.shape[0] != n_samples:
+        raise ValueError(f"sample_weight has {weight.shape[0]} entries for {n_samples} rows.")
+    if not np.isfinite(weight).all():
+        raise ValueError("sample_weight contains NaN or infinity.")
+    if (weight < 0).any():
+        raise ValueError("Negative values in sample_weight: weights must be >= 0.")
+    return weight
+
+
+def _check_label_types(y_true: np.ndarray, y_pred: np.ndarray) -> None:
+    """A clear error where labels of one array could never equal those of the other."""
+    kinds = {
+        name: "text" if array.dtype.kind in "USO" and _all_text(array) else "number"
+        for name, array in (("y_true", y_true), ("y_pred", y_pred))
+    }
+    if kinds["y_true"] != kinds["y_pred"]:
+        raise ValueError(
+            f"y_true holds {kinds['y_true']} labels (e.g. {_plain(y_true[0])!r}) and y_pred "
+            f"{kinds['y_pred']} labels (e.g. {_plain(y_pred[0])!r}): no prediction can be "
+            "correct. "
+            "Use the same label type for both."
+        )
+
+
+def _all_text(array: np.ndarray) -> bool:
+    return array.dtype.kind in "US" or all(isinstance(v, str) for v in array)
 
 
 def worst_group_accuracy_score(y_true, y_pred, *, groups=None, sample_weight=None) -> float:
@@ -164,7 +197,9 @@ def _report_columns(by_group):
     )
 
 
-def group_accuracy_report(y_true, y_pred, *, groups) -> GroupAccuracyReport:
+def group_accuracy_report(
+    y_true, y_pred, *, groups, sample_weight=None
+) -> GroupAccuracyReport:
     """Per-group accuracy table with worst group flagged, plus summary numbers.
 
     Parameters
@@ -172,6 +207,8 @@ def group_accuracy_report(y_true, y_pred, *, groups) -> GroupAccuracyReport:
     y_true, y_pred : array-like of shape (n_samples,)
     groups : array-like of shape (n_samples,)
         Group of each row; rows with unknown group (-1 / None / NaN) are ignored.
+    sample_weight : array-like of shape (n_samples,), default=None
+        Non-negative row weights of the accuracies (``count`` stays the number of rows).
 
     Returns
     -------
@@ -186,8 +223,8 @@ def group_accuracy_report(y_true, y_pred, *, groups) -> GroupAccuracyReport:
     >>> report.worst_group, report.worst_group_accuracy
     ('a', 0.5)
     """
-    values, counts, accuracy, overall = _per_group_accuracy(y_true, y_pred, groups)
-    present = counts > 0
+    values, counts, accuracy, overall = _per_group_accuracy(y_true, y_pred, groups, sample_weight)
+    present = (counts > 0) & np.isfinite(accuracy)  # a group of zero weight is not scored
     values, counts, accuracy = values[present], counts[present], accuracy[present]
     worst_index = int(np.argmin(accuracy))
     worst = np.zeros(values.shape[0], dtype=bool)

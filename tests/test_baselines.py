@@ -7,8 +7,17 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from sklearn_featmeta.baselines import DFRClassifier
 from sklearn_featmeta.datasets import make_spurious_embeddings
 
+# liblinear stops at its tolerance (1e-4), so weighted and repeated rows agree to
+# about 1e-5, not to scikit-learn's 1e-7: test_integer_weights_equal_repeated_rows
+# checks it at the solver's precision.
+_EXPECTED_FAILURES = {
+    "check_sample_weight_equivalence_on_dense_data": "liblinear solves to tol=1e-4",
+}
 
-@parametrize_with_checks([DFRClassifier(random_state=0)])
+
+@parametrize_with_checks(
+    [DFRClassifier(random_state=0)], expected_failed_checks=lambda _: _EXPECTED_FAILURES
+)
 def test_scikit_learn_compatible(estimator, check):
     check(estimator)
 

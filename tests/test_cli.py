@@ -85,7 +85,8 @@ def test_fit_passes_the_epoch_options(data_dir):
     assert fitted.returncode == 0, fitted.stderr
     assert joblib.load(data_dir / "exact.joblib").max_epochs is None
     wrong = featmeta("fit", "train.npz", "-o", "m.joblib", "--max-epochs", "many", cwd=data_dir)
-    assert wrong.returncode == 2 and "expected a whole number or none, got 'many'" in wrong.stderr
+    assert wrong.returncode == 2
+    assert "expected none or a whole number >= 1, got 'many'" in wrong.stderr
 
 
 def test_errors_are_reported_without_traceback(data_dir):
@@ -95,7 +96,8 @@ def test_errors_are_reported_without_traceback(data_dir):
     absent = featmeta("evaluate", "nothing.joblib", "test.npz", cwd=data_dir)
     assert absent.returncode == 2 and "no such model file" in absent.stderr
     bad_param = featmeta("fit", "train.npz", "-o", "m.joblib", "--hard-set", "cells", cwd=data_dir)
-    assert bad_param.returncode == 2 and "hard_set" in bad_param.stderr
+    assert bad_param.returncode == 2 and "--hard-set" in bad_param.stderr
+    assert "expected class or group, got 'cells'" in bad_param.stderr
     bad_flag = featmeta(
         "fit", "train.npz", "-o", "m.joblib", "--compare-unedited", "yes", cwd=data_dir
     )
@@ -125,3 +127,58 @@ def test_fit_summary_reports_the_score_of_the_head_each_run_kept():
     }
     assert _kept_epoch(history, 0, 2, edited=True) == "epoch 2: 0.6000"
     assert _kept_epoch(history, 1, 1, edited=False) == "epoch 1 (unedited): 0.7500"
+
+
+def _no_traceback(result, message):
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 3  # argparse's usage lines at most
+
+
+def test_every_file_level_mistake_is_a_one_line_error(data_dir):
+    (data_dir / "notes.txt").write_text("not data\n")
+    (data_dir / "fake.npz").write_text("not a zip\n")
+    (data_dir / "fake.joblib").write_text("not a model\n")
+    joblib.dump({"a": 1}, data_dir / "dict.joblib")
+    _no_traceback(featmeta("fit", "notes.txt", "-o", "m.joblib", cwd=data_dir),
+                  "not a NumPy .npz archive")  # fmt: skip
+    _no_traceback(featmeta("fit", "fake.npz", "-o", "m.joblib", cwd=data_dir),
+                  "not a NumPy .npz archive")  # fmt: skip
+    _no_traceback(featmeta("fit", "absent.npz", "-o", "m.joblib", cwd=data_dir), "no such file")
+    for command in (("predict", "fake.joblib", "X.npy"), ("evaluate", "fake.joblib", "test.npz"),
+                    ("explain", "fake.joblib")):  # fmt: skip
+        _no_traceback(featmeta(*command, cwd=data_dir), "not a model saved by 'featmeta fit'")
+    _no_traceback(featmeta("predict", "dict.joblib", "X.npy", cwd=data_dir),
+                  "holds a dict, not a fitted classifier")  # fmt: skip
+    _no_traceback(featmeta("predict", "fake.joblib", "notes.txt", cwd=data_dir),
+                  "not a model saved")  # fmt: skip
+
+
+def test_outputs_into_missing_folders_fail_before_any_work(data_dir):
+    fit = featmeta("fit", "train.npz", "-o", "nowhere/m.joblib", cwd=data_dir)
+    _no_traceback(fit, "folder nowhere does not exist")
+    assert fit.stdout == ""  # nothing was fitted
+    assert featmeta("fit", "train.npz", "-o", "m.joblib", "--n-epochs", 1, "--n-repeats", 1,
+                    cwd=data_dir).returncode == 0  # fmt: skip
+    _no_traceback(featmeta("predict", "m.joblib", "X.npy", "-o", "nowhere/p.npy", cwd=data_dir),
+                  "folder nowhere does not exist")  # fmt: skip
+    _no_traceback(featmeta("explain", "m.joblib", "--plot", "nowhere/e.png", cwd=data_dir),
+                  "folder nowhere does not exist")  # fmt: skip
+
+
+def test_fit_help_lists_every_parameter_with_its_default(data_dir):
+    from sklearn_featmeta import MetaAugmentedHeadClassifier
+    from sklearn_featmeta.cli import _NOT_OPTIONS
+
+    shown = featmeta("fit", "--help", cwd=data_dir)
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())  # argparse wraps lines
+    defaults = MetaAugmentedHeadClassifier().get_params()
+    for name, default in defaults.items():
+        if name in _NOT_OPTIONS:
+            continue
+        option = "--" + name.replace("_", "-").lower()
+        assert option in text, option
+        value = "none" if default is None else default
+        assert f"[default: {value};" in text.split(option, 2)[-1], option

@@ -93,9 +93,10 @@ def test_erm_head_matches_multinomial_logistic_regression():
     X = rng.standard_normal((300, 6))
     y = (X[:, 0] + 0.5 * X[:, 1] + 0.3 * rng.standard_normal(300) > 0).astype(int) + (X[:, 2] > 1)
     C = 0.5
-    W, b = _hsfm.fit_softmax_head(
+    W, b, converged = _hsfm.fit_softmax_head(
         torch.from_numpy(X), torch.from_numpy(y), 3, l2=1.0 / (C * X.shape[0]), tol=1e-10
     )
+    assert converged
     reference = LogisticRegression(C=C, tol=1e-10, max_iter=10_000).fit(X, y)
     # softmax heads are defined up to a shift common to all classes
     centred = W.numpy() - W.numpy().mean(0)
@@ -111,12 +112,12 @@ def test_erm_head_through_a_transform_is_the_head_of_the_transformed_rows():
     X = torch.from_numpy(X)
     T = _hsfm.whitening_transform(X - X.mean(0), ridge=0.1)
     l2 = 1.0 / X.shape[0]
-    W, b = _hsfm.fit_softmax_head(X, y, 2, l2=l2, tol=1e-10, transform=T)
-    W_ref, b_ref = _hsfm.fit_softmax_head(X @ T, y, 2, l2=l2, tol=1e-10)
+    W, b, _ = _hsfm.fit_softmax_head(X, y, 2, l2=l2, tol=1e-10, transform=T)
+    W_ref, b_ref, _ = _hsfm.fit_softmax_head(X @ T, y, 2, l2=l2, tol=1e-10)
     torch.testing.assert_close(W, W_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b, b_ref, rtol=1e-5, atol=1e-6)
     # ... which is not the plain head mapped into T's coordinates: the penalty differs
-    W_plain, _ = _hsfm.fit_softmax_head(X, y, 2, l2=l2, tol=1e-10)
+    W_plain, _, _ = _hsfm.fit_softmax_head(X, y, 2, l2=l2, tol=1e-10)
     assert not torch.allclose(W @ T, W_plain, atol=1e-2)
 
 
@@ -126,7 +127,8 @@ def test_select_hard_set_takes_top_losses_per_cell():
     cells = torch.randint(0, 5, (200,), generator=g)
     cells[cells == 4] = 3  # cell 4 is empty
     cells[:2] = 4  # ... now holds two rows only
-    chosen = _hsfm.select_hard_set(losses, cells, 6, size_per_cell=10)
+    chosen, taken = _hsfm.select_hard_set(losses, cells, 6, size_per_cell=10)
+    assert (taken == 1).all()
     expected = []
     for cell in range(6):
         rows = torch.nonzero(cells == cell).ravel()
@@ -137,15 +139,26 @@ def test_select_hard_set_takes_top_losses_per_cell():
     ).all()
 
 
-def test_sample_support_is_balanced_and_seeded():
-    y = torch.tensor([0] * 50 + [1] * 8 + [2] * 30)
-    index = _hsfm.sample_support(y, 3, 10, torch.Generator().manual_seed(1))
-    assert torch.bincount(y[index]).tolist() == [10, 8, 10]
-    assert index.unique().numel() == index.numel()
-    again = _hsfm.sample_support(y, 3, 10, torch.Generator().manual_seed(1))
-    other = _hsfm.sample_support(y, 3, 10, torch.Generator().manual_seed(2))
-    assert torch.equal(index, again)
-    assert not torch.equal(index, other)
+def test_weighted_hard_set_takes_rows_as_their_copies_would_be():
+    """A row of weight k is taken as k copies: whole, in part where it crosses the budget, or not."""
+    g = torch.Generator().manual_seed(1)
+    losses = torch.rand(40, generator=g, dtype=torch.float64)
+    cells = torch.randint(0, 3, (40,), generator=g)
+    weight = torch.randint(0, 4, (40,), generator=g).double()
+    chosen, taken = _hsfm.select_hard_set(losses, cells, 3, size_per_cell=5, weight=weight)
+    copies = torch.repeat_interleave(torch.arange(40), weight.long())
+    copied, _ = _hsfm.select_hard_set(losses[copies], cells[copies], 3, size_per_cell=5)
+    expected = torch.bincount(copies[copied], minlength=40).double()
+    got = torch.zeros(40, dtype=torch.float64).index_add_(0, chosen, taken)
+    torch.testing.assert_close(got, expected)
+    assert (taken > 0).all()
+
+
+def test_erm_head_reports_when_lbfgs_stops_at_its_iteration_limit():
+    X = torch.randn(200, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = (X[:, 0] > 0).long()
+    assert not _hsfm.fit_softmax_head(X, y, 2, l2=1e-6, max_iter=2)[2]
+    assert _hsfm.fit_softmax_head(X, y, 2, l2=1e-2)[2]
 
 
 def test_auto_inner_lr_is_inverse_lipschitz_bound():
@@ -172,12 +185,21 @@ def _fit_problem(seed=0):
     return X, (X[:, 0] > 0).long()
 
 
+def _pool_run(pool_y, size_per_class, seed):
+    """The paper's run: ``size_per_class`` random pool rows of each class, all held-out rows."""
+    permutation = torch.randperm(pool_y.numel(), generator=torch.Generator().manual_seed(seed))
+    index = torch.cat([permutation[pool_y[permutation] == k][:size_per_class] for k in (0, 1)])
+    every_row = slice(None)
+    return _hsfm.RunRows(index, torch.ones(index.numel()), every_row, every_row)
+
+
 def _fit(settings, seed=0, **kwargs):
     X, y = _fit_problem(seed)
     return _hsfm.fit_hsfm(
         X[:80].clone(), y[:80], X[80:].clone(), y[80:], y[80:],
         n_classes=2, n_cells=2, hard_set_cells=y[80:], n_hard_set_cells=2,
-        settings=settings, generator=torch.Generator().manual_seed(seed), erm_l2=1e-2, **kwargs,
+        settings=settings, runs=[_pool_run(y[:80], settings.support_size_per_class, seed)],
+        erm_l2=1e-2, **kwargs,
     )  # fmt: skip
 
 
@@ -320,12 +342,16 @@ def test_annotated_support_is_cross_fitted():
         outer_steps=2, hard_set_size=10, n_epochs=3, support_source="annotated",
     )  # fmt: skip
     folds = torch.stack([torch.arange(100) % 2, (torch.arange(100) >= 48).long()])  # two splits
+    runs = []
+    for split in folds:
+        first, second = torch.nonzero(split == 0)[:, 0], torch.nonzero(split == 1)[:, 0]
+        for shaping, selection in ((second, first), (first, second)):
+            runs.append(_hsfm.RunRows(shaping, torch.ones(shaping.numel()), shaping, selection))
     pool_X = X[:200].clone()
     result = _hsfm.fit_hsfm(
         pool_X, y[:200], X[200:].clone(), y[200:], heldout_cells,
         n_classes=2, n_cells=4, hard_set_cells=heldout_cells, n_hard_set_cells=4,
-        settings=settings, generator=torch.Generator().manual_seed(0), erm_l2=1e-2,
-        heldout_folds=folds,
+        settings=settings, runs=runs, erm_l2=1e-2,
     )  # fmt: skip
     assert result.support_from_heldout and len(result.runs) == 4
     assert pool_X.numel() == 0  # released for the runs
@@ -426,7 +452,7 @@ def test_unedited_head_is_kept_where_the_edits_do_worse():
     torch.testing.assert_close(run.bias, b)
     # the history scores that unedited head too, next to the edited one
     X, y = _fit_problem()
-    heldout = (X[80:] - result.mean) / result.scale
+    heldout = X[80:]  # the core works in the coordinates it is given
     scores = _hsfm._group_scores(heldout @ W.T + b, y[80:], y[80:], 2)
     assert set(scores) == set(_hsfm._SCORES)
     unedited = run.history["unedited_worst_group_loss"]

@@ -1,0 +1,75 @@
+"""Standardisation shared by every estimator of the package (NumPy only).
+
+Moments are accumulated in float64, and a feature counts as constant only
+relative to its own mean, so the standardised features, and every fit on
+them, are the same for ``X`` and ``a * X + b`` (``a > 0``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_BLOCK_ENTRIES = 2**20  # passes over X go a block of about a million entries at a time
+
+
+def _blocks(n_rows: int, n_features: int):
+    step = max(1, _BLOCK_ENTRIES // max(1, n_features))
+    for start in range(0, n_rows, step):
+        yield slice(start, start + step)
+
+
+def weighted_moments(
+    X: np.ndarray, rows: np.ndarray, weights: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted mean and standard deviation of ``X[rows]`` per feature, in float64.
+
+    A feature whose spread is within float64 rounding of its mean (a constant
+    column, whatever its scale) gets scale 1. Two passes over blocks of rows:
+    no float64 copy of ``X``.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    total = weights.sum()
+    mean = np.zeros(X.shape[1])
+    for block in _blocks(rows.size, X.shape[1]):
+        mean += weights[block] @ X[rows[block]].astype(np.float64)
+    mean /= total
+    squares = np.zeros(X.shape[1])
+    for block in _blocks(rows.size, X.shape[1]):
+        centred = X[rows[block]].astype(np.float64) - mean
+        squares += weights[block] @ np.square(centred)
+    scale = np.sqrt(squares / total)
+    constant = scale <= 16 * np.finfo(np.float64).eps * np.abs(mean)
+    scale[constant | (scale == 0)] = 1.0
+    return mean, scale
+
+
+_KEY_GRID = 4096.0  # standardised values are keyed on a grid of 1/4096 of a standard deviation
+
+
+def content_hashes(
+    X: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray
+) -> np.ndarray:
+    """Hashes of the standardised rows ``X[rows]``, keying random draws.
+
+    The standardised values are rounded to a grid fine against the data's
+    spread, so equal rows hash equal, and so do the rows of ``a * X + b``:
+    random choices keyed on these hashes follow the data, not its units (nor
+    the names of its classes and groups: every draw is within a class or cell).
+    """
+    from ._groups import row_hashes
+
+    hashes = np.empty(rows.size, dtype=np.uint64)
+    for block in _blocks(rows.size, X.shape[1]):
+        grid = np.rint((X[rows[block]].astype(np.float64) - mean) / scale * _KEY_GRID)
+        hashes[block] = row_hashes(grid.astype(np.int64))
+    return hashes
+
+
+def standardized(
+    X: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray, dtype
+) -> np.ndarray:
+    """``(X[rows] - mean) / scale`` computed in float64 and stored in ``dtype``."""
+    out = np.empty((rows.size, X.shape[1]), dtype=dtype)
+    for block in _blocks(rows.size, X.shape[1]):
+        out[block] = (X[rows[block]].astype(np.float64) - mean) / scale
+    return out

@@ -1,0 +1,87 @@
+"""CPU threads of a fit: torch's and BLAS / LAPACK's, chosen so that a shared machine does not collapse.
+
+A fit's loops multiply a few thousand support rows by a head of a few
+columns: far too little work per call for threads to pay, and OpenMP threads
+that spin-wait for a core another process holds make such calls tens of times
+slower (measured: ``benchmarks/RESULTS.md``, "speed"). So by default a fit
+runs on one thread, and on more only where the passes over the training pool
+are large, and then on the cores that are idle when the fit starts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+PARALLEL_MIN_ENTRIES = 2**24
+"""Training pools with fewer entries (rows x features) than this fit on one thread."""
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _busy_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine since boot, from /proc/stat (Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def idle_cores(window: float = 0.05) -> int:
+    """Cores of this process's affinity that were idle over the last ``window`` seconds (at least 1).
+
+    Samples the machine's CPU time twice; where that is not available, all cores.
+    """
+    cores = _cores()
+    first = _busy_jiffies()
+    if first is None:
+        return cores
+    time.sleep(window)
+    second = _busy_jiffies()
+    total = second[1] - first[1]
+    if total <= 0:
+        return cores
+    busy_share = (second[0] - first[0]) / total  # of all the machine's cores
+    busy_cores = busy_share * (os.cpu_count() or cores)
+    return max(1, min(cores, int(cores - busy_cores + 0.5)))
+
+
+def auto_threads(n_entries: int) -> int:
+    """Threads for a fit whose training pool has ``n_entries`` entries (``n_threads=None``)."""
+    if n_entries < PARALLEL_MIN_ENTRIES:
+        return 1
+    return idle_cores()
+
+
+class fit_threads:
+    """Context manager: ``n_threads`` CPU threads for torch and for BLAS / LAPACK inside it.
+
+    SciPy's LAPACK (the whitening's eigendecomposition) keeps its own thread
+    pool, limited through threadpoolctl like scikit-learn's own estimators.
+    The previous settings are restored on exit.
+    """
+
+    def __init__(self, n_threads: int | None):
+        self.n_threads = n_threads
+
+    def __enter__(self):
+        if self.n_threads is not None:
+            import torch
+            from threadpoolctl import threadpool_limits
+
+            self._previous = torch.get_num_threads()
+            torch.set_num_threads(self.n_threads)
+            self._blas_limits = threadpool_limits(limits=self.n_threads)
+        return self
+
+    def __exit__(self, *exc):
+        if self.n_threads is not None:
+            import torch
+
+            self._blas_limits.restore_original_limits()
+            torch.set_num_threads(self._previous)
