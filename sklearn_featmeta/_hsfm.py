@@ -23,6 +23,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -132,7 +133,7 @@ def fit_softmax_head(
     transform: torch.Tensor | None = None,
     row_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Multinomial logistic regression by L-BFGS, the ERM head of step 1.
+    """Multinomial logistic regression, the ERM head of step 1.
 
     Minimises ``mean cross-entropy + l2 / 2 * ||W||^2`` (bias not penalised;
     the mean weighted by ``row_weight``, summing to one, when given), which is
@@ -140,39 +141,40 @@ def fit_softmax_head(
     ``l2 = 1 / (C * n_samples)``. Runs on ``X``'s device and dtype. With a
     symmetric ``transform`` ``T`` it fits the head of ``X T`` (the L2 penalty
     in those coordinates) without forming ``X T``: logits ``X (W T)^T``.
+    Solved by SciPy's L-BFGS-B (as ``LogisticRegression(solver="lbfgs")``).
     Returns ``(W, b, converged)``; ``converged`` is False when L-BFGS stopped
-    at ``max_iter``.
+    at ``max_iter`` iterations.
     """
+    import scipy.optimize  # a dependency of the package; torch.optim's first step costs ~3 s
+
     n_features = X.shape[1]
     Y = _one_hot(y, n_classes, X.dtype)
-    W = torch.zeros(n_classes, n_features, dtype=X.dtype, device=X.device, requires_grad=True)
-    b = torch.zeros(n_classes, dtype=X.dtype, device=X.device, requires_grad=True)
-    optimizer = torch.optim.LBFGS(
-        [W, b],
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=tol,
-        tolerance_change=tol * 1e-3,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        head = W.detach() if transform is None else W.detach() @ transform
-        loss, grad_W, grad_b = softmax_head_gradient(X, Y, head, b.detach(), row_weight)
-        # Closed-form gradients: no autograd graph over the (possibly huge) X.
+    def loss_and_gradient(flat):
+        params = torch.from_numpy(flat.reshape(n_classes, n_features + 1))
+        params = params.to(device=X.device, dtype=X.dtype)
+        W, b = params[:, :-1], params[:, -1]
+        head = W if transform is None else W @ transform
+        # closed-form gradients: no autograd graph over the (possibly huge) X
+        loss, grad_W, grad_b = softmax_head_gradient(X, Y, head, b, row_weight)
         if transform is not None:
             grad_W = grad_W @ transform
-        W.grad = grad_W + l2 * W.detach()
-        b.grad = grad_b
-        return loss + 0.5 * l2 * (W.detach() ** 2).sum()
+        grad_W = grad_W + l2 * W
+        value = float(loss) + 0.5 * l2 * float(W.square().sum())
+        return value, torch.cat([grad_W, grad_b[:, None]], 1).double().cpu().numpy().ravel()
 
-    optimizer.step(closure)
-    state = optimizer.state[W]
-    # L-BFGS stops at max_iter iterations or at max_eval (5/4 of it) loss evaluations
-    converged = state.get("n_iter", 0) < max_iter and state.get("func_evals", 0) < max_iter * 5 // 4
-    return W.detach(), b.detach(), converged
+    result = scipy.optimize.minimize(
+        loss_and_gradient,
+        np.zeros(n_classes * (n_features + 1)),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
+    )
+    params = torch.from_numpy(result.x.reshape(n_classes, n_features + 1))
+    params = params.to(device=X.device, dtype=X.dtype)
+    W, b = params[:, :-1].contiguous(), params[:, -1].contiguous()
+    converged = result.nit < max_iter
+    return W, b, converged
 
 
 # --------------------------------------------------------------------------- #
@@ -765,12 +767,44 @@ def _unedited_probe(
     return sum(best_losses) / len(best_losses)
 
 
-def _adam(params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    """Adam, fused into one kernel where this torch and device support it (same maths)."""
-    try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr)
+class _Adam:
+    """Adam on a list of tensors, updated in place (torch's update rule, no weight decay).
+
+    Written out rather than ``torch.optim.Adam``: a fit makes thousands of
+    steps on small tensors, where torch.optim's per-step machinery (and its
+    first step, which imports torch's compiler stack, about 3 s) cost more than
+    the arithmetic.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.first = [torch.zeros_like(p) for p in params]
+        self.second = [torch.zeros_like(p) for p in params]
+        self.steps = 0
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        self.steps += 1
+        beta1, beta2 = self.betas
+        step_size = self.lr / (1 - beta1**self.steps)
+        root_correction = math.sqrt(1 - beta2**self.steps)
+        for param, grad, first, second in zip(
+            self.params, grads, self.first, self.second, strict=True
+        ):
+            first.mul_(beta1).add_(grad, alpha=1 - beta1)
+            second.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denominator = second.sqrt().div_(root_correction).add_(self.eps)
+            param.addcdiv_(first, denominator, value=-step_size)
+
+
+class _GradientDescent:
+    """Plain gradient descent on a list of tensors, in place."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float):
+        self.params, self.lr = params, lr
+
+    def step(self, grads: list[torch.Tensor]) -> None:
+        for param, grad in zip(self.params, grads, strict=True):
+            param.add_(grad, alpha=-self.lr)
 
 
 def _support(run, pool_X, pool_y, heldout_X, heldout_y, heldout_cells, n_cells, settings):
@@ -791,17 +825,17 @@ def _support(run, pool_X, pool_y, heldout_X, heldout_y, heldout_cells, n_cells, 
 
 def _head_optimizer(params: list[torch.Tensor], head_update: str, lr: float):
     if head_update == "adam":
-        return _adam(params, lr)
-    return torch.optim.SGD(params, lr=lr)
+        return _Adam(params, lr)
+    return _GradientDescent(params, lr)
 
 
 def _update_head(S, Y_support, W, b, support_weight, optimizer, settings) -> None:
     """Step (c): ``inner_steps`` optimiser steps of the head on the (detached) support."""
     for _ in range(settings.inner_steps):
-        _, W.grad, b.grad = softmax_head_gradient(S, Y_support, W, b, support_weight)
+        _, grad_W, grad_b = softmax_head_gradient(S, Y_support, W, b, support_weight)
         if settings.weight_decay:
-            W.grad.add_(W, alpha=settings.weight_decay)
-        optimizer.step()
+            grad_W.add_(W, alpha=settings.weight_decay)
+        optimizer.step([grad_W, grad_b])
 
 
 def _row_index(rows: slice | torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -825,8 +859,7 @@ def _clipped_support_step(S, grad_S, mass, optimizer, max_norm) -> bool:
     coefficient = max_norm / (norm + 1e-6)
     if coefficient < 1:
         per_unit.mul_(coefficient)
-    S.grad = per_unit
-    optimizer.step()
+    optimizer.step([per_unit])
     return True
 
 
@@ -838,7 +871,7 @@ def _bilevel_run(
     S, support_labels, support_index, support_weight, support_mass = support  # S: its own copy
     Y_support = _one_hot(support_labels, n_classes, S.dtype)
     W, b = W0.clone(), b0.clone()
-    support_optimizer = _adam([S], settings.outer_lr)
+    support_optimizer = _Adam([S], settings.outer_lr)
     head_optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
     if settings.compare_unedited:
         # the control: the same head update on the support as drawn
