@@ -174,14 +174,108 @@ def train_cnn_embeddings(
     return embeddings
 
 
+def _pair_features(encoder: TextEncoder, pairs: list, corpus: list[str]) -> np.ndarray:
+    """``[u, v, |u - v|, u * v]`` of each sentence pair, as NLI heads use (4 x 384-d)."""
+    u = encoder.encode([first for first, _ in pairs], corpus)
+    v = encoder.encode([second for _, second in pairs], corpus)
+    return np.concatenate([u, v, np.abs(u - v), u * v], axis=1)
+
+
+def _tfidf_concat(encoder: TextEncoder, benchmark: Benchmark, seed: int, dim: int) -> dict:
+    """MiniLM next to a TF-IDF / SVD embedding fitted on the training sentences only."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.pipeline import make_pipeline
+
+    lexical = make_pipeline(
+        TfidfVectorizer(min_df=2, sublinear_tf=True), TruncatedSVD(dim, random_state=seed)
+    ).fit(benchmark.train.inputs)
+    return {
+        split: np.concatenate(
+            [
+                encoder.encode(getattr(benchmark, split).inputs, benchmark.corpus),
+                lexical.transform(getattr(benchmark, split).inputs).astype(np.float32),
+            ],
+            axis=1,
+        )
+        for split in ("train", "val", "test")
+    }
+
+
+def pretrained_cnn_embeddings(
+    benchmark: Benchmark, data_dir: Path, cache_dir: Path, epochs: int = 5
+) -> dict[str, np.ndarray]:
+    """Embeddings of a frozen CNN pretrained on other Fashion-MNIST classes (64-d, cached).
+
+    The network is trained once (seed 0) on randomly coloured images of the
+    recipe's ``pretrain_classes`` and never sees the task's classes.
+    """
+    import torch
+
+    from .data import RECIPES, pretraining_images
+
+    recipe = RECIPES[benchmark.name]
+    classes = tuple(recipe["pretrain_classes"])
+    weights = Path(cache_dir) / f"pretrained-cnn-{'-'.join(map(str, classes))}-e{epochs}.pt"
+    features, head = _small_cnn(2, embedding_dim=64)
+    head = torch.nn.Linear(64, len(classes))
+    with benchmark_threads(), torch.random.fork_rng():
+        if weights.exists():
+            features.load_state_dict(torch.load(weights)["features"])
+        else:
+            torch.manual_seed(0)
+            images, labels = pretraining_images(data_dir, classes)
+            images, labels = torch.from_numpy(images).float() / 255.0, torch.from_numpy(labels)
+            model = torch.nn.Sequential(features, head)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            for _ in range(epochs):
+                for batch in torch.randperm(labels.numel()).split(128):
+                    optimizer.zero_grad()
+                    loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+                    loss.backward()
+                    optimizer.step()
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"features": features.state_dict()}, weights)
+        features.eval()
+        with torch.no_grad():
+            return {
+                split: torch.cat(
+                    [
+                        features(chunk)
+                        for chunk in (
+                            torch.from_numpy(getattr(benchmark, split).inputs).float() / 255.0
+                        ).split(1024)
+                    ]
+                ).numpy()
+                for split in ("train", "val", "test")
+            }
+
+
 def embed(
-    benchmark: Benchmark, seed: int, cache_dir: Path, text_encoder: TextEncoder | None = None
+    benchmark: Benchmark,
+    seed: int,
+    cache_dir: Path,
+    text_encoder: TextEncoder | None = None,
+    data_dir: Path | None = None,
 ):
-    """``{"train", "val", "test"}`` -> embeddings of that split."""
-    if isinstance(benchmark.train.inputs, list):
-        encoder = text_encoder or TextEncoder(cache_dir)
+    """``{"train", "val", "test"}`` -> embeddings of that split, as the recipe names them."""
+    from .data import RECIPES
+
+    recipe = RECIPES[benchmark.name]
+    kind = recipe.get("embedding", "minilm" if recipe["kind"] == "text" else "cnn")
+    if kind == "pretrained_cnn":
+        return pretrained_cnn_embeddings(benchmark, data_dir, cache_dir)
+    if kind == "cnn":
+        return train_cnn_embeddings(benchmark, seed, cache_dir)
+    encoder = text_encoder or TextEncoder(cache_dir)
+    if kind == "minilm_pairs":
         return {
-            split: encoder.encode(getattr(benchmark, split).inputs, benchmark.corpus)
+            split: _pair_features(encoder, getattr(benchmark, split).inputs, benchmark.corpus)
             for split in ("train", "val", "test")
         }
-    return train_cnn_embeddings(benchmark, seed, cache_dir)
+    if kind == "minilm_tfidf":
+        return _tfidf_concat(encoder, benchmark, seed, recipe["tfidf_dim"])
+    return {
+        split: encoder.encode(getattr(benchmark, split).inputs, benchmark.corpus)
+        for split in ("train", "val", "test")
+    }

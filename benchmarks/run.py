@@ -32,11 +32,12 @@ from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta.baselines import DFRClassifier
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
-from .data import add_data_arguments
+from .data import RECIPES, REPORT_TASKS, TUNING_TASKS, add_data_arguments
 from .report import command_line, machine_line, replace_section
 from .threads import with_benchmark_threads
 
 BENCHMARKS = ["sentiment_source", "polarity_negation", "dominoes", "colored_mnist"]
+SUITE_HALVES = {"tuning": TUNING_TASKS, "report": REPORT_TASKS}
 
 # The paper preset each benchmark is compared with: Dominoes has its own, the
 # others use the Waterbirds settings (the paper's main benchmark).
@@ -144,11 +145,7 @@ def methods(benchmark: str, keys=METHOD_KEYS) -> dict[str, Callable]:
     preset = PAPER_PRESET.get(benchmark, "waterbirds")
     rows = [
         ("erm", "ERM (LogisticRegression on training rows)", _fit_erm),
-        (
-            "balanced-lr",
-            "LogisticRegression on validation rows, group-balanced",
-            _fit_balanced_validation_lr,
-        ),
+        ("balanced-lr", BALANCED_LR_LABEL, _fit_balanced_validation_lr),
         ("dfr", DFR_LABEL, lambda X, y, g, seed: DFRClassifier(random_state=seed).fit(X, y, g)),
         (
             "preset",
@@ -183,7 +180,7 @@ def _real_splits(name: str, seed: int, data_dir: Path, cache_dir: Path, text_enc
     from .embed import embed
 
     benchmark = BUILDERS[name](data_dir, seed)
-    embeddings = embed(benchmark, seed, cache_dir, text_encoder)
+    embeddings = embed(benchmark, seed, cache_dir, text_encoder, data_dir)
     X = np.concatenate([embeddings["train"], embeddings["val"]])
     y = np.concatenate([benchmark.train.y, benchmark.val.y])
     groups = np.concatenate([np.full(benchmark.train.y.size, -1), benchmark.val.groups])
@@ -252,6 +249,42 @@ def _paired_difference(worst_group, dfr_worst_group) -> dict:
     }
 
 
+BALANCED_LR_LABEL = "LogisticRegression on validation rows, group-balanced"
+
+
+def across_tasks(summary: dict) -> list[str]:
+    """Markdown: every method's mean worst-group accuracy over tasks, its mean rank, and the
+    defaults' margin to DFR and to the balanced logistic regression (mean and worst task)."""
+    names = list(summary)
+    methods_ = [m for m in summary[names[0]] if all(m in summary[n] for n in names)]
+    if len(names) < 2 or DEFAULTS_LABEL not in methods_:
+        return []
+    wga = np.array([[summary[n][m]["worst_group_mean"] for n in names] for m in methods_])
+    ranks = (-wga).argsort(0).argsort(0) + 1  # 1 = best on that task
+    lines = [
+        f"Over {len(names)} tasks ({', '.join(names)}): mean worst-group accuracy (%), mean rank "
+        "(1 = best of these rows on a task) and tasks won.",
+        "",
+        "| method | mean worst-group | mean rank | tasks best |",
+        "|---|---|---|---|",
+    ]
+    for i, method in enumerate(methods_):
+        lines.append(
+            f"| {method} | {wga[i].mean():.1f} | {ranks[i].mean():.1f} | {(ranks[i] == 1).sum()} |"
+        )
+    defaults = wga[methods_.index(DEFAULTS_LABEL)]
+    lines += ["", "| defaults minus | mean | worst task | tasks at or above |", "|---|---|---|---|"]
+    for label in (DFR_LABEL, BALANCED_LR_LABEL):
+        if label in methods_:
+            gap = defaults - wga[methods_.index(label)]
+            worst = int(gap.argmin())
+            lines.append(
+                f"| {label} | {gap.mean():+.1f} | {gap[worst]:+.1f} ({names[worst]}) | "
+                f"{(gap >= 0).sum()}/{gap.size} |"
+            )
+    return lines + [""]
+
+
 def markdown(summary: dict, command: str, seeds) -> str:
     lines = [
         f"Command: `{command}`  ",
@@ -261,6 +294,7 @@ def markdown(summary: dict, command: str, seeds) -> str:
         "vs DFR: the per-seed worst-group difference to DFRClassifier on the same splits, "
         "mean ± standard error, and the seeds where the method is at or above DFR.",
         "",
+        *across_tasks(summary),
     ]
     for name, rows in summary.items():
         dfr = rows.get(DFR_LABEL, {}).get("worst_group_mean")
@@ -336,7 +370,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--benchmarks", nargs="+", choices=BENCHMARKS, default=BENCHMARKS)
+    parser.add_argument(
+        "--benchmarks", nargs="+", choices=sorted(RECIPES), default=BENCHMARKS,
+        help="tasks to run (default: the four main benchmarks); see also --half",
+    )  # fmt: skip
+    parser.add_argument(
+        "--half", choices=sorted(SUITE_HALVES),
+        help="all tasks of the wide suite's tuning or report half (benchmarks/README.md)",
+    )  # fmt: skip
 
 
 def real_splits(args: argparse.Namespace) -> Callable:
@@ -373,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     seeds = args.seeds[:1] if args.quick else args.seeds
+    if args.half and args.section == DEFAULT_SECTION:
+        args.section = f"suite-{args.half}"
 
     if args.synthetic:
         names = ["synthetic"]
@@ -380,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         def splits(name, seed):
             return _synthetic_splits(seed)
     else:
-        names = args.benchmarks
+        names = SUITE_HALVES[args.half] if args.half else args.benchmarks
         splits = real_splits(args)
 
     results = run(names, seeds, splits, args.methods)

@@ -3,6 +3,7 @@
     python -m benchmarks.speed                       # n in {6k, 50k, 200k}, d in {384, 2048}, + 200k x 1024
     python -m benchmarks.speed --sizes 6000x2048     # one size
     python -m benchmarks.speed --quick               # 6k rows only
+    python -m benchmarks.speed --busy --grid-search  # also on a busy machine, and a grid search
 
 Data: ``make_spurious_embeddings`` with 15% of rows annotated (float32). Every
 method fits the same X in a fresh subprocess: one warm-up fit on 2,000 rows
@@ -11,6 +12,11 @@ reported. Peak memory is the highest resident set size sampled (every 5 ms)
 during a timed fit, minus the resident size just before it: memory beyond X.
 LogisticRegression (lbfgs) fits the same rows; DFRClassifier and
 MetaAugmentedHeadClassifier get ``groups`` (-1 on the 85% training rows).
+
+``--busy`` times every fit a second time while one other CPU-bound process
+(a Python busy loop) runs, as on a shared machine: the busy / idle ratio is
+what contention costs. ``--grid-search`` measures fits per second inside a
+5-fold x 8-candidate ``GridSearchCV`` on 3,000 x 384 (``n_jobs=1``).
 """
 
 from __future__ import annotations
@@ -85,6 +91,19 @@ def _make(method: str):
     return MetaAugmentedHeadClassifier(random_state=0), True
 
 
+class _BusyProcess:
+    """Context manager: one other CPU-bound process (a Python busy loop) runs inside it."""
+
+    def __enter__(self):
+        self.process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(1.0)  # let it take its core
+        return self
+
+    def __exit__(self, *exc):
+        self.process.kill()
+        self.process.wait()
+
+
 def worker(method: str, folder: Path, repeats: int) -> dict:
     """Runs in the subprocess: warm up, then time ``repeats`` fits."""
     X = np.load(folder / "X.npy")
@@ -103,7 +122,19 @@ def worker(method: str, folder: Path, repeats: int) -> dict:
     return {"seconds": seconds, "extra_bytes": extra}
 
 
-def measure(n: int, d: int, repeats: int, timeout: float) -> dict:
+def _run_worker(method: str, folder: Path, repeats: int, timeout: float) -> dict:
+    command = [sys.executable, "-m", "benchmarks.speed", "--worker", method, str(folder),
+               str(repeats)]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return {"timeout": timeout}
+    except subprocess.CalledProcessError as exc:
+        return {"error": exc.stderr.strip().splitlines()[-1]}
+
+
+def measure(n: int, d: int, repeats: int, timeout: float, busy: bool = False) -> dict:
     from sklearn_featmeta.datasets import make_spurious_embeddings
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -116,26 +147,53 @@ def measure(n: int, d: int, repeats: int, timeout: float) -> dict:
         del X
         row = {"n": n, "d": d, "x_bytes": x_bytes}
         for method in METHODS:
-            command = [
-                sys.executable,
-                "-m",
-                "benchmarks.speed",
-                "--worker",
-                method,
-                str(folder),
-                str(repeats),
-            ]
-            try:
-                done = subprocess.run(
-                    command, capture_output=True, text=True, timeout=timeout, check=True
-                )
-                row[method] = json.loads(done.stdout.strip().splitlines()[-1])
-            except subprocess.TimeoutExpired:
-                row[method] = {"timeout": timeout}
-            except subprocess.CalledProcessError as exc:
-                row[method] = {"error": exc.stderr.strip().splitlines()[-1]}
+            row[method] = _run_worker(method, folder, repeats, timeout)
             print(f"{n:>7} x {d:<5} {method:<28} {_cell(row[method], x_bytes)}", flush=True)
+            if busy:
+                with _BusyProcess():
+                    row[f"{method} busy"] = _run_worker(method, folder, repeats, timeout)
+                print(f"{'':>15} {method + ' (busy)':<28} "
+                      f"{_cell(row[f'{method} busy'], x_bytes)}", flush=True)  # fmt: skip
     return row
+
+
+def grid_search_rate(n: int = 3000, d: int = 384) -> dict:
+    """Fits per second of each method in a 5-fold x 8-candidate GridSearchCV (one process)."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    from sklearn_featmeta import MetaAugmentedHeadClassifier
+    from sklearn_featmeta.baselines import DFRClassifier
+    from sklearn_featmeta.datasets import make_spurious_embeddings
+    from sklearn_featmeta.metrics import worst_group_scorer
+    from sklearn_featmeta.model_selection import SubgroupStratifiedKFold
+
+    X, y, groups = make_spurious_embeddings(n, d, known_group_fraction=0.3, random_state=0)
+    grids = {
+        "LogisticRegression": (LogisticRegression(max_iter=1000), {"C": np.logspace(-3, 3, 8)}),
+        "DFRClassifier": (
+            DFRClassifier(random_state=0).set_fit_request(groups=True),
+            {"n_estimators": [3, 4, 5, 6, 7, 8, 9, 10]},
+        ),
+        "MetaAugmentedHeadClassifier": (
+            MetaAugmentedHeadClassifier(random_state=0).set_fit_request(groups=True),
+            {"outer_lr": [0.003, 0.01, 0.03, 0.1], "hard_set": ["class", "group"]},
+        ),
+    }
+    rates = {}
+    with sklearn.config_context(enable_metadata_routing=True):
+        for method, (estimator, grid) in grids.items():
+            search = GridSearchCV(
+                estimator, grid, cv=SubgroupStratifiedKFold(5, shuffle=True, random_state=0),
+                scoring=worst_group_scorer, refit=False,
+            )  # fmt: skip
+            start = time.perf_counter()
+            search.fit(X, y, **({} if method == "LogisticRegression" else {"groups": groups}))
+            fits = 5 * len(search.cv_results_["params"])
+            rates[method] = fits / (time.perf_counter() - start)
+            print(f"grid search {method:<28} {rates[method]:.2f} fits/s", flush=True)
+    return {"n": n, "d": d, "fits_per_second": rates}
 
 
 def _cell(result: dict, x_bytes: int) -> str:
@@ -144,7 +202,11 @@ def _cell(result: dict, x_bytes: int) -> str:
     return f"{statistics.median(result['seconds']):8.2f}s  peak +{max(result['extra_bytes']) / x_bytes:.2f} x X"
 
 
-def markdown(rows: list[dict], command: str) -> str:
+def _median(result: dict | None) -> float | None:
+    return statistics.median(result["seconds"]) if result and "seconds" in result else None
+
+
+def markdown(rows: list[dict], command: str, grid: dict | None = None) -> str:
     lines = [
         f"Command: `{command}`  ",
         f"{machine_line()}  ",
@@ -155,9 +217,7 @@ def markdown(rows: list[dict], command: str) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        lr, dfr, ours = (
-            statistics.median(row[m]["seconds"]) if "seconds" in row[m] else None for m in METHODS
-        )
+        lr, dfr, ours = (_median(row[m]) for m in METHODS)
         fmt = lambda v: "—" if v is None else f"{v:.2f} s"  # noqa: E731
         ratio = lambda a, b: "—" if a is None or b is None else f"{a / b:.2f}"  # noqa: E731
         extra = row["MetaAugmentedHeadClassifier"].get("extra_bytes")
@@ -166,6 +226,31 @@ def markdown(rows: list[dict], command: str) -> str:
             f"| {row['n']:,} x {row['d']} | {fmt(lr)} | {fmt(dfr)} | {fmt(ours)} | {ratio(ours, lr)} | "
             f"{ratio(ours, dfr)} | {memory} |"
         )
+    if any(f"{m} busy" in row for row in rows for m in METHODS):
+        lines += [
+            "",
+            "The same fits while one other CPU-bound process runs (`--busy`): median seconds, "
+            "and busy / idle.",
+            "",
+            "| n x d | " + " | ".join(f"{m} busy (x idle)" for m in METHODS) + " |",
+            "|---|" + "---|" * len(METHODS),
+        ]
+        for row in rows:
+            cells = []
+            for method in METHODS:
+                idle, busy = _median(row[method]), _median(row.get(f"{method} busy"))
+                cells.append(
+                    "—" if busy is None or idle is None else f"{busy:.2f} s ({busy / idle:.1f} x)"
+                )
+            lines.append(f"| {row['n']:,} x {row['d']} | " + " | ".join(cells) + " |")
+    if grid:
+        lines += [
+            "",
+            f"Fits per second in a 5-fold x 8-candidate `GridSearchCV` on {grid['n']:,} x "
+            f"{grid['d']} (`--grid-search`, `n_jobs=1`): "
+            + ", ".join(f"{m} {r:.2f}" for m, r in grid["fits_per_second"].items())
+            + ".",
+        ]
     return "\n".join(lines)
 
 
@@ -180,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per method and size")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument(
+        "--busy", action="store_true", help="also time every fit beside a CPU-bound process"
+    )
+    parser.add_argument(
+        "--grid-search", action="store_true", help="fits per second in a 5 x 8 GridSearchCV"
+    )
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -191,12 +282,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.quick:
         sizes = [s for s in sizes if s[0] <= 6000]
-    rows = [measure(n, d, args.repeats if n <= 50000 else 1, args.timeout) for n, d in sizes]
+    rows = [
+        measure(n, d, args.repeats if n <= 50000 else 1, args.timeout, args.busy)
+        for n, d in sizes
+    ]
+    grid = grid_search_rate() if args.grid_search else None
 
     command = command_line("benchmarks.speed", argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
-    table = markdown(rows, command)
+    (args.out / "speed.json").write_text(
+        json.dumps({"command": command, "rows": rows, "grid_search": grid}, indent=1)
+    )
+    table = markdown(rows, command, grid)
     replace_section(args.out / "RESULTS.md", "speed", table)
     print(table)
     return 0

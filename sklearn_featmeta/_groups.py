@@ -1,6 +1,6 @@
 """Spurious-group labels: the unknown-group sentinel, encoding and the held-out split.
 
-One place for the package's ``groups`` semantics (DESIGN.md, "The product"):
+One place for the package's ``groups`` semantics (docs/architecture.md):
 every estimator, metric and splitter reads groups through this module.
 
 A group label is any hashable value, one per row. A row whose group is

@@ -239,3 +239,42 @@ def test_cnn_embeddings_are_cached_with_the_weights_that_made_them(tmp_path, mon
     monkeypatch.setattr("benchmarks.embed._small_cnn", None)
     cached = train_cnn_embeddings(benchmark, 0, tmp_path, epochs=1)
     np.testing.assert_array_equal(cached["test"], embeddings["test"])
+
+
+def test_speed_table_reports_busy_over_idle_and_grid_search_rates():
+    row = {"n": 6000, "d": 384, "x_bytes": 1}
+    for method, seconds in zip(speed.METHODS, (0.5, 2.0, 3.0), strict=True):
+        row[method] = {"seconds": [seconds], "extra_bytes": [0]}
+        row[f"{method} busy"] = {"seconds": [2 * seconds], "extra_bytes": [0]}
+    grid = {"n": 3000, "d": 384, "fits_per_second": dict.fromkeys(speed.METHODS, 1.5)}
+    text = speed.markdown([row], "python -m benchmarks.speed --busy", grid)
+    assert "| 6,000 x 384 | 1.00 s (2.0 x) | 4.00 s (2.0 x) | 6.00 s (2.0 x) |" in text
+    assert "MetaAugmentedHeadClassifier 1.50" in text
+
+
+def test_the_wide_suite_is_fixed_in_two_disjoint_halves():
+    from benchmarks import data
+
+    assert not set(data.TUNING_TASKS) & set(data.REPORT_TASKS)
+    assert len(data.TUNING_TASKS) + len(data.REPORT_TASKS) >= 12
+    assert set(data.TUNING_TASKS) | set(data.REPORT_TASKS) <= set(data.BUILDERS)
+    assert set(run.SUITE_HALVES) == {"tuning", "report"}
+
+
+def test_suite_text_tasks_never_read_the_reserved_sources(monkeypatch):
+    """The Amazon and New York Times parts of the VADER archive are reserved."""
+    from benchmarks import data
+
+    read = []
+    rng = np.random.RandomState(0)
+
+    def fake_hutto(data_dir, source):
+        read.append(source)
+        return [f"{source} sentence {i}" for i in range(12000)], rng.uniform(-3, 3, 12000).round(1)
+
+    monkeypatch.setattr(data, "_read_hutto", fake_hutto)
+    for name in data.SUITE_RECIPES:
+        if data.RECIPES[name].get("source") == "vader":
+            benchmark = data.BUILDERS[name](None, 0)
+            assert len(benchmark.test.y) > 0
+    assert set(read) == {"movieReviewSnippets", "tweets"}
