@@ -195,15 +195,8 @@ def has_negation(sentence: str) -> bool:
 
 def polarity_negation(data_dir: Path, seed: int) -> Benchmark:
     recipe = RECIPES["polarity_negation"]
-    texts, labels = [], []
-    for label, suffix in [(0, "neg"), (1, "pos")]:
-        lines = (
-            _check_file(data_dir / f"rt-polarity.{suffix}").read_text(errors="replace").splitlines()
-        )
-        lines = [line.strip() for line in lines if line.strip()]
-        texts += lines
-        labels += [label] * len(lines)
-    everything = Split(texts, np.array(labels), np.array([int(has_negation(t)) for t in texts]))
+    texts, labels = _polarity(data_dir)
+    everything = Split(texts, labels, np.array([int(has_negation(t)) for t in texts]))
     rng = np.random.RandomState(seed)
     parts = [[], [], []]
     for cell in range(4):
@@ -237,6 +230,16 @@ def _mnist(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     return first["images"], first["labels"].astype(np.int64), test_images, test_labels
 
 
+def _fashion(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fashion-MNIST: training images and labels, test images and labels."""
+    return (
+        _idx_images(data_dir, "fashion-mnist-train-images-idx3-ubyte.gz"),
+        _idx_labels(data_dir, "fashion-mnist-train-labels-idx1-ubyte.gz"),
+        _idx_images(data_dir, "fashion-mnist-t10k-images-idx3-ubyte.gz"),
+        _idx_labels(data_dir, "fashion-mnist-t10k-labels-idx1-ubyte.gz"),
+    )
+
+
 def _attributes(y: np.ndarray, agreement: float, rng: np.random.RandomState) -> np.ndarray:
     """Binary attribute equal to ``y`` for exactly ``agreement`` of each class's rows."""
     attribute = 1 - y
@@ -249,10 +252,7 @@ def _attributes(y: np.ndarray, agreement: float, rng: np.random.RandomState) -> 
 def dominoes(data_dir: Path, seed: int) -> Benchmark:
     recipe = RECIPES["dominoes"]
     rng = np.random.RandomState(seed)
-    fashion_train = _idx_images(data_dir, "fashion-mnist-train-images-idx3-ubyte.gz")
-    fashion_train_y = _idx_labels(data_dir, "fashion-mnist-train-labels-idx1-ubyte.gz")
-    fashion_test = _idx_images(data_dir, "fashion-mnist-t10k-images-idx3-ubyte.gz")
-    fashion_test_y = _idx_labels(data_dir, "fashion-mnist-t10k-labels-idx1-ubyte.gz")
+    fashion_train, fashion_train_y, fashion_test, fashion_test_y = _fashion(data_dir)
     digits_train, digits_train_y, digits_test, digits_test_y = _mnist(data_dir)
     # digits for training come from the training digits; validation and test
     # take disjoint halves of the official test digits
@@ -444,9 +444,11 @@ def _text_corpus(recipe: dict, data_dir: Path) -> tuple[list[str], np.ndarray, n
             labels = np.digitize(scores, [-1.0, 1.0])  # negative, neutral, positive
             return texts, labels, sources
         keep = scores != 0
-        return [t for t, k in zip(texts, keep, strict=True) if k], (scores[keep] > 0).astype(
-            np.int64
-        ), sources[keep]
+        return (
+            [t for t, k in zip(texts, keep, strict=True) if k],
+            (scores[keep] > 0).astype(np.int64),
+            sources[keep],
+        )
     texts, labels = _polarity(data_dir)
     if recipe["attribute"] == "negation":
         return texts, labels, np.array([int(has_negation(t)) for t in texts])
@@ -575,10 +577,7 @@ def _dominoes_task(name: str, data_dir: Path, seed: int) -> Benchmark:
     """A digit stacked on a garment: label = garment class, attribute = the digit."""
     recipe = RECIPES[name]
     rng = np.random.RandomState(seed)
-    fashion_train = _idx_images(data_dir, "fashion-mnist-train-images-idx3-ubyte.gz")
-    fashion_train_y = _idx_labels(data_dir, "fashion-mnist-train-labels-idx1-ubyte.gz")
-    fashion_test = _idx_images(data_dir, "fashion-mnist-t10k-images-idx3-ubyte.gz")
-    fashion_test_y = _idx_labels(data_dir, "fashion-mnist-t10k-labels-idx1-ubyte.gz")
+    fashion_train, fashion_train_y, fashion_test, fashion_test_y = _fashion(data_dir)
     digits_train, digits_train_y, digits_test, digits_test_y = _mnist(data_dir)
     digit_values = recipe["digits"]
     held = rng.permutation(np.flatnonzero(np.isin(digits_test_y, digit_values)))
@@ -656,10 +655,7 @@ def _colored_fashion_task(name: str, data_dir: Path, seed: int) -> Benchmark:
     """Coloured garments (two classes), for a frozen CNN pretrained on the other classes."""
     recipe = RECIPES[name]
     rng = np.random.RandomState(seed)
-    train_images = _idx_images(data_dir, "fashion-mnist-train-images-idx3-ubyte.gz")
-    train_y = _idx_labels(data_dir, "fashion-mnist-train-labels-idx1-ubyte.gz")
-    test_images = _idx_images(data_dir, "fashion-mnist-t10k-images-idx3-ubyte.gz")
-    test_y = _idx_labels(data_dir, "fashion-mnist-t10k-labels-idx1-ubyte.gz")
+    train_images, train_y, test_images, test_y = _fashion(data_dir)
     n_train, n_val = recipe["train_per_class"], recipe["val_per_class"]
 
     def split(images, labels, which):

@@ -120,6 +120,20 @@ def _small_cnn(in_channels: int, embedding_dim: int = 128):
     return features, nn.Linear(embedding_dim, 2)
 
 
+def _train_by_erm(model, images, labels, epochs: int):
+    """Adam (lr 1e-3), batches of 128 in a fresh random order each epoch; the model, in eval mode."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for batch in torch.randperm(labels.numel()).split(128):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
 def train_cnn_embeddings(
     benchmark: Benchmark, seed: int, cache_dir: Path, epochs: int = 10
 ) -> dict[str, np.ndarray]:
@@ -144,15 +158,7 @@ def train_cnn_embeddings(
         images = torch.from_numpy(benchmark.train.inputs).float() / 255.0
         labels = torch.from_numpy(benchmark.train.y)
         features, head = _small_cnn(images.shape[1])
-        model = torch.nn.Sequential(features, head)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        for _ in range(epochs):
-            for batch in torch.randperm(labels.numel()).split(128):
-                optimizer.zero_grad()
-                loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
-                loss.backward()
-                optimizer.step()
-        model.eval()
+        model = _train_by_erm(torch.nn.Sequential(features, head), images, labels, epochs)
         embeddings = {}
         with torch.no_grad():
             for split in ("train", "val", "test"):
@@ -226,14 +232,7 @@ def pretrained_cnn_embeddings(
             torch.manual_seed(0)
             images, labels = pretraining_images(data_dir, classes)
             images, labels = torch.from_numpy(images).float() / 255.0, torch.from_numpy(labels)
-            model = torch.nn.Sequential(features, head)
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-            for _ in range(epochs):
-                for batch in torch.randperm(labels.numel()).split(128):
-                    optimizer.zero_grad()
-                    loss = torch.nn.functional.cross_entropy(model(images[batch]), labels[batch])
-                    loss.backward()
-                    optimizer.step()
+            _train_by_erm(torch.nn.Sequential(features, head), images, labels, epochs)
             weights.parent.mkdir(parents=True, exist_ok=True)
             torch.save({"features": features.state_dict()}, weights)
         features.eval()

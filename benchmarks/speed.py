@@ -283,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         sizes = [s for s in sizes if s[0] <= 6000]
     rows = [
-        measure(n, d, args.repeats if n <= 50000 else 1, args.timeout, args.busy)
-        for n, d in sizes
+        measure(n, d, args.repeats if n <= 50000 else 1, args.timeout, args.busy) for n, d in sizes
     ]
     grid = grid_search_rate() if args.grid_search else None
 

@@ -189,9 +189,7 @@ def _cumulative_before(strata: np.ndarray, keys: np.ndarray, weights: np.ndarray
     return order, cumulative
 
 
-def take_by_weight(
-    strata: np.ndarray, keys: np.ndarray, weights: np.ndarray, budget
-) -> np.ndarray:
+def take_by_weight(strata: np.ndarray, keys: np.ndarray, weights: np.ndarray, budget) -> np.ndarray:
     """Weight taken from each row: rows in key order within a stratum, up to ``budget`` each.
 
     ``budget`` is a number or one per stratum code. A row is taken whole while

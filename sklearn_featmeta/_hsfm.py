@@ -19,6 +19,7 @@ overhead.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ __all__ = [
     "support_hypergradient",
     "support_hypergradient_autograd",
     "select_hard_set",
+    "HeldoutRows",
+    "Rows",
     "RunRows",
     "inner_lr_from_lipschitz",
     "fit_hsfm",
@@ -403,6 +406,31 @@ class HSFMSettings:
     choose_whitening: bool = False
 
 
+@dataclass
+class Rows:
+    """Rows the core works on: features, class codes and sample weights (one per row)."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    weight: torch.Tensor
+
+
+@dataclass
+class HeldoutRows(Rows):
+    """The held-out (annotated) rows, with the groups that score them and mine the hard set.
+
+    ``cells``: the (class, group) cell of every row, ``0 .. n_cells - 1``, the
+    groups of the worst-group scores that choose the kept epoch.
+    ``hard_set_cells``: the partition the hard set is mined in (the
+    ``hard_set_size`` highest-loss rows of each part).
+    """
+
+    cells: torch.Tensor
+    n_cells: int
+    hard_set_cells: torch.Tensor
+    n_hard_set_cells: int
+
+
 @dataclass(frozen=True)
 class RunRows:
     """Which rows one run uses: drawn by the caller (the core draws nothing at random).
@@ -571,21 +599,13 @@ def _transform_rows(X: torch.Tensor, T: torch.Tensor) -> None:
 
 
 def fit_hsfm(
-    pool_X: torch.Tensor,
-    pool_y: torch.Tensor,
-    heldout_X: torch.Tensor,
-    heldout_y: torch.Tensor,
-    heldout_cells: torch.Tensor,
+    pool: Rows,
+    heldout: HeldoutRows,
+    runs: list[RunRows],
+    settings: HSFMSettings,
     *,
     n_classes: int,
-    n_cells: int,
-    hard_set_cells: torch.Tensor,
-    n_hard_set_cells: int,
-    settings: HSFMSettings,
-    runs: list[RunRows],
     erm_l2: float,
-    pool_weight: torch.Tensor | None = None,
-    heldout_weight: torch.Tensor | None = None,
     initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> HSFMResult:
@@ -599,37 +619,29 @@ def fit_hsfm(
 
     Parameters
     ----------
-    pool_X, pool_y : tensors
-        Training pool, standardised (modified in place when whitened). Source
-        of the ERM head (and of the support set, for ``"pool"``). With
-        ``"annotated"`` support, ``pool_X`` is emptied (``Tensor.set_()``) once
-        the ERM head is fitted, so its memory is free for the runs.
-    heldout_X, heldout_y : tensors
-        Held-out rows, standardised (whitened in place when whitened).
-    heldout_cells : tensor of int
-        (class, group) cell of every held-out row, ``0 .. n_cells - 1``: the
-        groups of the worst-group scores that choose the kept epoch
-        (``settings.selection_metric``).
-    hard_set_cells : tensor of int
-        Partition of the held-out rows used to mine the hard set: the
-        ``hard_set_size`` highest-loss rows of each part.
+    pool : Rows
+        Training pool, standardised. Source of the ERM head (and of the
+        support set, for ``"pool"``). With ``"annotated"`` support,
+        ``pool.X`` is emptied (``Tensor.set_()``) once the ERM head is fitted,
+        so its memory is free for the runs.
+    heldout : HeldoutRows
+        Held-out rows, standardised (``heldout.X`` is whitened in place when
+        the fit whitens).
     runs : list of RunRows
         The rows of every run.
+    settings : HSFMSettings
+    n_classes : int
     erm_l2 : float
         L2 strength of the ERM head (ignored when ``initial_head`` is given).
-    pool_weight, heldout_weight : tensors or None
-        Sample weights of the rows (None: ones).
     initial_head : (W, b) or None
         Initial head in standardised coordinates.
     on_epoch : callable or None
         Called with each epoch's record (for progress output).
     """
-    if heldout_weight is None:
-        heldout_weight = torch.ones_like(heldout_y, dtype=heldout_X.dtype)
-    pool_row_weight = None if pool_weight is None else pool_weight / pool_weight.sum()
+    pool_row_weight = pool.weight / pool.weight.sum()
     whitening = None
     if settings.whitening_ridge is not None:
-        whitening = whitening_transform(pool_X, settings.whitening_ridge, pool_row_weight)
+        whitening = whitening_transform(pool.X, settings.whitening_ridge, pool_row_weight)
 
     erm_converged = True
 
@@ -638,9 +650,13 @@ def fit_hsfm(
         nonlocal erm_converged
         if initial_head is None:
             W, b, converged = fit_softmax_head(
-                pool_X, pool_y, n_classes, l2=erm_l2, transform=transform,
+                pool.X,
+                pool.y,
+                n_classes,
+                l2=erm_l2,
+                transform=transform,
                 row_weight=pool_row_weight,
-            )  # fmt: skip
+            )
             erm_converged &= converged
             return W, b
         if transform is None:
@@ -648,8 +664,7 @@ def fit_hsfm(
         return _unwhiten(initial_head[0], transform), initial_head[1]
 
     def support_of(run, transform):
-        support = _support(run, pool_X, pool_y, heldout_X, heldout_y, heldout_cells, n_cells,
-                           settings)  # fmt: skip
+        support = _support(run, pool, heldout, settings)
         return support if transform is None else (support[0] @ transform, *support[1:])
 
     probe_scores, heads = None, {}
@@ -659,9 +674,8 @@ def fit_hsfm(
         for geometry, transform in (("standardised", None), ("whitened", whitening)):
             heads[geometry] = initial_head_in(transform)
             probe_scores[geometry] = _unedited_probe(
-                support_of, runs, heldout_X, heldout_y, heldout_cells, heldout_weight, n_cells,
-                *heads[geometry], n_classes, settings, transform,
-            )  # fmt: skip
+                support_of, runs, heldout, heads[geometry], n_classes, settings, transform
+            )
         if not probe_scores["whitened"] < probe_scores["standardised"]:
             whitening = None
     # the chosen geometry's initial head: the probe's, if it fitted one
@@ -669,10 +683,10 @@ def fit_hsfm(
     W0, b0 = heads[chosen] if chosen in heads else initial_head_in(whitening)
     if settings.support_source == "annotated":
         # the pool, usually the largest array of a fit, has served its purpose: drop its storage
-        pool_X.set_()
+        pool.X.set_()
     if whitening is not None:
         # the runs work in whitened coordinates; heads and supports are mapped back at the end
-        _transform_rows(heldout_X, whitening)
+        _transform_rows(heldout.X, whitening)
     # pool supports are whitened as drawn (a copy); annotated ones come from the whitened rows
     pool_transform = whitening if settings.support_source == "pool" else None
 
@@ -682,13 +696,14 @@ def fit_hsfm(
         support = support_of(run, pool_transform)
         if inner_lr is None:  # one inner step for every run: from the first run's support
             inner_lr, head_lr = _step_sizes(support, settings)
+        report = None
+        if on_epoch is not None:
+            report = functools.partial(_report_run, on_epoch, number)
         results.append(
             _bilevel_run(
-                support, run, heldout_X, heldout_y, heldout_cells, heldout_weight, n_cells,
-                hard_set_cells, n_hard_set_cells, W0, b0, n_classes, settings, inner_lr, head_lr,
-                None if on_epoch is None else lambda record, number=number: on_epoch({"run": number, **record}),
+                support, run, heldout, (W0, b0), n_classes, settings, (inner_lr, head_lr), report
             )
-        )  # fmt: skip
+        )
         del support
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
@@ -726,10 +741,11 @@ def _step_sizes(support, settings: HSFMSettings) -> tuple[float, float]:
     return inner_lr, inner_lr if settings.head_lr is None else float(settings.head_lr)
 
 
-def _unedited_probe(
-    support_of, runs, heldout_X, heldout_y, heldout_cells, heldout_weight, n_cells, W0, b0,
-    n_classes, settings, whitening,
-) -> float:  # fmt: skip
+def _report_run(on_epoch, number: int, record: dict) -> None:
+    on_epoch({"run": number, **record})
+
+
+def _unedited_probe(support_of, runs, heldout, head, n_classes, settings, whitening) -> float:
     """How well a geometry suits the head updates, before any support edit.
 
     For every run, the head update alone (the unedited control of
@@ -738,9 +754,10 @@ def _unedited_probe(
     geometries get the same budget) in standardised coordinates
     (``whitening`` None) or whitened ones (``whitening`` = ``T``); the score is the mean
     over runs of the lowest worst-group mean cross-entropy on the run's
-    selection rows, rows that did not shape it. ``heldout_X`` stays
+    selection rows, rows that did not shape it. ``heldout.X`` stays
     standardised: whitened heads are mapped back to score it.
     """
+    W0, b0 = head
     head_lr = None
     best_losses = []
     for run in runs:
@@ -752,7 +769,7 @@ def _unedited_probe(
         W, b = W0.clone(), b0.clone()
         optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
         rows = run.selection_rows
-        selection_X = heldout_X[rows]
+        selection_X = heldout.X[rows]
         best = math.inf
         for _ in range(settings.n_epochs):
             _update_head(S, Y_support, W, b, support_weight, optimizer, settings)
@@ -760,7 +777,11 @@ def _unedited_probe(
             logits = torch.addmm(b, selection_X, head_W.T)
             if torch.isfinite(logits).all():
                 loss = _group_scores(
-                    logits, heldout_y[rows], heldout_cells[rows], n_cells, heldout_weight[rows]
+                    logits,
+                    heldout.y[rows],
+                    heldout.cells[rows],
+                    heldout.n_cells,
+                    heldout.weight[rows],
                 )
                 best = min(best, loss["worst_group_loss"])
         best_losses.append(best)
@@ -807,7 +828,7 @@ class _GradientDescent:
             param.add_(grad, alpha=-self.lr)
 
 
-def _support(run, pool_X, pool_y, heldout_X, heldout_y, heldout_cells, n_cells, settings):
+def _support(run: RunRows, pool: Rows, heldout: HeldoutRows, settings: HSFMSettings):
     """(rows, labels, index into the source, loss weights, masses) of a run's initial support.
 
     From the pool: loss weights proportional to the rows' masses (equal for
@@ -816,11 +837,11 @@ def _support(run, pool_X, pool_y, heldout_X, heldout_y, heldout_cells, n_cells, 
     """
     index, mass = run.support_index, run.support_mass
     if settings.support_source == "annotated":
-        cells = heldout_cells[index]
-        cell_mass = torch.bincount(cells, weights=mass, minlength=n_cells)
+        cells = heldout.cells[index]
+        cell_mass = torch.bincount(cells, weights=mass, minlength=heldout.n_cells)
         weight = mass / (cell_mass[cells] * (cell_mass > 0).sum())
-        return heldout_X[index], heldout_y[index], index, weight, mass  # a gather: a new tensor
-    return pool_X[index], pool_y[index], index, mass / mass.sum(), mass
+        return heldout.X[index], heldout.y[index], index, weight, mass  # a gather: a new tensor
+    return pool.X[index], pool.y[index], index, mass / mass.sum(), mass
 
 
 def _head_optimizer(params: list[torch.Tensor], head_update: str, lr: float):
@@ -863,17 +884,22 @@ def _clipped_support_step(S, grad_S, mass, optimizer, max_norm) -> bool:
     return True
 
 
-def _bilevel_run(
-    support, run, heldout_X, heldout_y, heldout_cells, heldout_weight, n_cells, hard_set_cells,
-    n_hard_set_cells, W0, b0, n_classes, settings, inner_lr, head_lr, on_epoch,
-) -> RunResult:  # fmt: skip
-    """Steps 3-4 of the method for one support draw: epochs of (a) to (d)."""
+def _bilevel_run(support, run, heldout, head, n_classes, settings, steps, on_epoch) -> RunResult:
+    """Steps 3-4 of the method for one support draw: epochs of (a) to (d).
+
+    ``head`` is the initial ``(W, b)``, ``steps`` the ``(inner_lr, head_lr)``.
+    """
+    W0, b0 = head
+    inner_lr, head_lr = steps
+    heldout_X, heldout_y, heldout_cells = heldout.X, heldout.y, heldout.cells
     S, support_labels, support_index, support_weight, support_mass = support  # S: its own copy
     Y_support = _one_hot(support_labels, n_classes, S.dtype)
     W, b = W0.clone(), b0.clone()
     support_optimizer = _Adam([S], settings.outer_lr)
     head_optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
-    if settings.compare_unedited:
+    # without edits (outer_steps=0) the control would repeat the head update exactly
+    compare_unedited = settings.compare_unedited and settings.outer_steps > 0
+    if compare_unedited:
         # the control: the same head update on the support as drawn
         S_unedited, W_unedited, b_unedited = S.clone(), W0.clone(), b0.clone()
         unedited_optimizer = _head_optimizer(
@@ -884,11 +910,11 @@ def _bilevel_run(
     shaping_rows, selection_rows = run.shaping_rows, run.selection_rows
     shaping_index = _row_index(shaping_rows, heldout_X)
     shaping_y = heldout_y[shaping_rows]
-    shaping_cells = hard_set_cells[shaping_rows]
-    shaping_weight = heldout_weight[shaping_rows]
+    shaping_cells = heldout.hard_set_cells[shaping_rows]
+    shaping_weight = heldout.weight[shaping_rows]
     selection_y = heldout_y[selection_rows]
     selection_cells = heldout_cells[selection_rows]
-    selection_weight = heldout_weight[selection_rows]
+    selection_weight = heldout.weight[selection_rows]
 
     history: dict[str, list[float]] = {
         key: [] for key in (*_SCORES, *(f"unedited_{key}" for key in _SCORES), "outer_loss")
@@ -901,7 +927,7 @@ def _bilevel_run(
 
     def selection_scores(logits):
         return _group_scores(
-            logits[selection_rows], selection_y, selection_cells, n_cells, selection_weight
+            logits[selection_rows], selection_y, selection_cells, heldout.n_cells, selection_weight
         )
 
     def keep_if_best(scores, head_W, head_b, support_rows, epoch, edited) -> bool:
@@ -921,23 +947,36 @@ def _bilevel_run(
     last_epoch = settings.n_epochs if settings.max_epochs is None else settings.max_epochs
     epoch = 0
     for epoch in range(1, last_epoch + 1):
-        # (a) hard set under the current head
-        losses = _per_row_cross_entropy(logits[shaping_rows], shaping_y)
-        hard, hard_weight = select_hard_set(
-            losses, shaping_cells, n_hard_set_cells, settings.hard_set_size, shaping_weight
-        )
-        H = heldout_X[shaping_index[hard]]
-        Y_hard = _one_hot(shaping_y[hard], n_classes, heldout_X.dtype)
-        hard_weight = hard_weight / hard_weight.sum()
+        # (a) hard set under the current head (none is needed without edits)
+        if settings.outer_steps:
+            losses = _per_row_cross_entropy(logits[shaping_rows], shaping_y)
+            hard, hard_weight = select_hard_set(
+                losses,
+                shaping_cells,
+                heldout.n_hard_set_cells,
+                settings.hard_set_size,
+                shaping_weight,
+            )
+            H = heldout_X[shaping_index[hard]]
+            Y_hard = _one_hot(shaping_y[hard], n_classes, heldout_X.dtype)
+            hard_weight = hard_weight / hard_weight.sum()
 
         # (b) outer steps: edit the support set through the unrolled inner loop
         outer_losses = []
         for _ in range(settings.outer_steps):
             outer_loss, grad_S = support_hypergradient(
-                S, Y_support, H, Y_hard, W, b,
-                inner_lr=inner_lr, inner_steps=settings.inner_steps, support_weight=support_weight,
-                weight_decay=settings.weight_decay, hard_weight=hard_weight,
-            )  # fmt: skip
+                S,
+                Y_support,
+                H,
+                Y_hard,
+                W,
+                b,
+                inner_lr=inner_lr,
+                inner_steps=settings.inner_steps,
+                support_weight=support_weight,
+                weight_decay=settings.weight_decay,
+                hard_weight=hard_weight,
+            )
             if not (
                 torch.isfinite(outer_loss)
                 and _clipped_support_step(
@@ -960,11 +999,9 @@ def _bilevel_run(
         # (d) model selection on the held-out rows, among the edited and the unedited head
         scores = selection_scores(logits)
         unedited_scores = None
-        if settings.compare_unedited:
-            _update_head(
-                S_unedited, Y_support, W_unedited, b_unedited, support_weight,
-                unedited_optimizer, settings,
-            )  # fmt: skip
+        if compare_unedited:
+            unedited = (S_unedited, Y_support, W_unedited, b_unedited, support_weight)
+            _update_head(*unedited, unedited_optimizer, settings)
             unedited_logits = torch.addmm(b_unedited, heldout_X, W_unedited.T)
             if torch.isfinite(unedited_logits[selection_rows]).all():
                 unedited_scores = selection_scores(unedited_logits)
@@ -975,7 +1012,7 @@ def _bilevel_run(
                 f"unedited_{key}": math.nan if unedited_scores is None else unedited_scores[key]
                 for key in _SCORES
             },
-            "outer_loss": sum(outer_losses) / len(outer_losses),
+            "outer_loss": sum(outer_losses) / len(outer_losses) if outer_losses else math.nan,
         }
         for key in history:
             history[key].append(record[key])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -92,7 +93,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     outer_lr : float, default=0.01
         Adam learning rate of the support-set edits (the paper's ``eta``).
     outer_steps : int, default=5
-        Support-set updates per epoch (the paper's ``KH``).
+        Support-set updates per epoch (the paper's ``KH``). 0: no edits, and
+        no hypergradient is computed: each run is plain gradient descent of
+        the head on its support from the initial head, early-stopped on its
+        selection rows (what ``compare_unedited`` compares the edits with),
+        at a small part of the cost.
     hard_set_size : int, default=64
         Held-out rows in the hard set per class, or per (class, group) cell
         when ``hard_set="group"`` (the paper's ``K_hard``).
@@ -296,7 +301,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         "inner_steps": [Interval(Integral, 1, None, closed="left")],
         "inner_lr": [StrOptions({"auto"}), Interval(Real, 0, None, closed="neither")],
         "outer_lr": [Interval(Real, 0, None, closed="neither")],
-        "outer_steps": [Interval(Integral, 1, None, closed="left")],
+        "outer_steps": [Interval(Integral, 0, None, closed="left")],
         "hard_set_size": [Interval(Integral, 1, None, closed="left")],
         "hard_set": [StrOptions({"class", "group"})],
         "n_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -327,6 +332,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
 
     def __init__(
         self,
+        *,
         support_size_per_class=1000,
         inner_steps=15,
         inner_lr="auto",
@@ -470,9 +476,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         else:
             mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
         cells, n_cells = cell_codes(y_encoded[heldout], heldout_groups)
-        runs = self._run_rows(
-            X, y_encoded, pool, heldout, heldout_groups, cells, weights, (mean, scale), rng
-        )
+        data = _FitData(X, y_encoded, weights, pool, heldout, cells, n_cells, mean, scale)
+        runs = self._run_rows(data, rng)
         self._warn_small_heldout(cells, n_cells, len(runs))
         initial_head = self._initial_head_in_softmax_form(X.shape[1], n_classes)
         if initial_head is not None:  # to standardised coordinates
@@ -485,22 +490,21 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         )
         with fit_threads(self.n_threads_):
             device = _hsfm.resolve_device(self.device)
-            result = self._run_core(
-                _hsfm, X, y_encoded, weights, pool, heldout, cells, n_cells, runs,
-                (mean, scale), n_classes, device, initial_head,
-            )  # fmt: skip
+            result = self._run_core(_hsfm, data, runs, device, initial_head)
         support_rows = heldout if result.support_from_heldout else pool
         self._store_result(result, X, support_rows, mean, scale, device)
         self._warn_degenerate(X[heldout], y_encoded[heldout])
         return self
 
-    def _run_rows(self, X, y, pool, heldout, heldout_groups, cells, weights, moments, rng):
+    def _run_rows(self, data: _FitData, rng):
         """The rows of every run (``RunRows`` as NumPy index arrays): support, shaping, selection.
 
         Random choices are keyed by row content (:mod:`._groups`), so a row of
         integer weight k is drawn as k copies of it would be.
         """
         cap = self.support_size_per_class
+        X, y, weights, moments = data.X, data.y, data.weights, (data.mean, data.scale)
+        pool, heldout, cells = data.pool, data.heldout, data.cells
         if self.support_source == "pool":
             keys = draw_keys(content_hashes(X, pool, *moments), rng)
             mass = take_by_weight(y[pool], keys, weights[pool], cap)
@@ -640,12 +644,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         """The ridge of the whitened geometry (fitted or weighed), None for none."""
         return AUTO_WHITENING_RIDGE if self.whitening_ridge == "auto" else self.whitening_ridge
 
-    def _run_core(
-        self, _hsfm, X, y, weights, pool, heldout, cells, n_cells, runs, moments,
-        n_classes, device, initial_head,
-    ):  # fmt: skip
+    def _run_core(self, _hsfm, data: _FitData, runs, device, initial_head):
         torch = _hsfm.torch
-        dtype = torch.float64 if X.dtype == np.float64 else torch.float32
+        dtype = torch.float64 if data.X.dtype == np.float64 else torch.float32
+        X, y, pool, heldout = data.X, data.y, data.pool, data.heldout
+        cells, n_cells, n_classes = data.cells, data.n_cells, self.classes_.shape[0]
         hard_cells, n_hard_cells = (
             (cells, n_cells) if self.hard_set == "group" else (y[heldout], n_classes)
         )
@@ -656,7 +659,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         def rows(index):
             return index if isinstance(index, slice) else tensor(index, torch.int64)
 
-        mean, scale = moments
+        def standardized_rows(index):
+            return tensor(standardized(X, index, data.mean, data.scale, X.dtype))
+
         start = time.perf_counter()
         progress = _Progress(self, len(runs))
         if self.verbose:
@@ -666,23 +671,25 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 f"device {device}"
             )
         result = _hsfm.fit_hsfm(
-            tensor(standardized(X, pool, mean, scale, X.dtype)),
-            tensor(y[pool], torch.int64),
-            tensor(standardized(X, heldout, mean, scale, X.dtype)),
-            tensor(y[heldout], torch.int64),
-            tensor(cells, torch.int64),
-            n_classes=n_classes,
-            n_cells=n_cells,
-            hard_set_cells=tensor(hard_cells, torch.int64),
-            n_hard_set_cells=n_hard_cells,
-            settings=self._settings(_hsfm),
-            runs=[
+            _hsfm.Rows(
+                standardized_rows(pool), tensor(y[pool], torch.int64), tensor(data.weights[pool])
+            ),
+            _hsfm.HeldoutRows(
+                standardized_rows(heldout),
+                tensor(y[heldout], torch.int64),
+                tensor(data.weights[heldout]),
+                cells=tensor(cells, torch.int64),
+                n_cells=n_cells,
+                hard_set_cells=tensor(hard_cells, torch.int64),
+                n_hard_set_cells=n_hard_cells,
+            ),
+            [
                 _hsfm.RunRows(rows(index), tensor(mass), rows(shaping), rows(selection))
                 for index, mass, shaping, selection in runs
             ],
-            erm_l2=1.0 / (self.erm_C * weights[pool].sum()),
-            pool_weight=tensor(weights[pool]),
-            heldout_weight=tensor(weights[heldout]),
+            self._settings(_hsfm),
+            n_classes=n_classes,
+            erm_l2=1.0 / (self.erm_C * data.weights[pool].sum()),
             initial_head=None if initial_head is None else tuple(map(tensor, initial_head)),
             on_epoch=progress.epoch if self.verbose else None,
         )
@@ -776,6 +783,21 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.whitening_ridge_ = self._whitening_ridge() if result.whitened else None
         self.whitening_scores_ = result.probe_scores
         self.device_ = str(device)
+
+
+@dataclass
+class _FitData:
+    """A fit's rows after validation, the pool / held-out split and the pool's moments."""
+
+    X: np.ndarray
+    y: np.ndarray  # class codes
+    weights: np.ndarray  # sample weights (all positive)
+    pool: np.ndarray  # row indices of the training pool
+    heldout: np.ndarray  # row indices of the held-out (annotated) rows
+    cells: np.ndarray  # (class, group) cell of each held-out row
+    n_cells: int
+    mean: np.ndarray
+    scale: np.ndarray
 
 
 class _Progress:

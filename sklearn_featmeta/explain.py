@@ -296,10 +296,17 @@ def plot_edits(
         start, end = before[rows] @ directions.T, after[rows] @ directions.T
         colour = colours[i % len(colours)]
         ax.scatter(start[:, 0], start[:, 1], s=8, color=colour, alpha=0.35)
+        shift = end - start
         ax.quiver(
-            start[:, 0], start[:, 1], end[:, 0] - start[:, 0], end[:, 1] - start[:, 1],
-            angles="xy", scale_units="xy", scale=1, color=colour, width=0.003, label=f"class {label}",
-        )  # fmt: skip
+            *start.T[:2],
+            *shift.T[:2],
+            angles="xy",
+            scale_units="xy",
+            scale=1,
+            color=colour,
+            width=0.003,
+            label=f"class {label}",
+        )
     ax.set_xlabel(axes_names[0])
     ax.set_ylabel(axes_names[1])
     ax.set_title("support set edits (dots: before; arrows: to after)")

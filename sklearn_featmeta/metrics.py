@@ -197,9 +197,7 @@ def _report_columns(by_group):
     )
 
 
-def group_accuracy_report(
-    y_true, y_pred, *, groups, sample_weight=None
-) -> GroupAccuracyReport:
+def group_accuracy_report(y_true, y_pred, *, groups, sample_weight=None) -> GroupAccuracyReport:
     """Per-group accuracy table with worst group flagged, plus summary numbers.
 
     Parameters

@@ -193,14 +193,18 @@ def _pool_run(pool_y, size_per_class, seed):
     return _hsfm.RunRows(index, torch.ones(index.numel()), every_row, every_row)
 
 
+def _heldout(X, y, cells, n_cells):
+    """Held-out rows whose hard set is mined per (class, group) cell, with unit weights."""
+    weight = torch.ones(y.numel(), dtype=X.dtype)
+    return _hsfm.HeldoutRows(X, y, weight, cells, n_cells, cells, n_cells)
+
+
 def _fit(settings, seed=0, **kwargs):
     X, y = _fit_problem(seed)
-    return _hsfm.fit_hsfm(
-        X[:80].clone(), y[:80], X[80:].clone(), y[80:], y[80:],
-        n_classes=2, n_cells=2, hard_set_cells=y[80:], n_hard_set_cells=2,
-        settings=settings, runs=[_pool_run(y[:80], settings.support_size_per_class, seed)],
-        erm_l2=1e-2, **kwargs,
-    )  # fmt: skip
+    pool = _hsfm.Rows(X[:80].clone(), y[:80], torch.ones(80))
+    run = _pool_run(y[:80], settings.support_size_per_class, seed)
+    heldout = _heldout(X[80:].clone(), y[80:], y[80:], 2)
+    return _hsfm.fit_hsfm(pool, heldout, [run], settings, n_classes=2, erm_l2=1e-2, **kwargs)
 
 
 def test_divergence_stops_and_keeps_finite_head(monkeypatch):
@@ -348,11 +352,9 @@ def test_annotated_support_is_cross_fitted():
         for shaping, selection in ((second, first), (first, second)):
             runs.append(_hsfm.RunRows(shaping, torch.ones(shaping.numel()), shaping, selection))
     pool_X = X[:200].clone()
-    result = _hsfm.fit_hsfm(
-        pool_X, y[:200], X[200:].clone(), y[200:], heldout_cells,
-        n_classes=2, n_cells=4, hard_set_cells=heldout_cells, n_hard_set_cells=4,
-        settings=settings, runs=runs, erm_l2=1e-2,
-    )  # fmt: skip
+    pool = _hsfm.Rows(pool_X, y[:200], torch.ones(200))
+    heldout = _heldout(X[200:].clone(), y[200:], heldout_cells, 4)
+    result = _hsfm.fit_hsfm(pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2)
     assert result.support_from_heldout and len(result.runs) == 4
     assert pool_X.numel() == 0  # released for the runs
     selections = [set(run.selection_index.tolist()) for run in result.runs]

@@ -4,7 +4,9 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -477,6 +479,35 @@ def test_n_threads_limits_torch_and_blas_threads_during_fit(spurious, monkeypatc
     MetaAugmentedHeadClassifier(**FAST, n_threads=1).fit(*spurious)
     assert seen == [(1, {1})]
     assert thread_counts() == before
+    # by default a small fit runs on one thread too, whatever the machine has
+    model = MetaAugmentedHeadClassifier(**FAST).fit(*spurious)
+    assert seen[-1] == (1, {1}) and model.n_threads_ == 1
+    assert thread_counts() == before
+
+
+def test_default_threads_follow_the_pool_size_and_the_idle_cores(monkeypatch):
+    from sklearn_featmeta import _threads
+
+    monkeypatch.setattr(_threads, "idle_cores", lambda window=0.05: 3)
+    assert _threads.auto_threads(_threads.PARALLEL_MIN_ENTRIES - 1) == 1
+    assert _threads.auto_threads(_threads.PARALLEL_MIN_ENTRIES) == 3
+
+
+def test_idle_cores_counts_a_busy_core_as_taken():
+    import subprocess
+
+    from sklearn_featmeta._threads import _cores, idle_cores
+
+    if _cores() < 2 or not Path("/proc/stat").exists():
+        pytest.skip("needs Linux and two cores")
+    quiet = idle_cores(window=0.3)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert 1 <= idle_cores(window=0.3) < quiet or quiet == 1
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_presets_reproduce_the_paper_settings():
@@ -697,3 +728,21 @@ def test_auto_whitening_with_the_papers_pool_support(anisotropic):
     np.testing.assert_allclose(auto.coef_, chosen.coef_, rtol=1e-4, atol=1e-5)
     # supports drawn from the pool are whitened copies; mapped back they are rows of X again
     assert (_rows_of(X, chosen.support_init_) >= 0).all()
+
+
+def test_no_edits_is_the_early_stopped_head_update_without_hypergradients(spurious, monkeypatch):
+    from sklearn_featmeta import _hsfm
+
+    X, y, groups = spurious
+    calls = []
+    real = _hsfm.support_hypergradient
+    monkeypatch.setattr(
+        _hsfm, "support_hypergradient", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    plain = MetaAugmentedHeadClassifier(**{**FAST, "outer_steps": 0}).fit(X, y, groups)
+    assert not calls and np.isnan(plain.history_["outer_loss"]).all()
+    assert np.isnan(plain.history_["unedited_worst_group_loss"]).all()  # no control to compare
+    # ... the same head as edits too small to matter, with the edited head always kept
+    control = MetaAugmentedHeadClassifier(**FAST, outer_lr=1e-12, compare_unedited=False)
+    control.fit(X, y, groups)
+    np.testing.assert_allclose(plain.coef_, control.coef_, rtol=1e-4, atol=1e-5)

@@ -22,3 +22,32 @@ def test_readme_example_runs(block):
         exec(compile(block, str(README), "exec"), {"__name__": "readme"})
     finally:
         sklearn.set_config(enable_metadata_routing=False)
+
+
+def _parameter_table() -> dict[str, str]:
+    """README's parameter table: name -> default, as written (rows may name two parameters)."""
+    section = README.read_text().split("## Parameters", 1)[1].split("\n## ", 1)[0]
+    table = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        names = [name.strip(" `") for name in cells[0].split(",")]
+        defaults = [value.strip(" `") for value in cells[1].split(", ")]
+        assert len(names) == len(defaults), line
+        table.update(zip(names, defaults, strict=True))
+    return table
+
+
+def test_readme_parameter_table_matches_the_estimator_and_the_cli():
+    from sklearn_featmeta import MetaAugmentedHeadClassifier
+    from sklearn_featmeta.cli import _NOT_OPTIONS, _fit_options
+
+    defaults = MetaAugmentedHeadClassifier().get_params()
+    table = _parameter_table()
+    assert set(table) == set(defaults)
+    for name, value in defaults.items():
+        written = f'"{value}"' if isinstance(value, str) else str(value)
+        assert table[name] == written, (name, table[name], written)
+    options = {name for _, name, *_ in _fit_options()}
+    assert options | set(_NOT_OPTIONS) == set(defaults)

@@ -54,7 +54,9 @@ def test_small_scale_features_are_not_thrown_away(data, scale):
     )
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     log_scale=st.floats(min_value=-8, max_value=8),
     shift=st.floats(min_value=-1000, max_value=1000),
@@ -248,8 +250,10 @@ def test_convergence_warnings(monkeypatch):
     # a head that creeps: every epoch improves, and max_epochs stops it
     with pytest.warns(ConvergenceWarning, match="still improved"):
         MetaAugmentedHeadClassifier(
-            **{**SMALL, "max_epochs": 3}, n_epochs=1, head_lr=1e-4, initial_head=(
-                np.zeros((1, 6)), np.zeros(1))
+            **{**SMALL, "max_epochs": 3},
+            n_epochs=1,
+            head_lr=1e-4,
+            initial_head=(np.zeros((1, 6)), np.zeros(1)),
         ).fit(X, y, groups)
 
 

@@ -1,0 +1,44 @@
+"""The package's code stays readable: short signatures, no formatter escapes."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sklearn_featmeta"
+MAX_PARAMETERS = 8  # besides keyword-only options with defaults
+
+
+def _functions():
+    for path in sorted(PACKAGE.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                yield path.name, node
+
+
+def _required_parameters(node) -> int:
+    arguments = node.args
+    positional = [a.arg for a in arguments.posonlyargs + arguments.args if a.arg not in ("self", "cls")]
+    keyword_only = [
+        a for a, default in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True)
+        if default is None
+    ]  # fmt: skip
+    return len(positional) + len(keyword_only)
+
+
+def test_no_function_takes_more_than_eight_parameters():
+    too_long = [
+        f"{name}:{node.lineno} {node.name} ({_required_parameters(node)})"
+        for name, node in _functions()
+        if _required_parameters(node) > MAX_PARAMETERS
+    ]
+    assert not too_long, too_long
+
+
+def test_no_formatter_escapes_in_the_package():
+    escaped = [
+        f"{path.name}:{number}"
+        for path in sorted(PACKAGE.glob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "fmt: skip" in line or "fmt: off" in line
+    ]
+    assert not escaped, escaped
