@@ -24,6 +24,7 @@ from ._groups import (
 )
 from ._linear import LinearHeadMixin
 from ._preprocessing import content_hashes, standardized, weighted_moments
+from .metrics import worst_group_accuracy_score
 
 __all__ = ["DFRClassifier"]
 
@@ -166,10 +167,12 @@ class DFRClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         scores = {}
         for C in self.Cs:
             weight, bias = self._averaged_head(first, C, rng)
-            correct = _predict_codes(held.Z, weight, bias) == held.y
-            totals = np.bincount(held.cells, weights=held.weights)
-            hits = np.bincount(held.cells, weights=held.weights * correct)
-            scores[float(C)] = float((hits[totals > 0] / totals[totals > 0]).min())
+            scores[float(C)] = worst_group_accuracy_score(
+                held.y,
+                _predict_codes(held.Z, weight, bias),
+                groups=held.cells,
+                sample_weight=held.weights,
+            )
         return max(scores, key=scores.get), scores  # ties: the first (largest) C
 
     def _averaged_head(self, data, C, rng):
