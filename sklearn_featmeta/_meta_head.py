@@ -399,7 +399,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             Data set whose ResNet-50 settings the paper reports.
         **params
             Further parameters (``random_state``, ``device``, ...); they may
-            not override the preset's own.
+            not override the preset's own. ``standardize=False`` reproduces
+            the authors' released script, which fits on raw features.
         """
         if name not in PAPER_PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PAPER_PRESETS)}.")
