@@ -764,8 +764,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         )
         # in X's dtype, as computed: with many annotated rows these are the largest attributes
         self.support_init_ = X[support_rows]  # exact rows, no round trip
-        edited = np.concatenate([numpy(r.support_edited) for r in runs])
-        self.support_edited_ = (edited * scale + mean).astype(X.dtype)
+        # in X's dtype and in place: eight runs' supports in float64 would double the peak memory
+        edited = np.concatenate([r.support_edited.detach().cpu().numpy() for r in runs])
+        edited *= scale.astype(edited.dtype)
+        edited += mean.astype(edited.dtype)
+        self.support_edited_ = edited
         self.support_labels_ = self.classes_[
             np.concatenate([r.support_labels.cpu().numpy() for r in runs])
         ]
