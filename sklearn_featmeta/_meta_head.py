@@ -471,7 +471,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             X, y_encoded, group_codes, weights, self.validation_fraction, rng
         )
         groups_split_rows = group_codes is not None and (group_codes < 0).any()
-        self._check_split(y_encoded, pool, heldout, groups_split_rows)
+        self._check_split(y_encoded, weights, pool, heldout, groups_split_rows)
         if self.standardize:
             mean, scale = weighted_moments(X, pool, weights[pool])
         else:
@@ -564,7 +564,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 stacklevel=3,
             )
 
-    def _check_split(self, y_encoded, pool, heldout, groups_split_rows):
+    def _check_split(self, y_encoded, weights, pool, heldout, groups_split_rows):
         n_classes = self.classes_.shape[0]
         pool_counts = np.bincount(y_encoded[pool], minlength=n_classes)
         heldout_counts = np.bincount(y_encoded[heldout], minlength=n_classes)
@@ -588,11 +588,13 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 "a known group, so the hard set and model selection cannot see them. Give "
                 "some of their rows a known group."
             )
-        short = self.classes_[pool_counts < self.support_size_per_class]
-        if short.size and self.support_source == "pool":
+        # the support takes weight, not rows: a row of weight k counts as its k copies
+        pool_weight = np.bincount(y_encoded[pool], weights=weights[pool], minlength=n_classes)
+        lacking = pool_weight < self.support_size_per_class
+        if lacking.any() and self.support_source == "pool":
             warnings.warn(
-                f"Class(es) {short.tolist()} have fewer training rows "
-                f"({pool_counts[pool_counts < self.support_size_per_class].tolist()}) than "
+                f"Class(es) {self.classes_[lacking].tolist()} have fewer training rows "
+                f"({[float(f'{w:g}') for w in pool_weight[lacking]]} by sample weight) than "
                 f"support_size_per_class={self.support_size_per_class}; their support uses "
                 "every training row they have.",
                 UserWarning,

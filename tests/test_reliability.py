@@ -267,3 +267,18 @@ def test_verbose_updates_one_line_per_run(data, capsys):
     _quiet_fit(MetaAugmentedHeadClassifier(**SMALL, verbose=2), X, y, groups)
     every_epoch = [line for line in capsys.readouterr().out.split("\n") if "epoch" in line]
     assert len(every_epoch) > 4 and not any("\r" in line for line in every_epoch)
+
+
+def test_support_shortage_warning_counts_sample_weight_like_repeated_rows(data):
+    """Pool support: a class short of rows but not of weight draws as its copies would."""
+    X, y, groups = data
+    params = {**SMALL, "support_source": "pool", "support_size_per_class": 300}
+    n_pool = np.bincount(y[groups == -1])
+    assert (n_pool < 300).all() and (3 * n_pool >= 300).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no shortage at three copies a row
+        warnings.filterwarnings("ignore", message="Only")
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        MetaAugmentedHeadClassifier(**params).fit(X, y, groups, np.full(y.size, 3.0))
+    with pytest.warns(UserWarning, match="fewer training rows"):
+        MetaAugmentedHeadClassifier(**params).fit(X, y, groups)
