@@ -100,7 +100,7 @@ class TextEncoder:
         return self._corpora[key]
 
 
-def _small_cnn(in_channels: int, embedding_dim: int = 128):
+def _small_cnn(in_channels: int, embedding_dim: int = 128, n_classes: int = 2):
     import torch.nn as nn
 
     features = nn.Sequential(
@@ -117,7 +117,7 @@ def _small_cnn(in_channels: int, embedding_dim: int = 128):
         nn.Linear(64 * 4, embedding_dim),
         nn.ReLU(),
     )
-    return features, nn.Linear(embedding_dim, 2)
+    return features, nn.Linear(embedding_dim, n_classes)
 
 
 def _train_by_erm(model, images, labels, epochs: int):
@@ -157,7 +157,7 @@ def train_cnn_embeddings(
         torch.manual_seed(seed)
         images = torch.from_numpy(benchmark.train.inputs).float() / 255.0
         labels = torch.from_numpy(benchmark.train.y)
-        features, head = _small_cnn(images.shape[1])
+        features, head = _small_cnn(images.shape[1], n_classes=int(labels.max()) + 1)
         model = _train_by_erm(torch.nn.Sequential(features, head), images, labels, epochs)
         embeddings = {}
         with torch.no_grad():

@@ -97,7 +97,19 @@ EDIT_ABLATIONS = [
     ("defaults, but no support edits (outer_steps=0)", {"outer_steps": 0}),
     ("defaults, but no hard set (every shaping row, hard_set_size=10**9)",
      {"hard_set_size": 10**9}),
+    ("defaults, but start from the ERM head only (balanced_start=False)",
+     {"balanced_start": False}),
+    ("start heads alone, no epochs (n_epochs=0, max_epochs=0)",
+     {"n_epochs": 0, "max_epochs": 0}),
 ]  # fmt: skip
+
+# Settings weighed against the defaults on the suite's tuning half: --methods tuning.
+TUNING_ROWS = [
+    ("n_repeats=2", {"n_repeats": 2}),
+    ("outer_steps=0", {"outer_steps": 0}),
+    ("outer_steps=0, n_repeats=2", {"outer_steps": 0, "n_repeats": 2}),
+    ("selection_metric=worst_group_accuracy", {"selection_metric": "worst_group_accuracy"}),
+]
 
 # Options that are not defaults, each on top of the defaults.
 OPTIONS = [
@@ -135,8 +147,11 @@ def _fit_hsfm(params: dict) -> Callable:
 
 
 # What ``--methods`` selects: each key names one row, or all ablation rows, or all option rows.
-METHOD_KEYS = ("erm", "balanced-lr", "dfr", "preset", "defaults", "ablations", "options", "edits")
-DEFAULT_METHOD_KEYS = METHOD_KEYS[:-1]  # the main table's rows; "edits" on request
+METHOD_KEYS = (
+    *("erm", "balanced-lr", "dfr", "preset", "defaults"),
+    *("ablations", "options", "edits", "tuning"),
+)
+DEFAULT_METHOD_KEYS = METHOD_KEYS[:-2]  # the main table's rows; "edits", "tuning" on request
 DEFAULTS_LABEL = "MetaAugmentedHeadClassifier() defaults"
 DFR_LABEL = "DFRClassifier"
 DEFAULT_SECTION = "benchmarks"  # RESULTS.md section of the full run (results.json, wga.png)
@@ -167,6 +182,9 @@ def methods(benchmark: str, keys=DEFAULT_METHOD_KEYS) -> dict[str, Callable]:
     rows += [("ablations", label, _fit_hsfm(params)) for label, params in ABLATIONS]
     rows += [("options", label, _fit_hsfm(params)) for label, params in OPTIONS]
     rows += [("edits", label, _fit_hsfm(params)) for label, params in EDIT_ABLATIONS]
+    rows += [
+        ("tuning", f"defaults, but {label}", _fit_hsfm(params)) for label, params in TUNING_ROWS
+    ]
     return {label: fit for key, label, fit in rows if key in keys}
 
 

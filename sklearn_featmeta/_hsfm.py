@@ -135,6 +135,7 @@ def fit_softmax_head(
     tol: float = 1e-6,
     transform: torch.Tensor | None = None,
     row_weight: torch.Tensor | None = None,
+    start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Multinomial logistic regression, the ERM head of step 1.
 
@@ -144,9 +145,10 @@ def fit_softmax_head(
     ``l2 = 1 / (C * n_samples)``. Runs on ``X``'s device and dtype. With a
     symmetric ``transform`` ``T`` it fits the head of ``X T`` (the L2 penalty
     in those coordinates) without forming ``X T``: logits ``X (W T)^T``.
-    Solved by SciPy's L-BFGS-B (as ``LogisticRegression(solver="lbfgs")``).
-    Returns ``(W, b, converged)``; ``converged`` is False when L-BFGS stopped
-    at ``max_iter`` iterations.
+    Solved by SciPy's L-BFGS-B (as ``LogisticRegression(solver="lbfgs")``),
+    from zero or from the head ``start`` (a warm start along a path). Returns
+    ``(W, b, converged)``; ``converged`` is False when L-BFGS stopped at
+    ``max_iter`` iterations.
     """
     import scipy.optimize  # a dependency of the package; torch.optim's first step costs ~3 s
 
@@ -166,9 +168,12 @@ def fit_softmax_head(
         value = float(loss) + 0.5 * l2 * float(W.square().sum())
         return value, torch.cat([grad_W, grad_b[:, None]], 1).double().cpu().numpy().ravel()
 
+    initial = np.zeros(n_classes * (n_features + 1))
+    if start is not None:
+        initial = torch.cat([start[0], start[1][:, None]], 1).double().cpu().numpy().ravel()
     result = scipy.optimize.minimize(
         loss_and_gradient,
-        np.zeros(n_classes * (n_features + 1)),
+        initial,
         jac=True,
         method="L-BFGS-B",
         options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
@@ -178,6 +183,57 @@ def fit_softmax_head(
     W, b = params[:, :-1].contiguous(), params[:, -1].contiguous()
     converged = result.nit < max_iter
     return W, b, converged
+
+
+def softmax_regression_path(
+    X: np.ndarray, y: np.ndarray, row_weight: np.ndarray, n_classes: int, l2_path
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Softmax logistic regressions of ``(X, y)`` for every L2 strength of ``l2_path``.
+
+    The objective of :func:`fit_softmax_head` (``row_weight`` summing to one),
+    in float64 NumPy: these fits are small (a run's support), where torch's
+    per-call overhead would cost more than the arithmetic. Each fit
+    warm-starts from the previous one, so ``l2_path`` should run from strong
+    to weak. With fewer rows than features, the fit works in the rows' span
+    (``X = U s V^T``; features ``U s``, heads mapped back by ``V^T``): the
+    same solutions, since an L2-penalised head lies in that span.
+    """
+    import scipy.optimize
+
+    n_rows, n_features = X.shape
+    basis = None
+    if n_rows < n_features:
+        U, singular_values, basis = np.linalg.svd(X, full_matrices=False)
+        X = U * singular_values
+    Y = np.eye(n_classes)[y]
+    weight = row_weight[:, None]
+    shape = (n_classes, X.shape[1] + 1)
+
+    def loss_and_gradient(flat, l2):
+        params = flat.reshape(shape)
+        W, b = params[:, :-1], params[:, -1]
+        logits = X @ W.T + b
+        logits -= logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        residual = (np.exp(log_p) - Y) * weight
+        gradient = np.empty(shape)
+        gradient[:, :-1] = residual.T @ X + l2 * W
+        gradient[:, -1] = residual.sum(0)
+        return -(weight * Y * log_p).sum() + 0.5 * l2 * np.square(W).sum(), gradient.ravel()
+
+    params, heads = np.zeros(shape).ravel(), []
+    for l2 in l2_path:
+        params = scipy.optimize.minimize(
+            loss_and_gradient,
+            params,
+            args=(l2,),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": 200, "gtol": 1e-5, "ftol": 64 * np.finfo(float).eps},
+        ).x
+        W, b = params.reshape(shape)[:, :-1], params.reshape(shape)[:, -1]
+        heads.append((W if basis is None else W @ basis, b.copy()))
+    return heads
 
 
 # --------------------------------------------------------------------------- #
@@ -376,13 +432,16 @@ class HSFMSettings:
     worst-group mean cross-entropy (a smoother criterion on small groups).
     With ``compare_unedited`` a run also updates a second head on its
     unedited support, by the same steps, and the kept epoch may be of either
-    head: the edits stay only where they beat not editing on held-out rows.
+    head, or the start head itself (epoch 0): the edits stay only where they
+    beat not editing on held-out rows.
     ``weight_decay`` adds ``weight_decay / 2 * ||W||^2`` (not the bias) to the
     support loss of both the inner loop and the head update (0 in the paper).
     ``whitening_ridge`` (None in the paper) whitens the standardised features
     before the runs (:func:`whitening_transform`); with ``choose_whitening``
     they are whitened only where that scores better on held-out rows
-    (:func:`_unedited_probe`).
+    (:func:`_unedited_probe`). With ``balanced_start`` (cross-fitted runs
+    only) the runs may start from group-balanced logistic regressions
+    instead of the initial head (:func:`choose_start_heads`).
     """
 
     support_size_per_class: int
@@ -404,6 +463,7 @@ class HSFMSettings:
     compare_unedited: bool = False
     whitening_ridge: float | None = None
     choose_whitening: bool = False
+    balanced_start: bool = False
 
 
 @dataclass
@@ -487,6 +547,7 @@ class HSFMResult:
     whitened: bool = False
     probe_scores: dict[str, float] | None = None  # with choose_whitening: geometry -> score
     erm_converged: bool = True
+    start: StartHeads | None = None
 
     @property
     def diverged(self) -> bool:
@@ -598,6 +659,117 @@ def _transform_rows(X: torch.Tensor, T: torch.Tensor) -> None:
         block.copy_(block @ T)
 
 
+# --------------------------------------------------------------------------- #
+# Start heads: the initial head or group-balanced logistic regressions
+# --------------------------------------------------------------------------- #
+BALANCED_L2_PATH = tuple(float(10.0**exponent) for exponent in np.arange(1.0, -3.01, -0.5))
+"""L2 strengths of the balanced heads (on a support loss of total weight one), strong to weak.
+
+The best strength can lie far out in either direction (unit-norm text
+embeddings of 1536 dimensions want a strong one on isotropic features), so
+the path spans four decades; fitted strong to weak, each fit
+warm-starts the next.
+"""
+
+
+@dataclass
+class StartHeads:
+    """The head every run starts from, chosen by cross-fitted held-out scores.
+
+    ``heads``: one ``(W, b)`` per run, in standardised coordinates.
+    ``chosen``: ``"initial"`` (the ERM or given head, the same for every
+    run) or ``"balanced_standardised"`` / ``"balanced_isotropic"`` (each
+    run's own balanced head, fitted on its support). ``scores``: each
+    candidate's mean over runs of its selection score on the runs'
+    selection rows (the balanced ones at their best L2 strength; lower is
+    better). ``balanced_l2``: that strength for the chosen balanced head.
+    """
+
+    heads: list[tuple[torch.Tensor, torch.Tensor]]
+    chosen: str = "initial"
+    scores: dict[str, float] | None = None
+    balanced_l2: float | None = None
+
+
+def _selection_loss(logits, heldout: HeldoutRows, rows, metric: str) -> float:
+    """The selection metric of a head's logits on ``rows`` of the held-out rows; lower is better."""
+    scores = _group_scores(
+        logits[rows], heldout.y[rows], heldout.cells[rows], heldout.n_cells, heldout.weight[rows]
+    )
+    return -scores["worst_group_accuracy"] if metric == "worst_group_accuracy" else scores[metric]
+
+
+def choose_start_heads(
+    support_of: Callable,
+    runs: list[RunRows],
+    heldout: HeldoutRows,
+    initial_head: tuple[torch.Tensor, torch.Tensor],
+    n_classes: int,
+    *,
+    metric: str,
+    isotropic_factor: torch.Tensor | None = None,
+) -> StartHeads:
+    """The initial head, or the best group-balanced logistic regression, as the runs' start.
+
+    Candidates: the initial (ERM) head, and for every run a softmax logistic
+    regression on the run's support, its (class, group) cells weighted
+    equally (the support loss of the runs), for every L2 strength of
+    :data:`BALANCED_L2_PATH`, on standardised features and on isotropic ones
+    (standardised features times ``isotropic_factor``: the data's own
+    relative feature scales under one global scale, the geometry of the raw
+    embeddings). Every candidate is scored on each run's selection rows,
+    rows its fit did not see; the candidate (and strength) with the best
+    mean score is the start. A plain ``LogisticRegression`` on the
+    annotated rows is thus among the starts, its regularisation chosen by the
+    same cross-fitting, and the runs refine it.
+    """
+    scores = {
+        "initial": sum(
+            _selection_loss(
+                torch.addmm(initial_head[1], heldout.X, initial_head[0].T),
+                heldout,
+                run.selection_rows,
+                metric,
+            )
+            for run in runs
+        )
+        / len(runs)
+    }
+    geometries = {"balanced_standardised": None}
+    if isotropic_factor is not None:
+        geometries["balanced_isotropic"] = isotropic_factor
+    best = StartHeads([initial_head] * len(runs), "initial", scores)
+    for name, factor in geometries.items():
+        path_heads, path_losses = [], np.zeros(len(BALANCED_L2_PATH))
+        for run in runs:
+            S, labels, _, weight, _ = support_of(run, None)
+            if factor is not None:
+                S = S * factor
+            run_heads = []
+            path = softmax_regression_path(
+                S.double().cpu().numpy(),
+                labels.cpu().numpy(),
+                weight.double().cpu().numpy(),
+                n_classes,
+                BALANCED_L2_PATH,
+            )
+            for step, (W, b) in enumerate(path):
+                W, b = (torch.from_numpy(a).to(S) for a in (W, b))
+                if factor is not None:
+                    W = W * factor  # to standardised coordinates
+                run_heads.append((W, b))
+                logits = torch.addmm(b, heldout.X, W.T)
+                path_losses[step] += _selection_loss(logits, heldout, run.selection_rows, metric)
+            path_heads.append(run_heads)
+        step = int(np.argmin(path_losses))
+        scores[name] = float(path_losses[step] / len(runs))
+        if scores[name] < scores[best.chosen]:
+            best = StartHeads(
+                [run_heads[step] for run_heads in path_heads], name, scores, BALANCED_L2_PATH[step]
+            )
+    return best
+
+
 def fit_hsfm(
     pool: Rows,
     heldout: HeldoutRows,
@@ -607,6 +779,7 @@ def fit_hsfm(
     n_classes: int,
     erm_l2: float,
     initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
+    isotropic_factor: torch.Tensor | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> HSFMResult:
     """Run HSFM (docs/architecture.md) on standardised features and return the selected head.
@@ -634,7 +807,10 @@ def fit_hsfm(
     erm_l2 : float
         L2 strength of the ERM head (ignored when ``initial_head`` is given).
     initial_head : (W, b) or None
-        Initial head in standardised coordinates.
+        Initial head in standardised coordinates (None: the ERM head).
+    isotropic_factor : tensor of shape (n_features,) or None
+        Per-feature factor from standardised to isotropic coordinates, a
+        geometry of the balanced start heads (:func:`choose_start_heads`).
     on_epoch : callable or None
         Called with each epoch's record (for progress output).
     """
@@ -642,45 +818,47 @@ def fit_hsfm(
     whitening = None
     if settings.whitening_ridge is not None:
         whitening = whitening_transform(pool.X, settings.whitening_ridge, pool_row_weight)
-
     erm_converged = True
-
-    def initial_head_in(transform):
-        """ERM (or the given) head in standardised coordinates, or in whitened ones."""
-        nonlocal erm_converged
-        if initial_head is None:
-            W, b, converged = fit_softmax_head(
-                pool.X,
-                pool.y,
-                n_classes,
-                l2=erm_l2,
-                transform=transform,
-                row_weight=pool_row_weight,
-            )
-            erm_converged &= converged
-            return W, b
-        if transform is None:
-            return initial_head
-        return _unwhiten(initial_head[0], transform), initial_head[1]
+    if initial_head is None:
+        W, b, erm_converged = fit_softmax_head(
+            pool.X, pool.y, n_classes, l2=erm_l2, row_weight=pool_row_weight
+        )
+        initial_head = (W, b)
 
     def support_of(run, transform):
         support = _support(run, pool, heldout, settings)
         return support if transform is None else (support[0] @ transform, *support[1:])
 
-    probe_scores, heads = None, {}
+    start = StartHeads([initial_head] * len(runs))
+    if settings.balanced_start and settings.support_source == "annotated" and len(runs) > 1:
+        start = choose_start_heads(
+            support_of,
+            runs,
+            heldout,
+            initial_head,
+            n_classes,
+            metric=settings.selection_metric,
+            isotropic_factor=isotropic_factor,
+        )
+
+    def heads_in(transform):
+        """The runs' start heads in standardised coordinates, or in whitened ones."""
+        if transform is None:
+            return start.heads
+        return [(_unwhiten(W, transform), b) for W, b in start.heads]
+
+    probe_scores = None
     if whitening is not None and settings.choose_whitening:
-        # both geometries see the same support draws as the runs below
-        probe_scores = {}
-        for geometry, transform in (("standardised", None), ("whitened", whitening)):
-            heads[geometry] = initial_head_in(transform)
-            probe_scores[geometry] = _unedited_probe(
-                support_of, runs, heldout, heads[geometry], n_classes, settings, transform
+        # both geometries see the same support draws and start heads as the runs below
+        probe_scores = {
+            geometry: _unedited_probe(
+                support_of, runs, heldout, heads_in(transform), n_classes, settings, transform
             )
+            for geometry, transform in (("standardised", None), ("whitened", whitening))
+        }
         if not probe_scores["whitened"] < probe_scores["standardised"]:
             whitening = None
-    # the chosen geometry's initial head: the probe's, if it fitted one
-    chosen = "standardised" if whitening is None else "whitened"
-    W0, b0 = heads[chosen] if chosen in heads else initial_head_in(whitening)
+    run_heads = heads_in(whitening)
     if settings.support_source == "annotated":
         # the pool, usually the largest array of a fit, has served its purpose: drop its storage
         pool.X.set_()
@@ -701,13 +879,19 @@ def fit_hsfm(
             report = functools.partial(_report_run, on_epoch, number)
         results.append(
             _bilevel_run(
-                support, run, heldout, (W0, b0), n_classes, settings, (inner_lr, head_lr), report
+                support,
+                run,
+                heldout,
+                run_heads[number],
+                n_classes,
+                settings,
+                (inner_lr, head_lr),
+                report,
             )
         )
         del support
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
-        W0 = W0 @ whitening if initial_head is None else initial_head[0]  # a given head: as given
         sizes = [len(r.support_edited) for r in results]  # one solve for every run's support
         edited = _unwhiten(torch.cat([r.support_edited for r in results]), whitening).split(sizes)
         for r, support in zip(results, edited, strict=True):
@@ -717,8 +901,8 @@ def fit_hsfm(
     return HSFMResult(
         weight=weight,
         bias=bias,
-        initial_weight=W0,
-        initial_bias=b0,
+        initial_weight=initial_head[0],
+        initial_bias=initial_head[1],
         inner_lr=inner_lr,
         head_lr=head_lr,
         runs=results,
@@ -726,6 +910,7 @@ def fit_hsfm(
         whitened=whitening is not None,
         probe_scores=probe_scores,
         erm_converged=erm_converged,
+        start=start,
     )
 
 
@@ -745,22 +930,21 @@ def _report_run(on_epoch, number: int, record: dict) -> None:
     on_epoch({"run": number, **record})
 
 
-def _unedited_probe(support_of, runs, heldout, head, n_classes, settings, whitening) -> float:
+def _unedited_probe(support_of, runs, heldout, heads, n_classes, settings, whitening) -> float:
     """How well a geometry suits the head updates, before any support edit.
 
     For every run, the head update alone (the unedited control of
     :func:`_bilevel_run`: ``n_epochs`` times ``inner_steps`` steps on the
-    support as drawn, from the initial head; never more epochs, so that both
-    geometries get the same budget) in standardised coordinates
-    (``whitening`` None) or whitened ones (``whitening`` = ``T``); the score is the mean
-    over runs of the lowest worst-group mean cross-entropy on the run's
+    support as drawn, from the run's start head in ``heads``; never more
+    epochs, so that both geometries get the same budget) in standardised
+    coordinates (``whitening`` None) or whitened ones (``whitening`` = ``T``);
+    the score is the mean over runs of the lowest worst-group mean cross-entropy on the run's
     selection rows, rows that did not shape it. ``heldout.X`` stays
     standardised: whitened heads are mapped back to score it.
     """
-    W0, b0 = head
     head_lr = None
     best_losses = []
-    for run in runs:
+    for run, (W0, b0) in zip(runs, heads, strict=True):
         support = support_of(run, whitening)
         if head_lr is None:
             head_lr = _step_sizes(support, settings)[1]
@@ -921,7 +1105,7 @@ def _bilevel_run(support, run, heldout, head, n_classes, settings, steps, on_epo
     }
     best = (-math.inf, -math.inf)
     best_S = S.clone()  # the support at the best epoch; the initial one until then
-    best_state = (W0, b0, 0, True)
+    best_state = (W0, b0, 0, False)
     diverged = False
     epochs_without_improvement = 0
 
@@ -942,6 +1126,10 @@ def _bilevel_run(support, run, heldout, head, n_classes, settings, steps, on_epo
 
     # logits of the current head on every held-out row: scored in (d), mined in the next (a)
     logits = torch.addmm(b, heldout_X, W.T)
+    # with the comparison, epoch 0 (the start head, the least edited of all)
+    # competes too: a run never ends worse on its selection rows than it started
+    if settings.compare_unedited and torch.isfinite(logits[selection_rows]).all():
+        keep_if_best(selection_scores(logits), W, b, S, 0, edited=False)
     # past n_epochs, a run goes on only while its best epoch is recent: a run
     # cut short while its selection score still falls loses the most
     last_epoch = settings.n_epochs if settings.max_epochs is None else settings.max_epochs

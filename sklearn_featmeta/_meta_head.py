@@ -31,7 +31,7 @@ from ._groups import (
     take_by_weight,
 )
 from ._linear import LinearHeadMixin, binary_to_softmax_head, softmax_to_fitted_head
-from ._preprocessing import content_hashes, standardized, weighted_moments
+from ._preprocessing import content_hashes, isotropic_factor, standardized, weighted_moments
 from ._presets import PAPER_PRESETS
 from ._threads import auto_threads, fit_threads
 
@@ -62,13 +62,15 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     they are split in two halves ``n_repeats`` times; for every split, two runs
     each take their support and hard set from one half and select their epoch
     (by worst-group loss) on the other, and the heads of all runs are averaged.
-    Each run also trains a head on its unedited support and keeps it where it
-    scores better (``compare_unedited``). Before the runs, the defaults choose
-    between standardised and whitened features by held-out scores
-    (``whitening_ridge="auto"``). On our real-data benchmarks this is what
-    makes the defaults competitive with DFR; there, the edits and the
-    whitening each help on some data sets and would hurt on others if always
-    used (``benchmarks/RESULTS.md``, ablations).
+    Each run starts from the best of the simple heads (``balanced_start``):
+    the ERM head, or a group-balanced logistic regression on its support,
+    its regularisation and geometry chosen by the same cross-fitting; the
+    start head competes with every epoch, so a run never ends worse on its
+    selection rows than where it started. Each run also trains a head on its
+    unedited support and keeps it where it scores better
+    (``compare_unedited``). Before the runs, the defaults choose between
+    standardised and whitened features by held-out scores
+    (``whitening_ridge="auto"``).
 
     Rows whose ``groups`` entry is known are the held-out (annotated) rows;
     rows with an unknown group (``-1``, ``None`` or NaN) are the training pool.
@@ -107,6 +109,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     n_epochs : int, default=1
         Epochs of hard-set mining, support edits and head update every run
         makes before it may stop (the paper's ``E``, and all of them there).
+        With ``compare_unedited``, every run scores its start head too
+        (epoch 0) and keeps it where no epoch beats it; ``n_epochs=0,
+        max_epochs=0`` then keeps the start heads.
     max_epochs : int or None, default=40
         Past ``n_epochs``, a run goes on while it improves, up to
         ``max_epochs``: it stops once ``n_iter_no_change`` epochs in a row
@@ -128,12 +133,27 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         or the best held-out worst-group accuracy, ties broken by the lower
         loss (the paper). The loss varies smoothly where a small group's
         accuracy moves in steps of one row, so it picks epochs less by chance.
+    balanced_start : bool, default=True
+        With cross-fitted runs (``support_source="annotated"``), the runs
+        start from the best of several heads rather than always from the
+        ERM head: the ERM (or given) head, and for each run a softmax
+        logistic regression on its support with every (class, group) cell
+        weighted equally, fitted for a path of L2 strengths spanning four
+        decades, on standardised features and on isotropic ones (centred,
+        one global scale: the raw embeddings' geometry). Each candidate is
+        scored by its mean selection metric on the runs' selection rows; the
+        best is each run's start (``start_head_``, ``start_scores_``,
+        ``balanced_l2_``). A group-balanced ``LogisticRegression`` on the
+        annotated rows is thus among the starts, tuned by the same
+        cross-fitting. False: every run starts from the ERM head.
     compare_unedited : bool, default=True
         Each run also updates a second head, by the same steps, on its support
         as drawn (no edits), and keeps the epoch that scores best on its
         selection rows whichever head it is: the edits are used only where
-        they beat not editing on held-out rows (``kept_edits_``). False
-        always keeps an epoch of the edited head (the paper). Costs one more
+        they beat not editing on held-out rows (``kept_edits_``); the start
+        head competes as epoch 0, so a run never ends worse on its selection
+        rows than it started. False always keeps an epoch of the edited head
+        (the paper). Costs one more
         head update per epoch, a small share of the support edits' cost.
     head_update : {"gradient", "adam"}, default="gradient"
         How the head learns from the edited support set each epoch:
@@ -205,8 +225,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         small ``inner_lr`` is tiny): ``from_preset(name, standardize=False)``
         reproduces that script; predictions then depend on the scale of ``X``.
     initial_head : tuple (coef, intercept) or None, default=None
-        Start from this head instead of fitting one (e.g. the final layer of
-        the network that produced the embeddings). Shapes as
+        Use this head instead of fitting the ERM head (e.g. the final layer of
+        the network that produced the embeddings); with ``balanced_start`` it
+        competes with the balanced heads as the runs' start. Shapes as
         ``LogisticRegression``'s ``coef_`` and ``intercept_``, in raw feature space.
     device : str, default="auto"
         Where to compute: ``"auto"`` (CUDA when available), ``"cpu"``,
@@ -249,8 +270,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         head prefixed ``unedited_`` (NaN without ``compare_unedited``), and the
         mean ``outer_loss`` of the epoch's support updates.
     best_epoch_ : ndarray of shape (n_runs,)
-        Selected epoch of each run (1-based; 0 if its first epoch diverged and
-        the initial head was kept). One run with ``support_source="pool"``,
+        Selected epoch of each run (1-based; 0: no epoch beat the run's start
+        head, which it kept). One run with ``support_source="pool"``,
         ``2 * n_repeats`` (cross-fitted folds) with ``"annotated"`` (one when
         the annotated rows are too few to split, see ``support_source``).
     kept_edits_ : ndarray of bool of shape (n_runs,)
@@ -268,6 +289,20 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         (``"standardised"``, ``"whitened"``), the mean over runs of the
         unedited head's lowest held-out worst-group loss; lower is better.
         None otherwise.
+    start_head_ : str
+        What the runs started from (``balanced_start``): ``"initial"`` (the
+        ERM or given head), ``"balanced_standardised"`` or
+        ``"balanced_isotropic"`` (each run's group-balanced logistic
+        regression in that geometry).
+    start_scores_ : dict or None
+        With ``balanced_start``: each candidate's mean selection score on the
+        runs' selection rows (worst-group loss, or minus the worst-group
+        accuracy; lower is better), the balanced ones at their best L2
+        strength. None when the candidates were not weighed (one run, or
+        support from the pool).
+    balanced_l2_ : float or None
+        L2 strength of the chosen balanced start heads (support loss of total
+        weight one, standardised or isotropic features); None otherwise.
     device_ : str
         Device the model was fitted on.
     n_threads_ : int
@@ -304,14 +339,15 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         "outer_steps": [Interval(Integral, 0, None, closed="left")],
         "hard_set_size": [Interval(Integral, 1, None, closed="left")],
         "hard_set": [StrOptions({"class", "group"})],
-        "n_epochs": [Interval(Integral, 1, None, closed="left")],
+        "n_epochs": [Interval(Integral, 0, None, closed="left")],
         "selection_metric": [StrOptions({"worst_group_accuracy", "worst_group_loss"})],
         "compare_unedited": ["boolean"],
+        "balanced_start": ["boolean"],
         "head_update": [StrOptions({"gradient", "adam"})],
         "support_source": [StrOptions({"pool", "annotated"})],
         "n_repeats": [Interval(Integral, 1, None, closed="left")],
         "head_lr": [None, Interval(Real, 0, None, closed="neither")],
-        "max_epochs": [None, Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [None, Interval(Integral, 0, None, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "max_grad_norm": [Interval(Real, 0, None, closed="neither")],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
@@ -344,6 +380,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         max_epochs=40,
         selection_metric="worst_group_loss",
         compare_unedited=True,
+        balanced_start=True,
         head_update="gradient",
         head_lr=None,
         support_source="annotated",
@@ -372,6 +409,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.max_epochs = max_epochs
         self.selection_metric = selection_metric
         self.compare_unedited = compare_unedited
+        self.balanced_start = balanced_start
         self.head_update = head_update
         self.head_lr = head_lr
         self.support_source = support_source
@@ -639,6 +677,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             weight_decay=self.head_l2,
             selection_metric=self.selection_metric,
             compare_unedited=self.compare_unedited,
+            balanced_start=self.balanced_start,
             whitening_ridge=self._whitening_ridge(),
             choose_whitening=self.whitening_ridge == "auto",
         )
@@ -694,6 +733,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             n_classes=n_classes,
             erm_l2=1.0 / (self.erm_C * data.weights[pool].sum()),
             initial_head=None if initial_head is None else tuple(map(tensor, initial_head)),
+            isotropic_factor=tensor(isotropic_factor(data.scale)) if self.standardize else None,
             on_epoch=progress.epoch if self.verbose else None,
         )
         progress.close()
@@ -788,6 +828,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.inner_lr_ = float(result.inner_lr)
         self.whitening_ridge_ = self._whitening_ridge() if result.whitened else None
         self.whitening_scores_ = result.probe_scores
+        self.start_head_ = result.start.chosen
+        self.start_scores_ = result.start.scores
+        self.balanced_l2_ = result.start.balanced_l2
         self.device_ = str(device)
 
 

@@ -43,6 +43,25 @@ def weighted_moments(
     return mean, scale
 
 
+def isotropic_factor(scale: np.ndarray) -> np.ndarray:
+    """Per-feature factor from standardised to isotropic features.
+
+    Isotropic features are centred and divided by one global scale, the root
+    mean variance of the varying features: they keep the data's relative
+    feature scales (the geometry of raw embeddings) and, like standardised
+    ones, are the same for ``X`` and ``a * X + b``. A constant feature
+    (scale exactly 1 from :func:`weighted_moments`, standardised to zero)
+    gets factor 1.
+    """
+    varying = scale != 1.0
+    if not varying.any():
+        return np.ones_like(scale)
+    global_scale = np.sqrt(np.mean(np.square(scale[varying])))
+    factor = scale / global_scale
+    factor[~varying] = 1.0
+    return factor
+
+
 _KEY_GRID = 4096.0  # standardised values are keyed on a grid of 1/4096 of a standard deviation
 
 

@@ -86,7 +86,7 @@ def test_fit_passes_the_epoch_options(data_dir):
     assert joblib.load(data_dir / "exact.joblib").max_epochs is None
     wrong = featmeta("fit", "train.npz", "-o", "m.joblib", "--max-epochs", "many", cwd=data_dir)
     assert wrong.returncode == 2
-    assert "expected none or a whole number >= 1, got 'many'" in wrong.stderr
+    assert "expected none or a whole number >= 0, got 'many'" in wrong.stderr
 
 
 def test_errors_are_reported_without_traceback(data_dir):

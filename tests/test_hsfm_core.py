@@ -442,7 +442,8 @@ def _compared_settings(outer_lr, n_epochs):
 
 def test_unedited_head_is_kept_where_the_edits_do_worse():
     settings = _compared_settings(outer_lr=3.0, n_epochs=6)
-    result = _fit(settings)
+    zero_head = (torch.zeros(2, 6), torch.zeros(2))  # far from the held-out optimum: training helps
+    result = _fit(settings, initial_head=zero_head)
     (run,) = result.runs
     assert not run.kept_edits and run.best_epoch > 0
     # the kept head is plain gradient descent on the support as drawn, for the kept epochs
@@ -461,10 +462,28 @@ def test_unedited_head_is_kept_where_the_edits_do_worse():
     assert unedited[run.best_epoch - 1] == pytest.approx(scores["worst_group_loss"], rel=1e-5)
     assert unedited[run.best_epoch - 1] == min(unedited) < min(run.history["worst_group_loss"])
     # without the comparison the edits are kept, though they score worse than not editing
-    (edited,) = _fit(dataclasses.replace(settings, compare_unedited=False)).runs
-    (control,) = _fit(dataclasses.replace(settings, outer_lr=1e-12)).runs
+    (edited,) = _fit(
+        dataclasses.replace(settings, compare_unedited=False), initial_head=zero_head
+    ).runs
+    (control,) = _fit(dataclasses.replace(settings, outer_lr=1e-12), initial_head=zero_head).runs
     assert edited.kept_edits
     assert min(edited.history["worst_group_loss"]) > min(control.history["worst_group_loss"])
+
+
+def test_start_head_is_kept_where_no_epoch_beats_it():
+    """Epoch 0 competes: a run whose every update scores worse keeps its start head."""
+    X, y = _fit_problem()
+    heldout_scores = _hsfm._group_scores
+    settings = _compared_settings(outer_lr=3.0, n_epochs=3)
+    # the held-out optimum as start: every update moves away from it on the selection rows
+    best = _hsfm.fit_softmax_head(X[80:], y[80:], 2, l2=1e-4)[:2]
+    (run,) = _fit(settings, initial_head=best).runs
+    assert run.best_epoch == 0 and not run.kept_edits
+    torch.testing.assert_close(run.weight, best[0])
+    start_loss = heldout_scores(X[80:] @ best[0].T + best[1], y[80:], y[80:], 2)["worst_group_loss"]
+    assert start_loss < min(
+        run.history["worst_group_loss"] + run.history["unedited_worst_group_loss"]
+    )
 
 
 def test_edited_head_is_kept_where_the_edits_do_better():
