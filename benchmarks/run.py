@@ -97,9 +97,9 @@ EDIT_ABLATIONS = [
     ("defaults, but no support edits (outer_steps=0)", {"outer_steps": 0}),
     ("defaults, but no hard set (every shaping row, hard_set_size=10**9)",
      {"hard_set_size": 10**9}),
-    ("defaults, but start from the ERM head only (balanced_start=False)",
-     {"balanced_start": False}),
-    ("start heads alone, no epochs (n_epochs=0, max_epochs=0)",
+    ("defaults, but no balanced candidates (balanced_candidates=False)",
+     {"balanced_candidates": False}),
+    ("candidates alone: ERM head or balanced LR, no epochs (n_epochs=0, max_epochs=0)",
      {"n_epochs": 0, "max_epochs": 0}),
 ]  # fmt: skip
 
@@ -108,8 +108,9 @@ TUNING_ROWS = [
     ("n_repeats=2", {"n_repeats": 2}),
     ("outer_steps=0", {"outer_steps": 0}),
     ("outer_steps=0, n_repeats=2", {"outer_steps": 0, "n_repeats": 2}),
-    ("selection_metric=worst_group_accuracy", {"selection_metric": "worst_group_accuracy"}),
-]
+    ("outer_steps=0, n_repeats=2, balanced_candidates=False",
+     {"outer_steps": 0, "n_repeats": 2, "balanced_candidates": False}),
+]  # fmt: skip
 
 # Options that are not defaults, each on top of the defaults.
 OPTIONS = [

@@ -135,7 +135,6 @@ def fit_softmax_head(
     tol: float = 1e-6,
     transform: torch.Tensor | None = None,
     row_weight: torch.Tensor | None = None,
-    start: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Multinomial logistic regression, the ERM head of step 1.
 
@@ -145,10 +144,9 @@ def fit_softmax_head(
     ``l2 = 1 / (C * n_samples)``. Runs on ``X``'s device and dtype. With a
     symmetric ``transform`` ``T`` it fits the head of ``X T`` (the L2 penalty
     in those coordinates) without forming ``X T``: logits ``X (W T)^T``.
-    Solved by SciPy's L-BFGS-B (as ``LogisticRegression(solver="lbfgs")``),
-    from zero or from the head ``start`` (a warm start along a path). Returns
-    ``(W, b, converged)``; ``converged`` is False when L-BFGS stopped at
-    ``max_iter`` iterations.
+    Solved by SciPy's L-BFGS-B (as ``LogisticRegression(solver="lbfgs")``).
+    Returns ``(W, b, converged)``; ``converged`` is False when L-BFGS stopped
+    at ``max_iter`` iterations.
     """
     import scipy.optimize  # a dependency of the package; torch.optim's first step costs ~3 s
 
@@ -168,12 +166,9 @@ def fit_softmax_head(
         value = float(loss) + 0.5 * l2 * float(W.square().sum())
         return value, torch.cat([grad_W, grad_b[:, None]], 1).double().cpu().numpy().ravel()
 
-    initial = np.zeros(n_classes * (n_features + 1))
-    if start is not None:
-        initial = torch.cat([start[0], start[1][:, None]], 1).double().cpu().numpy().ravel()
     result = scipy.optimize.minimize(
         loss_and_gradient,
-        initial,
+        np.zeros(n_classes * (n_features + 1)),
         jac=True,
         method="L-BFGS-B",
         options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
@@ -439,9 +434,9 @@ class HSFMSettings:
     ``whitening_ridge`` (None in the paper) whitens the standardised features
     before the runs (:func:`whitening_transform`); with ``choose_whitening``
     they are whitened only where that scores better on held-out rows
-    (:func:`_unedited_probe`). With ``balanced_start`` (cross-fitted runs
-    only) the runs may start from group-balanced logistic regressions
-    instead of the initial head (:func:`choose_start_heads`).
+    (:func:`_unedited_probe`). With ``balanced_candidates`` (cross-fitted
+    runs only) group-balanced logistic regressions compete with the runs'
+    heads (:func:`choose_heads`).
     """
 
     support_size_per_class: int
@@ -463,7 +458,7 @@ class HSFMSettings:
     compare_unedited: bool = False
     whitening_ridge: float | None = None
     choose_whitening: bool = False
-    balanced_start: bool = False
+    balanced_candidates: bool = False
 
 
 @dataclass
@@ -547,7 +542,7 @@ class HSFMResult:
     whitened: bool = False
     probe_scores: dict[str, float] | None = None  # with choose_whitening: geometry -> score
     erm_converged: bool = True
-    start: StartHeads | None = None
+    choice: HeadChoice | None = None
 
     @property
     def diverged(self) -> bool:
@@ -660,114 +655,143 @@ def _transform_rows(X: torch.Tensor, T: torch.Tensor) -> None:
 
 
 # --------------------------------------------------------------------------- #
-# Start heads: the initial head or group-balanced logistic regressions
+# Candidate heads: the runs' heads or group-balanced logistic regressions
 # --------------------------------------------------------------------------- #
 BALANCED_L2_PATH = tuple(float(10.0**exponent) for exponent in np.arange(1.0, -3.01, -0.5))
 """L2 strengths of the balanced heads (on a support loss of total weight one), strong to weak.
 
 The best strength can lie far out in either direction (unit-norm text
 embeddings of 1536 dimensions want a strong one on isotropic features), so
-the path spans four decades; fitted strong to weak, each fit
-warm-starts the next.
+the path spans four decades; fitted strong to weak, each fit warm-starts the
+next.
 """
+
+CALIBRATION_TEMPERATURES = tuple(float(2.0**exponent) for exponent in np.arange(-3, 3.01, 0.5))
+"""Temperatures a candidate's logits are divided by before its loss is compared (the best counts)."""
 
 
 @dataclass
-class StartHeads:
-    """The head every run starts from, chosen by cross-fitted held-out scores.
+class HeadChoice:
+    """Which heads the fit averages, chosen by cross-fitted held-out scores.
 
-    ``heads``: one ``(W, b)`` per run, in standardised coordinates.
-    ``chosen``: ``"initial"`` (the ERM or given head, the same for every
-    run) or ``"balanced_standardised"`` / ``"balanced_isotropic"`` (each
-    run's own balanced head, fitted on its support). ``scores``: each
-    candidate's mean over runs of its selection score on the runs'
-    selection rows (the balanced ones at their best L2 strength; lower is
-    better). ``balanced_l2``: that strength for the chosen balanced head.
+    ``chosen``: ``"runs"`` (the HSFM runs' heads) or
+    ``"balanced_standardised"`` / ``"balanced_isotropic"`` (each run's
+    group-balanced logistic regression, fitted on its support). ``scores``:
+    each candidate's calibrated score (:func:`_calibrated_score`; lower is
+    better), the balanced ones at their best L2 strength. ``balanced_l2``:
+    that strength, for a chosen balanced candidate.
     """
 
-    heads: list[tuple[torch.Tensor, torch.Tensor]]
-    chosen: str = "initial"
+    chosen: str = "runs"
     scores: dict[str, float] | None = None
     balanced_l2: float | None = None
+    heads: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # a balanced choice's
 
 
-def _selection_loss(logits, heldout: HeldoutRows, rows, metric: str) -> float:
-    """The selection metric of a head's logits on ``rows`` of the held-out rows; lower is better."""
-    scores = _group_scores(
-        logits[rows], heldout.y[rows], heldout.cells[rows], heldout.n_cells, heldout.weight[rows]
-    )
-    return -scores["worst_group_accuracy"] if metric == "worst_group_accuracy" else scores[metric]
+def _calibrated_score(run_logits, runs, heldout: HeldoutRows, metric: str) -> float:
+    """How well heads do on their runs' selection rows, whatever the scale of their logits.
+
+    ``run_logits``: for every run, its head's logits on the run's selection
+    rows. With ``metric="worst_group_loss"``, the mean over runs of the
+    worst-group cross-entropy at the best of :data:`CALIBRATION_TEMPERATURES`
+    (shared by the runs): a head fitted by a penalised cross-entropy and one
+    early-stopped from an overconfident ERM head differ in scale far more
+    than in ranking, and the plain loss would judge the scale. With
+    ``"worst_group_accuracy"``, minus the mean worst-group accuracy.
+    """
+    best = math.inf
+    temperatures = (1.0,) if metric == "worst_group_accuracy" else CALIBRATION_TEMPERATURES
+    for temperature in temperatures:
+        total = 0.0
+        for logits, run in zip(run_logits, runs, strict=True):
+            rows = run.selection_rows
+            scores = _group_scores(
+                logits / temperature,
+                heldout.y[rows],
+                heldout.cells[rows],
+                heldout.n_cells,
+                heldout.weight[rows],
+            )
+            total += -scores[metric] if metric == "worst_group_accuracy" else scores[metric]
+        best = min(best, total / len(runs))
+    return best
 
 
-def choose_start_heads(
+@dataclass
+class _BalancedPath:
+    """A geometry's balanced heads: ``heads[run][step]`` and their selection-row logits."""
+
+    heads: list[list[tuple[torch.Tensor, torch.Tensor]]]
+    logits: list[list[torch.Tensor]]
+
+
+def balanced_paths(
     support_of: Callable,
     runs: list[RunRows],
     heldout: HeldoutRows,
-    initial_head: tuple[torch.Tensor, torch.Tensor],
     n_classes: int,
-    *,
-    metric: str,
     isotropic_factor: torch.Tensor | None = None,
-) -> StartHeads:
-    """The initial head, or the best group-balanced logistic regression, as the runs' start.
+) -> dict[str, _BalancedPath]:
+    """Every run's group-balanced logistic regressions, for every L2 strength and geometry.
 
-    Candidates: the initial (ERM) head, and for every run a softmax logistic
-    regression on the run's support, its (class, group) cells weighted
-    equally (the support loss of the runs), for every L2 strength of
-    :data:`BALANCED_L2_PATH`, on standardised features and on isotropic ones
-    (standardised features times ``isotropic_factor``: the data's own
-    relative feature scales under one global scale, the geometry of the raw
-    embeddings). Every candidate is scored on each run's selection rows,
-    rows its fit did not see; the candidate (and strength) with the best
-    mean score is the start. A plain ``LogisticRegression`` on the
-    annotated rows is thus among the starts, its regularisation chosen by the
-    same cross-fitting, and the runs refine it.
+    For every run a softmax logistic regression on the run's support, its
+    (class, group) cells weighted equally (the runs' support loss), for
+    every strength of :data:`BALANCED_L2_PATH`, on standardised features and
+    on isotropic ones (standardised features times ``isotropic_factor``: the
+    data's relative feature scales under one global scale, the geometry of
+    the raw embeddings). Heads in standardised coordinates, with their
+    logits on the run's selection rows, rows their fit did not see.
     """
-    scores = {
-        "initial": sum(
-            _selection_loss(
-                torch.addmm(initial_head[1], heldout.X, initial_head[0].T),
-                heldout,
-                run.selection_rows,
-                metric,
-            )
-            for run in runs
-        )
-        / len(runs)
-    }
     geometries = {"balanced_standardised": None}
     if isotropic_factor is not None:
         geometries["balanced_isotropic"] = isotropic_factor
-    best = StartHeads([initial_head] * len(runs), "initial", scores)
+    paths = {}
     for name, factor in geometries.items():
-        path_heads, path_losses = [], np.zeros(len(BALANCED_L2_PATH))
+        path = _BalancedPath([], [])
         for run in runs:
             S, labels, _, weight, _ = support_of(run, None)
             if factor is not None:
                 S = S * factor
-            run_heads = []
-            path = softmax_regression_path(
+            fits = softmax_regression_path(
                 S.double().cpu().numpy(),
                 labels.cpu().numpy(),
                 weight.double().cpu().numpy(),
                 n_classes,
                 BALANCED_L2_PATH,
             )
-            for step, (W, b) in enumerate(path):
+            heads = []
+            for W, b in fits:
                 W, b = (torch.from_numpy(a).to(S) for a in (W, b))
-                if factor is not None:
-                    W = W * factor  # to standardised coordinates
-                run_heads.append((W, b))
-                logits = torch.addmm(b, heldout.X, W.T)
-                path_losses[step] += _selection_loss(logits, heldout, run.selection_rows, metric)
-            path_heads.append(run_heads)
-        step = int(np.argmin(path_losses))
-        scores[name] = float(path_losses[step] / len(runs))
-        if scores[name] < scores[best.chosen]:
-            best = StartHeads(
-                [run_heads[step] for run_heads in path_heads], name, scores, BALANCED_L2_PATH[step]
-            )
-    return best
+                heads.append((W if factor is None else W * factor, b))  # standardised coordinates
+            selection_X = heldout.X[run.selection_rows]
+            path.heads.append(heads)
+            path.logits.append([torch.addmm(b, selection_X, W.T) for W, b in heads])
+        paths[name] = path
+    return paths
+
+
+def choose_heads(run_logits, paths: dict[str, _BalancedPath], runs, heldout, metric) -> HeadChoice:
+    """The runs' heads, or the balanced heads of one geometry and strength: the best calibrated score.
+
+    Every candidate is scored on the same selection rows of the same runs
+    (:func:`_calibrated_score`), rows none of them was fitted on. A
+    group-balanced ``LogisticRegression`` on the annotated rows, its
+    regularisation and geometry chosen by the same cross-fitting, is thus
+    among the fit's candidates, and the fit falls back on it where the runs
+    do worse.
+    """
+    choice = HeadChoice("runs", {"runs": _calibrated_score(run_logits, runs, heldout, metric)})
+    for name, path in paths.items():
+        step_scores = [
+            _calibrated_score([logits[step] for logits in path.logits], runs, heldout, metric)
+            for step in range(len(BALANCED_L2_PATH))
+        ]
+        step = int(np.argmin(step_scores))
+        choice.scores[name] = step_scores[step]
+        if step_scores[step] < choice.scores[choice.chosen]:
+            choice.chosen, choice.balanced_l2 = name, BALANCED_L2_PATH[step]
+            choice.heads = [heads[step] for heads in path.heads]
+    return choice
 
 
 def fit_hsfm(
@@ -810,7 +834,7 @@ def fit_hsfm(
         Initial head in standardised coordinates (None: the ERM head).
     isotropic_factor : tensor of shape (n_features,) or None
         Per-feature factor from standardised to isotropic coordinates, a
-        geometry of the balanced start heads (:func:`choose_start_heads`).
+        geometry of the balanced candidate heads (:func:`balanced_paths`).
     on_epoch : callable or None
         Called with each epoch's record (for progress output).
     """
@@ -829,36 +853,28 @@ def fit_hsfm(
         support = _support(run, pool, heldout, settings)
         return support if transform is None else (support[0] @ transform, *support[1:])
 
-    start = StartHeads([initial_head] * len(runs))
-    if settings.balanced_start and settings.support_source == "annotated" and len(runs) > 1:
-        start = choose_start_heads(
-            support_of,
-            runs,
-            heldout,
-            initial_head,
-            n_classes,
-            metric=settings.selection_metric,
-            isotropic_factor=isotropic_factor,
-        )
+    paths = {}
+    if settings.balanced_candidates and settings.support_source == "annotated" and len(runs) > 1:
+        # before any whitening: the balanced heads live in standardised coordinates
+        paths = balanced_paths(support_of, runs, heldout, n_classes, isotropic_factor)
+    W0, b0 = initial_head
 
-    def heads_in(transform):
-        """The runs' start heads in standardised coordinates, or in whitened ones."""
-        if transform is None:
-            return start.heads
-        return [(_unwhiten(W, transform), b) for W, b in start.heads]
+    def head_in(transform):
+        """The initial head in standardised coordinates, or in whitened ones."""
+        return initial_head if transform is None else (_unwhiten(W0, transform), b0)
 
     probe_scores = None
     if whitening is not None and settings.choose_whitening:
-        # both geometries see the same support draws and start heads as the runs below
+        # both geometries see the same support draws as the runs below
         probe_scores = {
             geometry: _unedited_probe(
-                support_of, runs, heldout, heads_in(transform), n_classes, settings, transform
+                support_of, runs, heldout, head_in(transform), n_classes, settings, transform
             )
             for geometry, transform in (("standardised", None), ("whitened", whitening))
         }
         if not probe_scores["whitened"] < probe_scores["standardised"]:
             whitening = None
-    run_heads = heads_in(whitening)
+    run_head = head_in(whitening)
     if settings.support_source == "annotated":
         # the pool, usually the largest array of a fit, has served its purpose: drop its storage
         pool.X.set_()
@@ -882,7 +898,7 @@ def fit_hsfm(
                 support,
                 run,
                 heldout,
-                run_heads[number],
+                run_head,
                 n_classes,
                 settings,
                 (inner_lr, head_lr),
@@ -890,19 +906,28 @@ def fit_hsfm(
             )
         )
         del support
+    choice = HeadChoice()
+    if paths:
+        # the runs' heads and the data are in the same coordinates here: their logits are right
+        run_logits = [
+            torch.addmm(r.bias, heldout.X[run.selection_rows], r.weight.T)
+            for r, run in zip(results, runs, strict=True)
+        ]
+        choice = choose_heads(run_logits, paths, runs, heldout, settings.selection_metric)
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
         sizes = [len(r.support_edited) for r in results]  # one solve for every run's support
         edited = _unwhiten(torch.cat([r.support_edited for r in results]), whitening).split(sizes)
         for r, support in zip(results, edited, strict=True):
             r.weight, r.support_edited = r.weight @ whitening, support
-    weight = torch.stack([r.weight for r in results]).mean(0)
-    bias = torch.stack([r.bias for r in results]).mean(0)
+    heads = [(r.weight, r.bias) for r in results] if choice.heads is None else choice.heads
+    weight = torch.stack([W for W, _ in heads]).mean(0)
+    bias = torch.stack([b for _, b in heads]).mean(0)
     return HSFMResult(
         weight=weight,
         bias=bias,
-        initial_weight=initial_head[0],
-        initial_bias=initial_head[1],
+        initial_weight=W0,
+        initial_bias=b0,
         inner_lr=inner_lr,
         head_lr=head_lr,
         runs=results,
@@ -910,7 +935,7 @@ def fit_hsfm(
         whitened=whitening is not None,
         probe_scores=probe_scores,
         erm_converged=erm_converged,
-        start=start,
+        choice=choice,
     )
 
 
@@ -930,21 +955,22 @@ def _report_run(on_epoch, number: int, record: dict) -> None:
     on_epoch({"run": number, **record})
 
 
-def _unedited_probe(support_of, runs, heldout, heads, n_classes, settings, whitening) -> float:
+def _unedited_probe(support_of, runs, heldout, head, n_classes, settings, whitening) -> float:
     """How well a geometry suits the head updates, before any support edit.
 
     For every run, the head update alone (the unedited control of
     :func:`_bilevel_run`: ``n_epochs`` times ``inner_steps`` steps on the
-    support as drawn, from the run's start head in ``heads``; never more
-    epochs, so that both geometries get the same budget) in standardised
-    coordinates (``whitening`` None) or whitened ones (``whitening`` = ``T``);
-    the score is the mean over runs of the lowest worst-group mean cross-entropy on the run's
+    support as drawn, from the initial head; never more epochs, so that both
+    geometries get the same budget) in standardised coordinates
+    (``whitening`` None) or whitened ones (``whitening`` = ``T``); the score
+    is the mean over runs of the lowest worst-group mean cross-entropy on the run's
     selection rows, rows that did not shape it. ``heldout.X`` stays
     standardised: whitened heads are mapped back to score it.
     """
+    W0, b0 = head
     head_lr = None
     best_losses = []
-    for run, (W0, b0) in zip(runs, heads, strict=True):
+    for run in runs:
         support = support_of(run, whitening)
         if head_lr is None:
             head_lr = _step_sizes(support, settings)[1]

@@ -62,15 +62,15 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     they are split in two halves ``n_repeats`` times; for every split, two runs
     each take their support and hard set from one half and select their epoch
     (by worst-group loss) on the other, and the heads of all runs are averaged.
-    Each run starts from the best of the simple heads (``balanced_start``):
-    the ERM head, or a group-balanced logistic regression on its support,
-    its regularisation and geometry chosen by the same cross-fitting; the
-    start head competes with every epoch, so a run never ends worse on its
-    selection rows than where it started. Each run also trains a head on its
-    unedited support and keeps it where it scores better
-    (``compare_unedited``). Before the runs, the defaults choose between
-    standardised and whitened features by held-out scores
-    (``whitening_ridge="auto"``).
+    Each run also trains a head on its unedited support and keeps it where
+    it scores better (``compare_unedited``). Before the runs, the defaults
+    choose between standardised and whitened features by held-out scores
+    (``whitening_ridge="auto"``). The heads of the runs then compete with
+    the strong simple heads (``balanced_candidates``): group-balanced
+    logistic regressions on each run's support, their regularisation and
+    geometry chosen by the same cross-fitting; whichever scores best on the
+    runs' selection rows is averaged, so the fit falls back on a tuned
+    group-balanced ``LogisticRegression`` where the runs do worse.
 
     Rows whose ``groups`` entry is known are the held-out (annotated) rows;
     rows with an unknown group (``-1``, ``None`` or NaN) are the training pool.
@@ -109,9 +109,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     n_epochs : int, default=1
         Epochs of hard-set mining, support edits and head update every run
         makes before it may stop (the paper's ``E``, and all of them there).
-        With ``compare_unedited``, every run scores its start head too
+        With ``compare_unedited``, every run scores its initial head too
         (epoch 0) and keeps it where no epoch beats it; ``n_epochs=0,
-        max_epochs=0`` then keeps the start heads.
+        max_epochs=0`` then leaves the initial head to compete with the
+        balanced candidates alone.
     max_epochs : int or None, default=40
         Past ``n_epochs``, a run goes on while it improves, up to
         ``max_epochs``: it stops once ``n_iter_no_change`` epochs in a row
@@ -133,24 +134,24 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         or the best held-out worst-group accuracy, ties broken by the lower
         loss (the paper). The loss varies smoothly where a small group's
         accuracy moves in steps of one row, so it picks epochs less by chance.
-    balanced_start : bool, default=True
-        With cross-fitted runs (``support_source="annotated"``), the runs
-        start from the best of several heads rather than always from the
-        ERM head: the ERM (or given) head, and for each run a softmax
-        logistic regression on its support with every (class, group) cell
-        weighted equally, fitted for a path of L2 strengths spanning four
-        decades, on standardised features and on isotropic ones (centred,
-        one global scale: the raw embeddings' geometry). Each candidate is
-        scored by its mean selection metric on the runs' selection rows; the
-        best is each run's start (``start_head_``, ``start_scores_``,
-        ``balanced_l2_``). A group-balanced ``LogisticRegression`` on the
-        annotated rows is thus among the starts, tuned by the same
-        cross-fitting. False: every run starts from the ERM head.
+    balanced_candidates : bool, default=True
+        With cross-fitted runs (``support_source="annotated"``, two runs or
+        more), the runs' heads compete with group-balanced logistic
+        regressions: for each run, a softmax logistic regression on its
+        support with every (class, group) cell weighted equally, fitted for
+        L2 strengths spanning four decades, on standardised features and on
+        isotropic ones (centred, one global scale: the raw embeddings'
+        geometry). Each candidate, the runs' heads included, is scored on
+        the runs' selection rows by its worst-group loss at its best
+        temperature (a scale-free score: an early-stopped ERM head is more
+        confident than a penalised fit, not worse); the best candidate's
+        heads are averaged (``selected_heads_``, ``candidate_scores_``,
+        ``balanced_l2_``). False: the runs' heads, always.
     compare_unedited : bool, default=True
         Each run also updates a second head, by the same steps, on its support
         as drawn (no edits), and keeps the epoch that scores best on its
         selection rows whichever head it is: the edits are used only where
-        they beat not editing on held-out rows (``kept_edits_``); the start
+        they beat not editing on held-out rows (``kept_edits_``); the initial
         head competes as epoch 0, so a run never ends worse on its selection
         rows than it started. False always keeps an epoch of the edited head
         (the paper). Costs one more
@@ -226,8 +227,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         reproduces that script; predictions then depend on the scale of ``X``.
     initial_head : tuple (coef, intercept) or None, default=None
         Use this head instead of fitting the ERM head (e.g. the final layer of
-        the network that produced the embeddings); with ``balanced_start`` it
-        competes with the balanced heads as the runs' start. Shapes as
+        the network that produced the embeddings). Shapes as
         ``LogisticRegression``'s ``coef_`` and ``intercept_``, in raw feature space.
     device : str, default="auto"
         Where to compute: ``"auto"`` (CUDA when available), ``"cpu"``,
@@ -289,20 +289,20 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         (``"standardised"``, ``"whitened"``), the mean over runs of the
         unedited head's lowest held-out worst-group loss; lower is better.
         None otherwise.
-    start_head_ : str
-        What the runs started from (``balanced_start``): ``"initial"`` (the
-        ERM or given head), ``"balanced_standardised"`` or
+    selected_heads_ : str
+        Whose heads the fit averaged (``balanced_candidates``): ``"runs"``
+        (the HSFM runs'), ``"balanced_standardised"`` or
         ``"balanced_isotropic"`` (each run's group-balanced logistic
         regression in that geometry).
-    start_scores_ : dict or None
-        With ``balanced_start``: each candidate's mean selection score on the
-        runs' selection rows (worst-group loss, or minus the worst-group
-        accuracy; lower is better), the balanced ones at their best L2
-        strength. None when the candidates were not weighed (one run, or
-        support from the pool).
+    candidate_scores_ : dict or None
+        With ``balanced_candidates``: each candidate's score on the runs'
+        selection rows (mean worst-group loss at the best temperature, or
+        minus the mean worst-group accuracy; lower is better), the balanced
+        ones at their best L2 strength. None when no candidate was weighed
+        (one run, or support from the pool).
     balanced_l2_ : float or None
-        L2 strength of the chosen balanced start heads (support loss of total
-        weight one, standardised or isotropic features); None otherwise.
+        L2 strength of the selected balanced heads (support loss of total
+        weight one); None when the runs' heads were selected.
     device_ : str
         Device the model was fitted on.
     n_threads_ : int
@@ -342,7 +342,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         "n_epochs": [Interval(Integral, 0, None, closed="left")],
         "selection_metric": [StrOptions({"worst_group_accuracy", "worst_group_loss"})],
         "compare_unedited": ["boolean"],
-        "balanced_start": ["boolean"],
+        "balanced_candidates": ["boolean"],
         "head_update": [StrOptions({"gradient", "adam"})],
         "support_source": [StrOptions({"pool", "annotated"})],
         "n_repeats": [Interval(Integral, 1, None, closed="left")],
@@ -380,7 +380,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         max_epochs=40,
         selection_metric="worst_group_loss",
         compare_unedited=True,
-        balanced_start=True,
+        balanced_candidates=True,
         head_update="gradient",
         head_lr=None,
         support_source="annotated",
@@ -409,7 +409,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.max_epochs = max_epochs
         self.selection_metric = selection_metric
         self.compare_unedited = compare_unedited
-        self.balanced_start = balanced_start
+        self.balanced_candidates = balanced_candidates
         self.head_update = head_update
         self.head_lr = head_lr
         self.support_source = support_source
@@ -677,7 +677,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             weight_decay=self.head_l2,
             selection_metric=self.selection_metric,
             compare_unedited=self.compare_unedited,
-            balanced_start=self.balanced_start,
+            balanced_candidates=self.balanced_candidates,
             whitening_ridge=self._whitening_ridge(),
             choose_whitening=self.whitening_ridge == "auto",
         )
@@ -746,6 +746,12 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                     f"{'whitened' if result.whitened else 'standardised'} (unedited heads' "
                     f"held-out worst-group loss {scores['standardised']:.4f} standardised, "
                     f"{scores['whitened']:.4f} whitened)"
+                )
+            if result.choice.scores is not None:
+                scores = ", ".join(f"{k} {v:.4f}" for k, v in result.choice.scores.items())
+                print(
+                    f"[{type(self).__name__}] averaged heads: {result.choice.chosen} "
+                    f"(candidates' held-out scores, lower is better: {scores})"
                 )
             best = ", ".join(
                 f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs
@@ -828,9 +834,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.inner_lr_ = float(result.inner_lr)
         self.whitening_ridge_ = self._whitening_ridge() if result.whitened else None
         self.whitening_scores_ = result.probe_scores
-        self.start_head_ = result.start.chosen
-        self.start_scores_ = result.start.scores
-        self.balanced_l2_ = result.start.balanced_l2
+        self.selected_heads_ = result.choice.chosen
+        self.candidate_scores_ = result.choice.scores
+        self.balanced_l2_ = result.choice.balanced_l2
         self.device_ = str(device)
 
 

@@ -22,7 +22,7 @@ _PAPER_ALGORITHM = {
     "hard_set": "class",  # hard set: the K_hard highest-loss held-out rows per class
     "selection_metric": "worst_group_accuracy",  # keep the best worst-group accuracy ...
     "compare_unedited": False,  # ... of the edited head
-    "balanced_start": False,  # every run starts from the ERM head
+    "balanced_candidates": False,  # the runs' heads, whatever they score
     "head_update": "adam",  # head update: T Adam steps on the edited support ...
     "head_lr": None,  # ... with the inner step size alpha
     "max_epochs": None,  # every run makes exactly E epochs

@@ -1,4 +1,4 @@
-"""The runs' start heads: the ERM head or group-balanced logistic regressions, cross-fitted."""
+"""Candidate heads: the runs' heads or group-balanced logistic regressions, cross-fitted."""
 
 import numpy as np
 import pytest
@@ -50,68 +50,112 @@ def _spurious_with_few_annotated(seed=0):
     )
 
 
-def test_start_is_the_best_candidate_by_its_cross_fitted_score():
+def test_selected_heads_are_the_best_candidate_by_its_cross_fitted_score():
     X, y, groups = _spurious_with_few_annotated()
     model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
-    scores = model.start_scores_
-    assert set(scores) == {"initial", "balanced_standardised", "balanced_isotropic"}
-    assert model.start_head_ == min(scores, key=scores.get)
-    assert (model.start_head_ == "initial") == (model.balanced_l2_ is None)
+    scores = model.candidate_scores_
+    assert set(scores) == {"runs", "balanced_standardised", "balanced_isotropic"}
+    assert model.selected_heads_ == min(scores, key=scores.get)
+    assert (model.selected_heads_ == "runs") == (model.balanced_l2_ is None)
     assert model.balanced_l2_ is None or model.balanced_l2_ in _hsfm.BALANCED_L2_PATH
 
 
-def test_without_epochs_the_fit_is_the_mean_start_head():
+def test_without_candidates_or_epochs_the_fit_is_the_initial_head():
     X, y, groups = _spurious_with_few_annotated()
-    erm_only = {**FAST, "n_epochs": 0, "max_epochs": 0, "balanced_start": False}
+    erm_only = {**FAST, "n_epochs": 0, "max_epochs": 0, "balanced_candidates": False}
     model = MetaAugmentedHeadClassifier(**erm_only).fit(X, y, groups)
     np.testing.assert_allclose(model.coef_, model.initial_coef_, rtol=1e-6)
-    assert (model.best_epoch_ == 0).all() and model.start_head_ == "initial"
-    assert model.start_scores_ is None
+    assert (model.best_epoch_ == 0).all() and model.selected_heads_ == "runs"
+    assert model.candidate_scores_ is None
+
+
+def test_a_balanced_choice_is_the_mean_of_the_runs_balanced_heads():
+    """Where ERM is hopeless and the runs cannot move (no epochs), the balanced heads win."""
+    X, y, groups = _spurious_with_few_annotated()
+    model = MetaAugmentedHeadClassifier(**{**FAST, "n_epochs": 0, "max_epochs": 0}).fit(
+        X, y, groups
+    )
+    assert model.selected_heads_.startswith("balanced_")
+    known = groups != -1
+    fair = worst_group_accuracy_score(y[known], model.predict(X[known]), groups=groups[known])
+    erm = MetaAugmentedHeadClassifier(
+        **{**FAST, "n_epochs": 0, "max_epochs": 0, "balanced_candidates": False}
+    )
+    unfair = worst_group_accuracy_score(
+        y[known], erm.fit(X, y, groups).predict(X[known]), groups=groups[known]
+    )
+    assert fair > unfair + 0.2
+
+
+def test_calibrated_score_ignores_the_scale_of_the_logits():
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (40,), generator=generator)
+    # informative but noisy logits: the best temperature lies inside the grid
+    signal = torch.nn.functional.one_hot(y, 2).to(torch.float64)
+    logits = 2 * signal + torch.randn(40, 2, generator=generator, dtype=torch.float64)
+    heldout = _hsfm.HeldoutRows(
+        torch.zeros(40, 1, dtype=torch.float64),
+        y,
+        torch.ones(40, dtype=torch.float64),
+        cells=y,
+        n_cells=2,
+        hard_set_cells=y,
+        n_hard_set_cells=2,
+    )
+    run = _hsfm.RunRows(torch.arange(0), torch.ones(0), slice(None), slice(None))
+    score = _hsfm._calibrated_score([logits], [run], heldout, "worst_group_loss")
+    assert _hsfm._calibrated_score(
+        [logits * 2.0], [run], heldout, "worst_group_loss"
+    ) == pytest.approx(score)
+    plain = _hsfm._group_scores(logits, y, y, 2)["worst_group_loss"]
+    assert score <= plain
 
 
 def test_defaults_do_not_fall_below_a_group_balanced_logistic_regression():
-    """Where ERM fails the minority groups, the start heads contain the balanced fix."""
+    """Where ERM fails the minority groups, the candidates contain the balanced fix."""
     worst = {"ours": [], "balanced": [], "erm": []}
     for seed in range(3):
-        X, y, groups = _spurious_with_few_annotated(seed)
-        X_test, y_test, groups_test = make_spurious_embeddings(
-            n_samples=3000, n_features=16, known_group_fraction=1.0, random_state=seed + 100
+        X, y, groups = make_spurious_embeddings(
+            n_samples=3000, n_features=16, known_group_fraction=0.4, random_state=seed
         )
-        known = groups != -1
-        weights = (
-            1
-            / np.unique(groups[known], return_counts=True)[1][
-                np.searchsorted(np.unique(groups[known]), groups[known])
-            ]
+        known = np.flatnonzero(groups != -1)
+        test = np.zeros(y.size, dtype=bool)
+        test[known[::2]] = True  # half of the annotated rows: a test split the fit never sees
+        X_fit, y_fit, groups_fit = X[~test], y[~test], groups[~test]
+        annotated = groups_fit != -1
+        _, cell_index, cell_counts = np.unique(
+            groups_fit[annotated], return_inverse=True, return_counts=True
         )
         fits = {
-            "ours": MetaAugmentedHeadClassifier(random_state=seed).fit(X, y, groups),
-            "balanced": LogisticRegression().fit(X[known], y[known], sample_weight=weights),
-            "erm": LogisticRegression().fit(X[~known], y[~known]),
+            "ours": MetaAugmentedHeadClassifier(random_state=seed).fit(X_fit, y_fit, groups_fit),
+            "balanced": LogisticRegression().fit(
+                X_fit[annotated], y_fit[annotated], sample_weight=1 / cell_counts[cell_index]
+            ),
+            "erm": LogisticRegression().fit(X_fit[~annotated], y_fit[~annotated]),
         }
         for name, model in fits.items():
-            worst[name].append(
-                worst_group_accuracy_score(y_test, model.predict(X_test), groups=groups_test)
-            )
+            predicted = model.predict(X[test])
+            worst[name].append(worst_group_accuracy_score(y[test], predicted, groups=groups[test]))
     mean = {name: np.mean(values) for name, values in worst.items()}
     assert mean["ours"] >= mean["balanced"] - 0.02, mean
     assert mean["ours"] >= mean["erm"] + 0.1, mean
 
 
-def test_start_head_may_be_a_given_head():
+def test_a_given_initial_head_is_where_the_runs_start():
     X, y, groups = _spurious_with_few_annotated()
     known = groups != -1
     given = LogisticRegression().fit(X[known], y[known])
     model = MetaAugmentedHeadClassifier(initial_head=(given.coef_, given.intercept_), **FAST)
     model.fit(X, y, groups)
     np.testing.assert_allclose(model.initial_coef_, given.coef_)
-    assert "initial" in model.start_scores_
+    assert "runs" in model.candidate_scores_
 
 
 def test_balanced_candidates_are_not_weighed_for_pool_supports_or_a_single_run():
     X, y, groups = _spurious_with_few_annotated()
     pool = MetaAugmentedHeadClassifier(support_source="pool", support_size_per_class=16, **FAST)
-    assert pool.fit(X, y, groups).start_scores_ is None
+    assert pool.fit(X, y, groups).candidate_scores_ is None
     # one annotated row per class: a single run would score its start on the rows it was fitted on
     few = np.full_like(groups, -1)
     for label in np.unique(y):
@@ -119,4 +163,4 @@ def test_balanced_candidates_are_not_weighed_for_pool_supports_or_a_single_run()
         few[first] = groups[first]
     with pytest.warns(UserWarning, match="held-out row"):
         single = MetaAugmentedHeadClassifier(**FAST).fit(X, y, few)
-    assert single.best_epoch_.shape == (1,) and single.start_scores_ is None
+    assert single.best_epoch_.shape == (1,) and single.candidate_scores_ is None
