@@ -133,7 +133,6 @@ def fit_softmax_head(
     l2: float,
     max_iter: int = 200,
     tol: float = 1e-6,
-    transform: torch.Tensor | None = None,
     row_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Multinomial logistic regression, the ERM head of step 1.
@@ -141,43 +140,70 @@ def fit_softmax_head(
     Minimises ``mean cross-entropy + l2 / 2 * ||W||^2`` (bias not penalised;
     the mean weighted by ``row_weight``, summing to one, when given), which is
     scikit-learn's multinomial ``LogisticRegression(C)`` objective with
-    ``l2 = 1 / (C * n_samples)``. Runs on ``X``'s device and dtype. With a
-    symmetric ``transform`` ``T`` it fits the head of ``X T`` (the L2 penalty
-    in those coordinates) without forming ``X T``: logits ``X (W T)^T``.
-    Solved by SciPy's L-BFGS-B (as ``LogisticRegression(solver="lbfgs")``).
+    ``l2 = 1 / (C * n_samples)``. Solved by SciPy's L-BFGS-B (as
+    ``LogisticRegression(solver="lbfgs")``) on the CPU, in ``X``'s dtype
+    (:class:`_SoftmaxProblem`); the head comes back on ``X``'s device.
     Returns ``(W, b, converged)``; ``converged`` is False when L-BFGS stopped
     at ``max_iter`` iterations.
     """
-    import scipy.optimize  # a dependency of the package; torch.optim's first step costs ~3 s
+    weight = _row_weights(X, row_weight).reshape(-1).double().cpu().numpy()
+    problem = _SoftmaxProblem(X.cpu().numpy(), y.cpu().numpy(), weight, n_classes)
+    params, converged, _ = problem.minimize(l2, problem.zeros(), max_iter=max_iter, tol=tol)
+    W, b = (torch.from_numpy(a).to(device=X.device, dtype=X.dtype) for a in params)
+    return W.contiguous(), b.contiguous(), converged
 
-    n_features = X.shape[1]
-    Y = _one_hot(y, n_classes, X.dtype)
 
-    def loss_and_gradient(flat):
-        params = torch.from_numpy(flat.reshape(n_classes, n_features + 1))
-        params = params.to(device=X.device, dtype=X.dtype)
+class _SoftmaxProblem:
+    """A weighted softmax cross-entropy with an L2 penalty, for SciPy's L-BFGS-B, in NumPy.
+
+    Head fits are small or few, where torch's per-call overhead costs more
+    than the arithmetic. The products with ``X`` run in ``X``'s dtype
+    (float32 halves their memory traffic, the bulk of the cost), the rest in
+    float64. With fewer rows than features, the problem is posed in the
+    rows' span (``X = U s V^T``; features ``U s``, heads mapped back by
+    ``V^T``): the same solutions, since a penalised head lies in that span.
+    """
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, row_weight: np.ndarray, n_classes: int):
+        self.basis = None
+        if X.shape[0] < X.shape[1]:
+            U, singular_values, self.basis = np.linalg.svd(X, full_matrices=False)
+            X = U * singular_values
+        self.X, self.Y = X, np.eye(n_classes)[y]
+        self.weight = row_weight[:, None]
+        self.shape = (n_classes, X.shape[1] + 1)
+
+    def zeros(self) -> np.ndarray:
+        return np.zeros(self.shape).ravel()
+
+    def _loss_and_gradient(self, flat, l2):
+        X, Y, weight = self.X, self.Y, self.weight
+        params = flat.reshape(self.shape)
         W, b = params[:, :-1], params[:, -1]
-        head = W if transform is None else W @ transform
-        # closed-form gradients: no autograd graph over the (possibly huge) X
-        loss, grad_W, grad_b = softmax_head_gradient(X, Y, head, b, row_weight)
-        if transform is not None:
-            grad_W = grad_W @ transform
-        grad_W = grad_W + l2 * W
-        value = float(loss) + 0.5 * l2 * float(W.square().sum())
-        return value, torch.cat([grad_W, grad_b[:, None]], 1).double().cpu().numpy().ravel()
+        logits = X @ W.T.astype(X.dtype) + b
+        logits -= logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        residual = (np.exp(log_p) - Y) * weight
+        gradient = np.empty(self.shape)
+        gradient[:, :-1] = residual.T.astype(X.dtype) @ X + l2 * W
+        gradient[:, -1] = residual.sum(0)
+        return -(weight * Y * log_p).sum() + 0.5 * l2 * np.square(W).sum(), gradient.ravel()
 
-    result = scipy.optimize.minimize(
-        loss_and_gradient,
-        np.zeros(n_classes * (n_features + 1)),
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(float).eps},
-    )
-    params = torch.from_numpy(result.x.reshape(n_classes, n_features + 1))
-    params = params.to(device=X.device, dtype=X.dtype)
-    W, b = params[:, :-1].contiguous(), params[:, -1].contiguous()
-    converged = result.nit < max_iter
-    return W, b, converged
+    def minimize(self, l2: float, start: np.ndarray, *, max_iter: int = 200, tol: float = 1e-5):
+        """``((W, b), converged, solution)`` from flat parameters ``start`` (``solution`` is flat)."""
+        import scipy.optimize  # a dependency; torch.optim's first step costs ~3 s of imports
+
+        result = scipy.optimize.minimize(
+            self._loss_and_gradient,
+            start,
+            args=(l2,),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(self.X.dtype).eps},
+        )
+        params = result.x.reshape(self.shape)
+        W = params[:, :-1] if self.basis is None else params[:, :-1] @ self.basis
+        return (W, params[:, -1].copy()), result.nit < max_iter, result.x
 
 
 def softmax_regression_path(
@@ -185,49 +211,15 @@ def softmax_regression_path(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Softmax logistic regressions of ``(X, y)`` for every L2 strength of ``l2_path``.
 
-    The objective of :func:`fit_softmax_head` (``row_weight`` summing to one),
-    in float64 NumPy: these fits are small (a run's support), where torch's
-    per-call overhead would cost more than the arithmetic. Each fit
-    warm-starts from the previous one, so ``l2_path`` should run from strong
-    to weak. With fewer rows than features, the fit works in the rows' span
-    (``X = U s V^T``; features ``U s``, heads mapped back by ``V^T``): the
-    same solutions, since an L2-penalised head lies in that span.
+    The objective of :func:`fit_softmax_head` (``row_weight`` summing to
+    one), solved by :class:`_SoftmaxProblem`. Each fit warm-starts from the
+    previous one, so ``l2_path`` should run from strong to weak.
     """
-    import scipy.optimize
-
-    n_rows, n_features = X.shape
-    basis = None
-    if n_rows < n_features:
-        U, singular_values, basis = np.linalg.svd(X, full_matrices=False)
-        X = U * singular_values
-    Y = np.eye(n_classes)[y]
-    weight = row_weight[:, None]
-    shape = (n_classes, X.shape[1] + 1)
-
-    def loss_and_gradient(flat, l2):
-        params = flat.reshape(shape)
-        W, b = params[:, :-1], params[:, -1]
-        logits = X @ W.T + b
-        logits -= logits.max(1, keepdims=True)
-        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-        residual = (np.exp(log_p) - Y) * weight
-        gradient = np.empty(shape)
-        gradient[:, :-1] = residual.T @ X + l2 * W
-        gradient[:, -1] = residual.sum(0)
-        return -(weight * Y * log_p).sum() + 0.5 * l2 * np.square(W).sum(), gradient.ravel()
-
-    params, heads = np.zeros(shape).ravel(), []
+    problem = _SoftmaxProblem(X, y, row_weight, n_classes)
+    start, heads = problem.zeros(), []
     for l2 in l2_path:
-        params = scipy.optimize.minimize(
-            loss_and_gradient,
-            params,
-            args=(l2,),
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": 200, "gtol": 1e-5, "ftol": 64 * np.finfo(float).eps},
-        ).x
-        W, b = params.reshape(shape)[:, :-1], params.reshape(shape)[:, -1]
-        heads.append((W if basis is None else W @ basis, b.copy()))
+        head, _, start = problem.minimize(l2, start)
+        heads.append(head)
     return heads
 
 
@@ -657,13 +649,13 @@ def _transform_rows(X: torch.Tensor, T: torch.Tensor) -> None:
 # --------------------------------------------------------------------------- #
 # Candidate heads: the runs' heads or group-balanced logistic regressions
 # --------------------------------------------------------------------------- #
-BALANCED_L2_PATH = tuple(float(10.0**exponent) for exponent in np.arange(1.0, -3.01, -0.5))
+BALANCED_L2_PATH = (100.0, 10.0, 1.0, 0.1, 0.01, 0.001)
 """L2 strengths of the balanced heads (on a support loss of total weight one), strong to weak.
 
 The best strength can lie far out in either direction (unit-norm text
 embeddings of 1536 dimensions want a strong one on isotropic features), so
-the path spans four decades; fitted strong to weak, each fit warm-starts the
-next.
+the path spans five decades, a fit per decade (as ``LogisticRegressionCV``'s
+grid); fitted strong to weak, each fit warm-starts the next.
 """
 
 CALIBRATION_TEMPERATURES = tuple(float(2.0**exponent) for exponent in np.arange(-3, 3.01, 0.5))
@@ -699,22 +691,31 @@ def _calibrated_score(run_logits, runs, heldout: HeldoutRows, metric: str) -> fl
     than in ranking, and the plain loss would judge the scale. With
     ``"worst_group_accuracy"``, minus the mean worst-group accuracy.
     """
-    best = math.inf
-    temperatures = (1.0,) if metric == "worst_group_accuracy" else CALIBRATION_TEMPERATURES
-    for temperature in temperatures:
-        total = 0.0
-        for logits, run in zip(run_logits, runs, strict=True):
-            rows = run.selection_rows
-            scores = _group_scores(
-                logits / temperature,
-                heldout.y[rows],
-                heldout.cells[rows],
+    if metric == "worst_group_accuracy":
+        return -sum(
+            _group_scores(
+                logits,
+                heldout.y[run.selection_rows],
+                heldout.cells[run.selection_rows],
                 heldout.n_cells,
-                heldout.weight[rows],
-            )
-            total += -scores[metric] if metric == "worst_group_accuracy" else scores[metric]
-        best = min(best, total / len(runs))
-    return best
+                heldout.weight[run.selection_rows],
+            )["worst_group_accuracy"]
+            for logits, run in zip(run_logits, runs, strict=True)
+        ) / len(runs)
+    temperatures = torch.tensor(CALIBRATION_TEMPERATURES, dtype=run_logits[0].dtype)
+    total = torch.zeros_like(temperatures)
+    for logits, run in zip(run_logits, runs, strict=True):
+        rows = run.selection_rows
+        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows]
+        scaled = logits[None] / temperatures.to(logits.device)[:, None, None]
+        losses = torch.logsumexp(scaled, 2) - scaled[:, torch.arange(y.shape[0]), y]
+        # per (temperature, cell) weighted mean loss, by one product with the cells' indicators
+        members = torch.nn.functional.one_hot(cells, heldout.n_cells).to(logits.dtype)
+        members *= weight[:, None]
+        cell_weight = members.sum(0)
+        cell_losses = (losses @ members)[:, cell_weight > 0] / cell_weight[cell_weight > 0]
+        total += cell_losses.max(1).values.cpu()
+    return float(total.min()) / len(runs)
 
 
 @dataclass
@@ -753,7 +754,7 @@ def balanced_paths(
             if factor is not None:
                 S = S * factor
             fits = softmax_regression_path(
-                S.double().cpu().numpy(),
+                S.cpu().numpy(),
                 labels.cpu().numpy(),
                 weight.double().cpu().numpy(),
                 n_classes,

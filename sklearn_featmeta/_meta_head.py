@@ -139,7 +139,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         more), the runs' heads compete with group-balanced logistic
         regressions: for each run, a softmax logistic regression on its
         support with every (class, group) cell weighted equally, fitted for
-        L2 strengths spanning four decades, on standardised features and on
+        L2 strengths spanning five decades, on standardised features and on
         isotropic ones (centred, one global scale: the raw embeddings'
         geometry). Each candidate, the runs' heads included, is scored on
         the runs' selection rows by its worst-group loss at its best

@@ -110,6 +110,12 @@ def test_calibrated_score_ignores_the_scale_of_the_logits():
     ) == pytest.approx(score)
     plain = _hsfm._group_scores(logits, y, y, 2)["worst_group_loss"]
     assert score <= plain
+    # the vectorised score is the smallest worst-group loss over the temperatures
+    looped = min(
+        _hsfm._group_scores(logits / t, y, y, 2)["worst_group_loss"]
+        for t in _hsfm.CALIBRATION_TEMPERATURES
+    )
+    assert score == pytest.approx(looped, rel=1e-12)
 
 
 def test_defaults_do_not_fall_below_a_group_balanced_logistic_regression():

@@ -17,7 +17,9 @@ def _functions():
 
 def _required_parameters(node) -> int:
     arguments = node.args
-    positional = [a.arg for a in arguments.posonlyargs + arguments.args if a.arg not in ("self", "cls")]
+    positional = [
+        a.arg for a in arguments.posonlyargs + arguments.args if a.arg not in ("self", "cls")
+    ]
     keyword_only = [
         a for a, default in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True)
         if default is None

@@ -104,23 +104,6 @@ def test_erm_head_matches_multinomial_logistic_regression():
     np.testing.assert_allclose(b.numpy() - b.numpy().mean(), reference.intercept_, atol=1e-4)
 
 
-def test_erm_head_through_a_transform_is_the_head_of_the_transformed_rows():
-    """fit_softmax_head(X, transform=T) fits X T (penalty in T's coordinates) without forming it."""
-    rng = np.random.RandomState(1)
-    X = rng.standard_normal((300, 5)) * np.array([0.1, 0.5, 1.0, 3.0, 10.0])
-    y = torch.from_numpy((X[:, 0] * 10 - X[:, 4] * 0.1 + rng.standard_normal(300) > 0).astype(int))
-    X = torch.from_numpy(X)
-    T = _hsfm.whitening_transform(X - X.mean(0), ridge=0.1)
-    l2 = 1.0 / X.shape[0]
-    W, b, _ = _hsfm.fit_softmax_head(X, y, 2, l2=l2, tol=1e-10, transform=T)
-    W_ref, b_ref, _ = _hsfm.fit_softmax_head(X @ T, y, 2, l2=l2, tol=1e-10)
-    torch.testing.assert_close(W, W_ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(b, b_ref, rtol=1e-5, atol=1e-6)
-    # ... which is not the plain head mapped into T's coordinates: the penalty differs
-    W_plain, _, _ = _hsfm.fit_softmax_head(X, y, 2, l2=l2, tol=1e-10)
-    assert not torch.allclose(W @ T, W_plain, atol=1e-2)
-
-
 def test_select_hard_set_takes_top_losses_per_cell():
     g = torch.Generator().manual_seed(0)
     losses = torch.rand(200, generator=g)
