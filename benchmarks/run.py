@@ -43,90 +43,58 @@ SUITE_HALVES = {"tuning": TUNING_TASKS, "report": REPORT_TASKS}
 # others use the Waterbirds settings (the paper's main benchmark).
 PAPER_PRESET = {"dominoes": "dominoes"}
 
-_DEFAULTS = MetaAugmentedHeadClassifier().get_params()
-# epochs of all splits' runs, at least and at most
-_REPEATED_EPOCHS = {
-    key: _DEFAULTS["n_repeats"] * _DEFAULTS[key] for key in ("n_epochs", "max_epochs")
-}
+# What the support edits, in the paper's sense, are run with when they are on
+EDITS = {"outer_steps": 5}
+# The defaults before the wide suite: edits on, four two-fold splits, the runs' heads only
+BEFORE_SUITE = {"outer_steps": 5, "n_repeats": 4, "balanced_candidates": False}
 
-# The fixed epoch count the defaults had before they stopped early (the paper
-# fixes one per data set, 10-40)
-_FIXED_EPOCHS = 10
-# The number of two-fold splits the defaults had until 2026-11-30
-_PREVIOUS_REPEATS = 2
-
-# One row per change of the defaults beyond the paper, each undone alone:
-# (label, parameters that restore the paper's choice on top of the defaults).
-ABLATIONS = [
-    (
-        "defaults, but support from the training pool, 16 per class (paper)",
-        {"support_source": "pool", "support_size_per_class": 16},
-    ),
-    ("defaults, but hard set per class (paper)", {"hard_set": "class"}),
-    ("defaults, but head update by Adam (paper)", {"head_update": "adam"}),
-    ("defaults, but inner step 5e-5 (paper) instead of 1/L", {"inner_lr": 5e-5}),
-    ("defaults, but outer_lr 1.0 (paper)", {"outer_lr": 1.0}),
-    ("defaults, but 15 outer steps per epoch (paper)", {"outer_steps": 15}),
-    (
-        "defaults, but epoch kept by worst-group accuracy (paper)",
-        {"selection_metric": "worst_group_accuracy"},
-    ),
-    (
-        f"defaults, but one two-fold split, {_REPEATED_EPOCHS['n_epochs']}-"
-        f"{_REPEATED_EPOCHS['max_epochs']} epochs (same budget)",
-        {"n_repeats": 1, **_REPEATED_EPOCHS},
-    ),
-    (
-        "defaults, but always keep the edited head (paper)",
-        {"compare_unedited": False},
-    ),
-    (
-        "defaults, but standardised features only (whitening_ridge=None, paper)",
-        {"whitening_ridge": None},
-    ),
-    (
-        f"defaults, but exactly {_FIXED_EPOCHS} epochs (no early stopping, as in the paper)",
-        {"n_epochs": _FIXED_EPOCHS, "max_epochs": None},
-    ),
-    # not a paper choice: what the support edits themselves add to the defaults
-    ("defaults, but no support edits (outer_lr 1e-6)", {"outer_lr": 1e-6}),
-]
-
-# What the meta-learning adds (the wide suite's question), opt-in: --methods edits.
+# What the meta-learning adds to the defaults (the wide suite's question): --methods edits.
 EDIT_ABLATIONS = [
-    ("defaults, but no support edits (outer_steps=0)", {"outer_steps": 0}),
-    ("defaults, but no hard set (every shaping row, hard_set_size=10**9)",
-     {"hard_set_size": 10**9}),
+    ("defaults + support edits (outer_steps=5)", EDITS),
+    ("defaults + support edits, no hard set (outer_steps=5, hard_set_size=10**9)",
+     {**EDITS, "hard_set_size": 10**9}),
     ("defaults, but no balanced candidates (balanced_candidates=False)",
      {"balanced_candidates": False}),
     ("candidates alone: ERM head or balanced LR, no epochs (n_epochs=0, max_epochs=0)",
      {"n_epochs": 0, "max_epochs": 0}),
 ]  # fmt: skip
 
-# Settings weighed against the defaults on the suite's tuning half: --methods tuning.
-TUNING_ROWS = [
-    ("n_repeats=2", {"n_repeats": 2}),
-    ("outer_steps=0", {"outer_steps": 0}),
-    ("outer_steps=0, n_repeats=2", {"outer_steps": 0, "n_repeats": 2}),
-    ("outer_steps=0, n_repeats=2, balanced_candidates=False",
-     {"outer_steps": 0, "n_repeats": 2, "balanced_candidates": False}),
+# With the edits on, one row per choice beyond the paper, each undone alone:
+# (label, parameters that restore the paper's choice): --methods ablations.
+_EDITS_LABEL = "defaults + edits (outer_steps=5)"
+ABLATIONS = [
+    (f"{_EDITS_LABEL}, but support from the training pool, 16 per class (paper)",
+     {**EDITS, "support_source": "pool", "support_size_per_class": 16}),
+    (f"{_EDITS_LABEL}, but hard set per class (paper)", {**EDITS, "hard_set": "class"}),
+    (f"{_EDITS_LABEL}, but head update by Adam (paper)", {**EDITS, "head_update": "adam"}),
+    (f"{_EDITS_LABEL}, but inner step 5e-5 (paper) instead of 1/L", {**EDITS, "inner_lr": 5e-5}),
+    (f"{_EDITS_LABEL}, but outer_lr 1.0 (paper)", {**EDITS, "outer_lr": 1.0}),
+    (f"{_EDITS_LABEL}, but 15 outer steps per epoch (paper)", {"outer_steps": 15}),
+    (f"{_EDITS_LABEL}, but epoch kept by worst-group accuracy (paper)",
+     {**EDITS, "selection_metric": "worst_group_accuracy"}),
+    (f"{_EDITS_LABEL}, but always keep the edited head (paper)",
+     {**EDITS, "compare_unedited": False}),
+    (f"{_EDITS_LABEL}, but standardised features only (whitening_ridge=None, paper)",
+     {**EDITS, "whitening_ridge": None}),
+    (f"{_EDITS_LABEL}, but exactly 10 epochs (no early stopping, as in the paper)",
+     {**EDITS, "n_epochs": 10, "max_epochs": None}),
 ]  # fmt: skip
 
-# Options that are not defaults, each on top of the defaults.
+# Options that are not defaults, each on top of the defaults: --methods options.
 OPTIONS = [
     ("defaults, but always whitened (whitening_ridge=0.1, an option)", {"whitening_ridge": 0.1}),
-    (
-        f"defaults, but {_PREVIOUS_REPEATS} two-fold splits "
-        f"(n_repeats={_PREVIOUS_REPEATS}, the defaults until 2026-11-30)",
-        {"n_repeats": _PREVIOUS_REPEATS},
-    ),
-    (
-        f"defaults, but at least {_FIXED_EPOCHS} epochs before early stopping "
-        f"(n_epochs={_FIXED_EPOCHS} and n_repeats={_PREVIOUS_REPEATS}, the defaults "
-        "before early stopping from the first epoch)",
-        {"n_epochs": _FIXED_EPOCHS, "n_repeats": _PREVIOUS_REPEATS},
-    ),
+    ("defaults, but four two-fold splits (n_repeats=4)", {"n_repeats": 4}),
 ]
+
+# Settings weighed against the defaults on the suite's tuning half: --methods tuning.
+TUNING_ROWS = [
+    ("defaults, but four two-fold splits and edits (n_repeats=4, outer_steps=5)",
+     {"n_repeats": 4, **EDITS}),
+    ("defaults before the suite (n_repeats=4, outer_steps=5, balanced_candidates=False)",
+     BEFORE_SUITE),
+    ("defaults, but worst-group accuracy keeps epochs and picks candidates (selection_metric)",
+     {"selection_metric": "worst_group_accuracy"}),
+]  # fmt: skip
 
 
 def _fit_erm(X, y, groups, seed):
@@ -149,10 +117,10 @@ def _fit_hsfm(params: dict) -> Callable:
 
 # What ``--methods`` selects: each key names one row, or all ablation rows, or all option rows.
 METHOD_KEYS = (
-    *("erm", "balanced-lr", "dfr", "preset", "defaults"),
-    *("ablations", "options", "edits", "tuning"),
+    *("erm", "balanced-lr", "dfr", "preset", "defaults", "edits"),
+    *("ablations", "options", "tuning"),
 )
-DEFAULT_METHOD_KEYS = METHOD_KEYS[:-2]  # the main table's rows; "edits", "tuning" on request
+DEFAULT_METHOD_KEYS = METHOD_KEYS[:6]  # the main table's rows; the others on request
 DEFAULTS_LABEL = "MetaAugmentedHeadClassifier() defaults"
 DFR_LABEL = "DFRClassifier"
 DEFAULT_SECTION = "benchmarks"  # RESULTS.md section of the full run (results.json, wga.png)
@@ -183,9 +151,7 @@ def methods(benchmark: str, keys=DEFAULT_METHOD_KEYS) -> dict[str, Callable]:
     rows += [("ablations", label, _fit_hsfm(params)) for label, params in ABLATIONS]
     rows += [("options", label, _fit_hsfm(params)) for label, params in OPTIONS]
     rows += [("edits", label, _fit_hsfm(params)) for label, params in EDIT_ABLATIONS]
-    rows += [
-        ("tuning", f"defaults, but {label}", _fit_hsfm(params)) for label, params in TUNING_ROWS
-    ]
+    rows += [("tuning", label, _fit_hsfm(params)) for label, params in TUNING_ROWS]
     return {label: fit for key, label, fit in rows if key in keys}
 
 

@@ -94,12 +94,14 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         the data's scale and size.
     outer_lr : float, default=0.01
         Adam learning rate of the support-set edits (the paper's ``eta``).
-    outer_steps : int, default=5
-        Support-set updates per epoch (the paper's ``KH``). 0: no edits, and
-        no hypergradient is computed: each run is plain gradient descent of
+    outer_steps : int, default=0
+        Support-set updates per epoch (the paper's ``KH``). 0 (the default):
+        no edits and no hypergradient: each run is plain gradient descent of
         the head on its support from the initial head, early-stopped on its
-        selection rows (what ``compare_unedited`` compares the edits with),
-        at a small part of the cost.
+        selection rows. On our benchmark suite the edits changed worst-group
+        accuracy by no more than noise at several times the cost
+        (``docs/decisions.md``); a positive value turns them on (the paper:
+        5-15), and with them the hard set and the outer learning rate.
     hard_set_size : int, default=64
         Held-out rows in the hard set per class, or per (class, group) cell
         when ``hard_set="group"`` (the paper's ``K_hard``).
@@ -119,11 +121,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         have not improved its selection metric, and keeps its best epoch as
         always. With the default ``n_epochs=1`` this is plain early stopping.
         None: exactly ``n_epochs`` (the paper). Runs that improve slowly need
-        it: on one Colored MNIST seed of our benchmarks every run's held-out
-        worst-group loss was still falling at epoch 10, and the worst-group
-        accuracy was 82.0 with exactly 10 epochs against 88.9 with early
-        stopping; where runs peak early (our text benchmarks) the fit does not
-        change (``benchmarks/RESULTS.md``). Must be at least ``n_epochs``.
+        it, and where runs peak early it changes nothing. Must be at least
+        ``n_epochs``.
     n_iter_no_change : int, default=5
         Epochs without improvement of the selection metric after which a run
         past ``n_epochs`` stops. Unused with ``max_epochs=None``.
@@ -174,15 +173,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         all runs are averaged. When a fold would miss a class (a handful of
         annotated rows), a single run uses all annotated rows for support,
         hard set and selection.
-    n_repeats : int, default=4
+    n_repeats : int, default=2
         Random two-fold splits of the annotated rows with
         ``support_source="annotated"`` (two runs each); more splits average
-        out the luck of one split at proportional cost. On our benchmarks'
-        tuning seeds, 4 splits instead of 2 gained 0.05-0.3 points of
-        worst-group accuracy on three data sets and lost 0.2 on one; on the
-        image benchmarks it about halved the spread of the test worst-group
-        accuracy over ``random_state``; fits took 1.4-2.1x as long
-        (``benchmarks/RESULTS.md``). Unused with ``"pool"``.
+        out the luck of one split at proportional cost. Unused with ``"pool"``.
     max_grad_norm : float, default=10.0
         The support-set gradient is clipped to this norm.
     validation_fraction : float, default=0.2
@@ -205,13 +199,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         runs' unedited head updates over ``n_epochs`` epochs, never more (see
         ``compare_unedited``, same support draws) are scored by their lowest
         worst-group loss on their selection rows, and the fit proceeds in the
-        geometry with the lower mean
-        (``whitening_ridge_``, ``whitening_scores_``). On our benchmarks it
-        whitened the CNN image embeddings in 25 of 30 fits and the MiniLM
-        text embeddings in none of 30 (seeds 0-14, ``benchmarks/RESULTS.md``).
-        Whitening costs a pass over the pool and an eigendecomposition of a
-        ``(n_features, n_features)`` matrix; ``"auto"`` also fits a second
-        ERM head and the unedited head updates of both geometries.
+        geometry with the lower mean (``whitening_ridge_``,
+        ``whitening_scores_``). Whitening costs a pass over the pool and an
+        eigendecomposition of a ``(n_features, n_features)`` matrix; ``"auto"``
+        also runs the unedited head updates of both geometries.
     erm_C : float, default=1.0
         Inverse L2 strength of the initial ERM head, a multinomial (softmax)
         logistic regression on the standardised training pool. With three or
@@ -373,7 +364,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         inner_steps=15,
         inner_lr="auto",
         outer_lr=0.01,
-        outer_steps=5,
+        outer_steps=0,
         hard_set_size=64,
         hard_set="group",
         n_epochs=1,
@@ -384,7 +375,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         head_update="gradient",
         head_lr=None,
         support_source="annotated",
-        n_repeats=4,
+        n_repeats=2,
         n_iter_no_change=5,
         max_grad_norm=10.0,
         validation_fraction=0.2,
