@@ -18,12 +18,15 @@ from sklearn_featmeta._groups import cross_fitting_folds, row_hashes
 from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
+# Small runs with edits on; the runs' own heads are the fit (balanced candidates off), as
+# these tests examine the runs. The candidates are tested in test_candidate_heads.py.
 FAST = {
     "n_epochs": 4,
     "max_epochs": None,
     "outer_steps": 3,
     "inner_steps": 5,
     "n_repeats": 2,
+    "balanced_candidates": False,
     "random_state": 0,
 }
 ONE_SPLIT = {**FAST, "n_repeats": 1}  # two runs: one split of the annotated rows
@@ -418,7 +421,7 @@ def test_bad_initial_head_is_rejected(spurious, head, message):
     [
         {"hard_set": "cell"},
         {"inner_lr": "fast"},
-        {"n_epochs": 0},
+        {"n_epochs": -1},
         {"validation_fraction": 1.0},
         {"head_l2": -0.1},
         {"whitening_ridge": 0.0},

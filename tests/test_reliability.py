@@ -215,8 +215,14 @@ def test_row_order_does_not_matter(data):
 def test_a_head_crushed_by_its_penalty_warns(data):
     """``head_l2=1e12`` used to give worst-group accuracy 0.0 without a word."""
     X, y, groups = data
+    crushed = {**SMALL, "head_l2": 1e12, "erm_C": 1e-12}
     with pytest.warns(UserWarning, match="head is degenerate"):
-        MetaAugmentedHeadClassifier(**SMALL, head_l2=1e12, erm_C=1e-12).fit(X, y, groups)
+        MetaAugmentedHeadClassifier(**crushed, balanced_candidates=False).fit(X, y, groups)
+    # with the balanced candidates the fit falls back on a group-balanced head instead
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*degenerate")
+        model = MetaAugmentedHeadClassifier(**crushed).fit(X, y, groups)
+    assert model.selected_heads_.startswith("balanced_")
 
 
 def test_one_annotated_row_per_class_warns(data):
