@@ -666,12 +666,13 @@ CALIBRATION_TEMPERATURES = tuple(float(2.0**exponent) for exponent in np.arange(
 class HeadChoice:
     """Which heads the fit averages, chosen by cross-fitted held-out scores.
 
-    ``chosen``: ``"runs"`` (the HSFM runs' heads) or
-    ``"balanced_standardised"`` / ``"balanced_isotropic"`` (each run's
-    group-balanced logistic regression, fitted on its support). ``scores``:
-    each candidate's calibrated score (:func:`_calibrated_score`; lower is
-    better), the balanced ones at their best L2 strength. ``balanced_l2``:
-    that strength, for a chosen balanced candidate.
+    ``chosen``: ``"runs"`` (the mean of the HSFM runs' heads) or
+    ``"balanced_standardised"`` / ``"balanced_isotropic"`` (a group-balanced
+    logistic regression in that geometry, its strength chosen on the runs'
+    supports and refitted on every annotated row, :func:`refit_balanced`).
+    ``scores``: each candidate's calibrated score on the runs' selection rows
+    (:func:`_calibrated_score`; lower is better), the balanced ones at their
+    best L2 strength. ``balanced_l2``: that strength (on a run's support).
     """
 
     chosen: str = "runs"
@@ -771,17 +772,13 @@ def balanced_paths(
     return paths
 
 
-def choose_heads(run_logits, paths: dict[str, _BalancedPath], runs, heldout, metric) -> HeadChoice:
-    """The runs' heads, or the balanced heads of one geometry and strength: the best calibrated score.
+def best_balanced(paths: dict[str, _BalancedPath], runs, heldout, metric) -> HeadChoice:
+    """The balanced geometry and L2 strength with the best calibrated score on the runs' rows.
 
     Every candidate is scored on the same selection rows of the same runs
-    (:func:`_calibrated_score`), rows none of them was fitted on. A
-    group-balanced ``LogisticRegression`` on the annotated rows, its
-    regularisation and geometry chosen by the same cross-fitting, is thus
-    among the fit's candidates, and the fit falls back on it where the runs
-    do worse.
+    (:func:`_calibrated_score`), rows none of them was fitted on.
     """
-    choice = HeadChoice("runs", {"runs": _calibrated_score(run_logits, runs, heldout, metric)})
+    choice = HeadChoice(scores={})
     for name, path in paths.items():
         step_scores = [
             _calibrated_score([logits[step] for logits in path.logits], runs, heldout, metric)
@@ -789,10 +786,37 @@ def choose_heads(run_logits, paths: dict[str, _BalancedPath], runs, heldout, met
         ]
         step = int(np.argmin(step_scores))
         choice.scores[name] = step_scores[step]
-        if step_scores[step] < choice.scores[choice.chosen]:
+        if choice.chosen == "runs" or step_scores[step] < choice.scores[choice.chosen]:
             choice.chosen, choice.balanced_l2 = name, BALANCED_L2_PATH[step]
-            choice.heads = [heads[step] for heads in path.heads]
     return choice
+
+
+def refit_balanced(
+    choice: HeadChoice,
+    runs: list[RunRows],
+    heldout: HeldoutRows,
+    n_classes: int,
+    isotropic_factor: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen balanced head, refitted on every annotated row (standardised coordinates).
+
+    As ``LogisticRegressionCV`` refits: the strength was chosen for a run's
+    support, about half the annotated rows; the penalty is scaled by the
+    ratio of that support's sample weight to all the annotated rows', the
+    same strength per row of data. Every (class, group) cell weighs the same.
+    """
+    cell_mass = torch.bincount(heldout.cells, weights=heldout.weight, minlength=heldout.n_cells)
+    row_weight = heldout.weight / (cell_mass[heldout.cells] * (cell_mass > 0).sum())
+    support_mass = sum(float(run.support_mass.sum()) for run in runs) / len(runs)
+    l2 = choice.balanced_l2 * support_mass / float(heldout.weight.sum())
+    factor = isotropic_factor if choice.chosen == "balanced_isotropic" else None
+    X = heldout.X if factor is None else heldout.X * factor
+    problem = _SoftmaxProblem(
+        X.cpu().numpy(), heldout.y.cpu().numpy(), row_weight.double().cpu().numpy(), n_classes
+    )
+    (W, b), _, _ = problem.minimize(l2, problem.zeros())
+    W, b = (torch.from_numpy(a).to(heldout.X) for a in (W, b))
+    return (W if factor is None else W * factor), b
 
 
 def fit_hsfm(
@@ -854,10 +878,13 @@ def fit_hsfm(
         support = _support(run, pool, heldout, settings)
         return support if transform is None else (support[0] @ transform, *support[1:])
 
-    paths = {}
+    balanced = None
     if settings.balanced_candidates and settings.support_source == "annotated" and len(runs) > 1:
         # before any whitening: the balanced heads live in standardised coordinates
         paths = balanced_paths(support_of, runs, heldout, n_classes, isotropic_factor)
+        balanced = best_balanced(paths, runs, heldout, settings.selection_metric)
+        balanced.heads = [refit_balanced(balanced, runs, heldout, n_classes, isotropic_factor)]
+        del paths
     W0, b0 = initial_head
 
     def head_in(transform):
@@ -908,13 +935,19 @@ def fit_hsfm(
         )
         del support
     choice = HeadChoice()
-    if paths:
+    if balanced is not None:
         # the runs' heads and the data are in the same coordinates here: their logits are right
         run_logits = [
             torch.addmm(r.bias, heldout.X[run.selection_rows], r.weight.T)
             for r, run in zip(results, runs, strict=True)
         ]
-        choice = choose_heads(run_logits, paths, runs, heldout, settings.selection_metric)
+        score = _calibrated_score(run_logits, runs, heldout, settings.selection_metric)
+        balanced.scores = {"runs": score, **balanced.scores}
+        choice = (
+            balanced
+            if balanced.scores[balanced.chosen] < score
+            else HeadChoice(scores=balanced.scores)
+        )
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
         sizes = [len(r.support_edited) for r in results]  # one solve for every run's support

@@ -143,9 +143,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         geometry). Each candidate, the runs' heads included, is scored on
         the runs' selection rows by its worst-group loss at its best
         temperature (a scale-free score: an early-stopped ERM head is more
-        confident than a penalised fit, not worse); the best candidate's
-        heads are averaged (``selected_heads_``, ``candidate_scores_``,
-        ``balanced_l2_``). False: the runs' heads, always.
+        confident than a penalised fit, not worse). Where a balanced
+        candidate scores best, it is refitted on every annotated row, its
+        strength scaled to that many rows (as ``LogisticRegressionCV``
+        refits), and is the fitted head (``selected_heads_``,
+        ``candidate_scores_``, ``balanced_l2_``). False: the runs' heads.
     compare_unedited : bool, default=True
         Each run also updates a second head, by the same steps, on its support
         as drawn (no edits), and keeps the epoch that scores best on its
@@ -281,10 +283,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         unedited head's lowest held-out worst-group loss; lower is better.
         None otherwise.
     selected_heads_ : str
-        Whose heads the fit averaged (``balanced_candidates``): ``"runs"``
-        (the HSFM runs'), ``"balanced_standardised"`` or
-        ``"balanced_isotropic"`` (each run's group-balanced logistic
-        regression in that geometry).
+        What the fitted head is (``balanced_candidates``): ``"runs"`` (the
+        mean of the HSFM runs' heads), ``"balanced_standardised"`` or
+        ``"balanced_isotropic"`` (a group-balanced logistic regression on
+        every annotated row, in that geometry).
     candidate_scores_ : dict or None
         With ``balanced_candidates``: each candidate's score on the runs'
         selection rows (mean worst-group loss at the best temperature, or
@@ -292,8 +294,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ones at their best L2 strength. None when no candidate was weighed
         (one run, or support from the pool).
     balanced_l2_ : float or None
-        L2 strength of the selected balanced heads (support loss of total
-        weight one); None when the runs' heads were selected.
+        L2 strength chosen for the balanced head (on a run's support, loss of
+        total weight one; the refit scales it); None when the runs' heads
+        were selected.
     device_ : str
         Device the model was fitted on.
     n_threads_ : int

@@ -69,7 +69,7 @@ def test_without_candidates_or_epochs_the_fit_is_the_initial_head():
     assert model.candidate_scores_ is None
 
 
-def test_a_balanced_choice_is_the_mean_of_the_runs_balanced_heads():
+def test_the_fit_falls_back_on_a_balanced_head_where_the_runs_cannot_move():
     """Where ERM is hopeless and the runs cannot move (no epochs), the balanced heads win."""
     X, y, groups = _spurious_with_few_annotated()
     model = MetaAugmentedHeadClassifier(**{**FAST, "n_epochs": 0, "max_epochs": 0}).fit(
