@@ -670,9 +670,8 @@ class HeadChoice:
     ``"balanced_standardised"`` / ``"balanced_isotropic"`` (a group-balanced
     logistic regression in that geometry, its strength chosen on the runs'
     supports and refitted on every annotated row, :func:`refit_balanced`).
-    ``scores``: each candidate's calibrated score on the runs' selection rows
-    (:func:`_calibrated_score`; lower is better), the balanced ones at their
-    best L2 strength. ``balanced_l2``: that strength (on a run's support).
+    ``scores``: each candidate's :func:`candidate_score` on the runs'
+    selection rows, the balanced ones at their best L2 strength. ``balanced_l2``: that strength (on a run's support).
     """
 
     chosen: str = "runs"
@@ -681,33 +680,25 @@ class HeadChoice:
     heads: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # a balanced choice's
 
 
-def _calibrated_score(run_logits, runs, heldout: HeldoutRows, metric: str) -> float:
-    """How well heads do on their runs' selection rows, whatever the scale of their logits.
+def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
+    """How well heads do on their runs' selection rows: what candidates are compared by.
 
     ``run_logits``: for every run, its head's logits on the run's selection
-    rows. With ``metric="worst_group_loss"``, the mean over runs of the
-    worst-group cross-entropy at the best of :data:`CALIBRATION_TEMPERATURES`
-    (shared by the runs): a head fitted by a penalised cross-entropy and one
-    early-stopped from an overconfident ERM head differ in scale far more
-    than in ranking, and the plain loss would judge the scale. With
-    ``"worst_group_accuracy"``, minus the mean worst-group accuracy.
+    rows. ``worst_group_accuracy``: the mean over runs; candidates are
+    ranked by it first, as the paper and DFR select. Ties are broken by
+    ``worst_group_loss``: the mean over runs of the worst-group cross-entropy
+    at the best of :data:`CALIBRATION_TEMPERATURES` (shared by the runs), so
+    that a penalised fit and an early-stopped, more confident head are
+    compared by their ranking rather than their scale. The loss alone would
+    prefer a nearly flat head (about ``log(n_classes)`` on every group) to
+    an informative one that still misses much of a small group.
     """
-    if metric == "worst_group_accuracy":
-        return -sum(
-            _group_scores(
-                logits,
-                heldout.y[run.selection_rows],
-                heldout.cells[run.selection_rows],
-                heldout.n_cells,
-                heldout.weight[run.selection_rows],
-            )["worst_group_accuracy"]
-            for logits, run in zip(run_logits, runs, strict=True)
-        ) / len(runs)
     temperatures = torch.tensor(CALIBRATION_TEMPERATURES, dtype=run_logits[0].dtype)
-    total = torch.zeros_like(temperatures)
+    loss, accuracy = torch.zeros_like(temperatures), 0.0
     for logits, run in zip(run_logits, runs, strict=True):
         rows = run.selection_rows
         y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows]
+        accuracy += _group_scores(logits, y, cells, heldout.n_cells, weight)["worst_group_accuracy"]
         scaled = logits[None] / temperatures.to(logits.device)[:, None, None]
         losses = torch.logsumexp(scaled, 2) - scaled[:, torch.arange(y.shape[0]), y]
         # per (temperature, cell) weighted mean loss, by one product with the cells' indicators
@@ -715,8 +706,16 @@ def _calibrated_score(run_logits, runs, heldout: HeldoutRows, metric: str) -> fl
         members *= weight[:, None]
         cell_weight = members.sum(0)
         cell_losses = (losses @ members)[:, cell_weight > 0] / cell_weight[cell_weight > 0]
-        total += cell_losses.max(1).values.cpu()
-    return float(total.min()) / len(runs)
+        loss += cell_losses.max(1).values.cpu()
+    return {
+        "worst_group_accuracy": accuracy / len(runs),
+        "worst_group_loss": float(loss.min()) / len(runs),
+    }
+
+
+def _rank(score: dict[str, float]) -> tuple[float, float]:
+    """Sort key of a :func:`candidate_score`: smaller is better."""
+    return (-score["worst_group_accuracy"], score["worst_group_loss"])
 
 
 @dataclass
@@ -772,21 +771,23 @@ def balanced_paths(
     return paths
 
 
-def best_balanced(paths: dict[str, _BalancedPath], runs, heldout, metric) -> HeadChoice:
-    """The balanced geometry and L2 strength with the best calibrated score on the runs' rows.
+def best_balanced(paths: dict[str, _BalancedPath], runs, heldout) -> HeadChoice:
+    """The balanced geometry and L2 strength with the best score on the runs' selection rows.
 
     Every candidate is scored on the same selection rows of the same runs
-    (:func:`_calibrated_score`), rows none of them was fitted on.
+    (:func:`candidate_score`), rows none of them was fitted on.
     """
     choice = HeadChoice(scores={})
     for name, path in paths.items():
         step_scores = [
-            _calibrated_score([logits[step] for logits in path.logits], runs, heldout, metric)
+            candidate_score([logits[step] for logits in path.logits], runs, heldout)
             for step in range(len(BALANCED_L2_PATH))
         ]
-        step = int(np.argmin(step_scores))
+        step = min(range(len(step_scores)), key=lambda i: _rank(step_scores[i]))
         choice.scores[name] = step_scores[step]
-        if choice.chosen == "runs" or step_scores[step] < choice.scores[choice.chosen]:
+        if choice.chosen == "runs" or _rank(step_scores[step]) < _rank(
+            choice.scores[choice.chosen]
+        ):
             choice.chosen, choice.balanced_l2 = name, BALANCED_L2_PATH[step]
     return choice
 
@@ -882,7 +883,7 @@ def fit_hsfm(
     if settings.balanced_candidates and settings.support_source == "annotated" and len(runs) > 1:
         # before any whitening: the balanced heads live in standardised coordinates
         paths = balanced_paths(support_of, runs, heldout, n_classes, isotropic_factor)
-        balanced = best_balanced(paths, runs, heldout, settings.selection_metric)
+        balanced = best_balanced(paths, runs, heldout)
         balanced.heads = [refit_balanced(balanced, runs, heldout, n_classes, isotropic_factor)]
         del paths
     W0, b0 = initial_head
@@ -941,13 +942,10 @@ def fit_hsfm(
             torch.addmm(r.bias, heldout.X[run.selection_rows], r.weight.T)
             for r, run in zip(results, runs, strict=True)
         ]
-        score = _calibrated_score(run_logits, runs, heldout, settings.selection_metric)
+        score = candidate_score(run_logits, runs, heldout)
         balanced.scores = {"runs": score, **balanced.scores}
-        choice = (
-            balanced
-            if balanced.scores[balanced.chosen] < score
-            else HeadChoice(scores=balanced.scores)
-        )
+        better = _rank(balanced.scores[balanced.chosen]) < _rank(score)
+        choice = balanced if better else HeadChoice(scores=balanced.scores)
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
         sizes = [len(r.support_edited) for r in results]  # one solve for every run's support

@@ -141,11 +141,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         L2 strengths spanning five decades, on standardised features and on
         isotropic ones (centred, one global scale: the raw embeddings'
         geometry). Each candidate, the runs' heads included, is scored on
-        the runs' selection rows by its worst-group loss at its best
-        temperature (a scale-free score: an early-stopped ERM head is more
-        confident than a penalised fit, not worse). Where a balanced
-        candidate scores best, it is refitted on every annotated row, its
-        strength scaled to that many rows (as ``LogisticRegressionCV``
+        the runs' selection rows: by its mean worst-group accuracy, ties
+        broken by its worst-group loss at its best temperature (a scale-free
+        loss; the loss alone would favour nearly flat heads). Where a
+        balanced candidate scores best, it is refitted on every annotated
+        row, its strength scaled to that many rows (as ``LogisticRegressionCV``
         refits), and is the fitted head (``selected_heads_``,
         ``candidate_scores_``, ``balanced_l2_``). False: the runs' heads.
     compare_unedited : bool, default=True
@@ -288,11 +288,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ``"balanced_isotropic"`` (a group-balanced logistic regression on
         every annotated row, in that geometry).
     candidate_scores_ : dict or None
-        With ``balanced_candidates``: each candidate's score on the runs'
-        selection rows (mean worst-group loss at the best temperature, or
-        minus the mean worst-group accuracy; lower is better), the balanced
-        ones at their best L2 strength. None when no candidate was weighed
-        (one run, or support from the pool).
+        With ``balanced_candidates``: each candidate's scores on the runs'
+        selection rows (``worst_group_accuracy``, the mean over runs, and
+        ``worst_group_loss``, at the best temperature), the balanced ones at
+        their best L2 strength. None when no candidate was weighed (one run,
+        or support from the pool).
     balanced_l2_ : float or None
         L2 strength chosen for the balanced head (on a run's support, loss of
         total weight one; the refit scales it); None when the runs' heads
@@ -742,10 +742,13 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                     f"{scores['whitened']:.4f} whitened)"
                 )
             if result.choice.scores is not None:
-                scores = ", ".join(f"{k} {v:.4f}" for k, v in result.choice.scores.items())
+                scores = ", ".join(
+                    f"{name} {score['worst_group_accuracy']:.4f} / {score['worst_group_loss']:.4f}"
+                    for name, score in result.choice.scores.items()
+                )
                 print(
-                    f"[{type(self).__name__}] averaged heads: {result.choice.chosen} "
-                    f"(candidates' held-out scores, lower is better: {scores})"
+                    f"[{type(self).__name__}] fitted head: {result.choice.chosen} (candidates' "
+                    f"held-out worst-group accuracy / loss: {scores})"
                 )
             best = ", ".join(
                 f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs

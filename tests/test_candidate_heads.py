@@ -55,7 +55,7 @@ def test_selected_heads_are_the_best_candidate_by_its_cross_fitted_score():
     model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
     scores = model.candidate_scores_
     assert set(scores) == {"runs", "balanced_standardised", "balanced_isotropic"}
-    assert model.selected_heads_ == min(scores, key=scores.get)
+    assert model.selected_heads_ == min(scores, key=lambda name: _hsfm._rank(scores[name]))
     assert (model.selected_heads_ == "runs") == (model.balanced_l2_ is None)
     assert model.balanced_l2_ is None or model.balanced_l2_ in _hsfm.BALANCED_L2_PATH
 
@@ -87,7 +87,7 @@ def test_the_fit_falls_back_on_a_balanced_head_where_the_runs_cannot_move():
     assert fair > unfair + 0.2
 
 
-def test_calibrated_score_ignores_the_scale_of_the_logits():
+def test_candidate_score_ignores_the_scale_of_the_logits():
     torch = pytest.importorskip("torch")
     generator = torch.Generator().manual_seed(0)
     y = torch.randint(0, 2, (40,), generator=generator)
@@ -104,18 +104,23 @@ def test_calibrated_score_ignores_the_scale_of_the_logits():
         n_hard_set_cells=2,
     )
     run = _hsfm.RunRows(torch.arange(0), torch.ones(0), slice(None), slice(None))
-    score = _hsfm._calibrated_score([logits], [run], heldout, "worst_group_loss")
-    assert _hsfm._calibrated_score(
-        [logits * 2.0], [run], heldout, "worst_group_loss"
-    ) == pytest.approx(score)
-    plain = _hsfm._group_scores(logits, y, y, 2)["worst_group_loss"]
-    assert score <= plain
-    # the vectorised score is the smallest worst-group loss over the temperatures
+    score = _hsfm.candidate_score([logits], [run], heldout)
+    doubled = _hsfm.candidate_score([logits * 2.0], [run], heldout)
+    assert doubled["worst_group_loss"] == pytest.approx(score["worst_group_loss"])
+    assert doubled["worst_group_accuracy"] == score["worst_group_accuracy"]
+    plain = _hsfm._group_scores(logits, y, y, 2)
+    assert score["worst_group_loss"] <= plain["worst_group_loss"]
+    assert score["worst_group_accuracy"] == plain["worst_group_accuracy"]
+    # the vectorised loss is the smallest worst-group loss over the temperatures
     looped = min(
         _hsfm._group_scores(logits / t, y, y, 2)["worst_group_loss"]
         for t in _hsfm.CALIBRATION_TEMPERATURES
     )
-    assert score == pytest.approx(looped, rel=1e-12)
+    assert score["worst_group_loss"] == pytest.approx(looped, rel=1e-12)
+    # a nearly flat head scores about log 2 on every group, but loses on accuracy
+    flat = _hsfm.candidate_score([logits * 1e-6 + torch.tensor([1e-3, 0.0])], [run], heldout)
+    assert flat["worst_group_accuracy"] == 0.0
+    assert _hsfm._rank(score) < _hsfm._rank(flat)
 
 
 def test_defaults_do_not_fall_below_a_group_balanced_logistic_regression():
