@@ -276,6 +276,20 @@ def across_tasks(summary: dict) -> list[str]:
                 f"| {label} | {gap.mean():+.1f} | {gap[worst]:+.1f} ({names[worst]}) | "
                 f"{(gap >= 0).sum()}/{gap.size} |"
             )
+    # what each variant of the defaults changes, task by task (ablations and options)
+    variants = methods_[methods_.index(DEFAULTS_LABEL) + 1 :]
+    if variants:
+        lines += [
+            "",
+            "Each variant minus the defaults, worst-group accuracy points per task:",
+            "",
+            "| variant | mean | " + " | ".join(names) + " |",
+            "|---|---|" + "---|" * len(names),
+        ]
+        for method in variants:
+            gap = wga[methods_.index(method)] - defaults
+            cells = " | ".join(f"{value:+.1f}" for value in gap)
+            lines.append(f"| {method} | {gap.mean():+.1f} | {cells} |")
     return lines + [""]
 
 
