@@ -191,8 +191,8 @@ def test_cnn_trains_on_the_benchmark_thread_count_whatever_the_caller_set(
 
     threads_in_training = []
 
-    def recording_cnn(in_channels):
-        features, head = _small_cnn(in_channels)
+    def recording_cnn(in_channels, **kwargs):
+        features, head = _small_cnn(in_channels, **kwargs)
         head.register_forward_hook(lambda *_: threads_in_training.append(torch.get_num_threads()))
         return features, head
 
