@@ -22,6 +22,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from . import __version__
 from ._meta_head import MetaAugmentedHeadClassifier
 from ._presets import PAPER_PRESETS
+from ._text import text_table
 
 # Parameters a command line cannot express (a tuple of arrays) or that have their own option.
 _NOT_OPTIONS = {"initial_head": "a (coef, intercept) tuple of arrays", "verbose": "-v"}
@@ -334,23 +335,17 @@ def _side_by_side(reports: dict) -> str:
     from .metrics import _report_columns
 
     models = list(reports)
-    first = reports[models[0]]
-    groups, counts, _, _ = _report_columns(first.by_group)
-    width = max(len(m) for m in models) + 2
-    lines = [f"{'group':<10}{'count':>7}" + "".join(f"{m:>{width}}" for m in models)]
+    groups, counts, _, _ = _report_columns(reports[models[0]].by_group)
     columns = {m: _report_columns(reports[m].by_group) for m in models}
-    for i, (group, count) in enumerate(zip(groups, counts, strict=True)):
-        cells = []
-        for m in models:
-            _, _, accuracy, worst = columns[m]
-            cells.append(f"{accuracy[i]:.3f}{'*' if worst[i] else ' '}".rjust(width))
-        lines.append(f"{str(group):<10}{count:>7d}" + "".join(cells))
-    lines.append("")
+    rows = [
+        [str(group), f"{count:d}"]
+        + [f"{columns[m][2][i]:.3f}{'*' if columns[m][3][i] else ' '}" for m in models]
+        for i, (group, count) in enumerate(zip(groups, counts, strict=True))
+    ]
+    rows.append(None)
     for label, attr in [("average", "accuracy"), ("worst-group", "worst_group_accuracy")]:
-        lines.append(
-            f"{label:<17}"
-            + "".join(f"{getattr(reports[m], attr):.3f} ".rjust(width) for m in models)
-        )
+        rows.append([label, ""] + [f"{getattr(reports[m], attr):.3f} " for m in models])
+    lines = text_table(["group", "count", *models], rows)
     lines.append("(* = the model's worst group)")
     return "\n".join(lines)
 

@@ -18,6 +18,8 @@ import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
+from ._text import text_table
+
 __all__ = ["ConceptAlignment", "EditSummary", "concept_alignment", "edit_summary", "plot_edits"]
 
 
@@ -29,16 +31,10 @@ def _edits(estimator):
 
 
 def _table(row_names, column_names, values, title, fmt="{:+.3f}"):
-    width = max([len(str(r)) for r in row_names] + [len(title)])
-    columns = [max(len(str(c)), 8) for c in column_names]
-    lines = [
-        f"{title:<{width}}  "
-        + "  ".join(f"{c:>{w}}" for c, w in zip(column_names, columns, strict=True))
+    rows = [
+        [name, *(fmt.format(v) for v in row)] for name, row in zip(row_names, values, strict=True)
     ]
-    for name, row in zip(row_names, values, strict=True):
-        cells = "  ".join(f"{fmt.format(v):>{w}}" for v, w in zip(row, columns, strict=True))
-        lines.append(f"{str(name):<{width}}  {cells}")
-    return "\n".join(lines)
+    return "\n".join(text_table([title, *column_names], rows))
 
 
 @dataclass(frozen=True)

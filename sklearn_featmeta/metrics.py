@@ -15,6 +15,7 @@ from sklearn.metrics import make_scorer
 from sklearn.utils import check_consistent_length, column_or_1d
 
 from ._groups import as_group_array, encode_groups, unknown_group_mask
+from ._text import text_table
 
 __all__ = [
     "GroupAccuracyReport",
@@ -166,12 +167,13 @@ class GroupAccuracyReport:
 
     def __str__(self) -> str:
         groups, counts, accuracies, worst = _report_columns(self.by_group)
-        names = [str(g) for g in groups]
-        width = max([len("group")] + [len(n) for n in names])
-        lines = [f"{'group':<{width}}  {'count':>7}  {'accuracy':>8}"]
-        for name, count, accuracy, is_worst in zip(names, counts, accuracies, worst, strict=True):
-            mark = "  <- worst" if is_worst else ""
-            lines.append(f"{name:<{width}}  {count:>7d}  {accuracy:>8.4f}{mark}")
+        rows = [
+            [str(group), f"{count:d}", f"{accuracy:.4f}", "<- worst" if is_worst else ""]
+            for group, count, accuracy, is_worst in zip(
+                groups, counts, accuracies, worst, strict=True
+            )
+        ]
+        lines = text_table(["group", "count", "accuracy", ""], rows)
         lines += [
             "",
             f"average accuracy      {self.accuracy:.4f}",
