@@ -406,7 +406,9 @@ def inner_lr_from_lipschitz(
 class HSFMSettings:
     """Hyper-parameters of one HSFM run, in the core's terms.
 
-    ``inner_lr=None`` sets the inner step to ``inner_lr_scale / L`` from the
+    No field has a default: the estimator's parameters are the one place
+    where defaults live (``MetaAugmentedHeadClassifier._settings`` fills
+    every field). ``inner_lr=None`` sets the inner step to ``1 / L`` from the
     initial support set (:func:`inner_lr_from_lipschitz`). The head update is
     ``inner_steps`` steps of plain gradient descent (``head_update="gradient"``:
     the very map the support set was optimised through) or of Adam
@@ -428,7 +430,7 @@ class HSFMSettings:
     they are whitened only where that scores better on held-out rows
     (:func:`_unedited_probe`). With ``balanced_candidates`` (cross-fitted
     runs only) group-balanced logistic regressions compete with the runs'
-    heads (:func:`choose_heads`).
+    heads (:func:`best_balanced`).
     """
 
     support_size_per_class: int
@@ -438,19 +440,18 @@ class HSFMSettings:
     outer_steps: int
     hard_set_size: int
     n_epochs: int
-    head_update: str = "gradient"
-    support_source: str = "pool"
-    head_lr: float | None = None
-    inner_lr_scale: float = 1.0
-    max_grad_norm: float = 10.0
-    max_epochs: int | None = None
-    n_iter_no_change: int = 5
-    weight_decay: float = 0.0
-    selection_metric: str = "worst_group_accuracy"
-    compare_unedited: bool = False
-    whitening_ridge: float | None = None
-    choose_whitening: bool = False
-    balanced_candidates: bool = False
+    head_update: str
+    support_source: str
+    head_lr: float | None
+    max_grad_norm: float
+    max_epochs: int | None
+    n_iter_no_change: int
+    weight_decay: float
+    selection_metric: str
+    compare_unedited: bool
+    whitening_ridge: float | None
+    choose_whitening: bool
+    balanced_candidates: bool
 
 
 @dataclass
@@ -976,7 +977,7 @@ def _step_sizes(support, settings: HSFMSettings) -> tuple[float, float]:
     S, _, _, support_weight, _ = support
     if settings.inner_lr is None:
         inner_lr = inner_lr_from_lipschitz(
-            S, settings.inner_lr_scale, support_weight, weight_decay=settings.weight_decay
+            S, 1.0, support_weight, weight_decay=settings.weight_decay
         )
     else:
         inner_lr = float(settings.inner_lr)

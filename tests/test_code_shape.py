@@ -44,3 +44,15 @@ def test_no_formatter_escapes_in_the_package():
         if "fmt: skip" in line or "fmt: off" in line
     ]
     assert not escaped, escaped
+
+
+def test_core_settings_have_no_defaults_of_their_own():
+    """Defaults live on the estimator only: every HSFMSettings field is filled from it."""
+    import dataclasses
+
+    from sklearn_featmeta import MetaAugmentedHeadClassifier, _hsfm
+
+    fields = dataclasses.fields(_hsfm.HSFMSettings)
+    assert all(field.default is dataclasses.MISSING for field in fields)
+    settings = MetaAugmentedHeadClassifier()._settings(_hsfm)
+    assert settings.outer_steps == MetaAugmentedHeadClassifier().outer_steps

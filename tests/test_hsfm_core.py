@@ -9,6 +9,27 @@ from sklearn.linear_model import LogisticRegression
 
 from sklearn_featmeta import _hsfm
 
+# What the core does where a test does not say: the paper's choices (the estimator's own
+# defaults live on MetaAugmentedHeadClassifier; HSFMSettings has none).
+PAPER_CORE = {
+    "head_update": "gradient",
+    "support_source": "pool",
+    "head_lr": None,
+    "max_grad_norm": 10.0,
+    "max_epochs": None,
+    "n_iter_no_change": 5,
+    "weight_decay": 0.0,
+    "selection_metric": "worst_group_accuracy",
+    "compare_unedited": False,
+    "whitening_ridge": None,
+    "choose_whitening": False,
+    "balanced_candidates": False,
+}
+
+
+def _core_settings(**fields):
+    return _hsfm.HSFMSettings(**{**PAPER_CORE, **fields})
+
 
 def _problem(n_support=7, n_hard=9, n_features=5, n_classes=3, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
@@ -203,7 +224,7 @@ def test_divergence_stops_and_keeps_finite_head(monkeypatch):
         return loss, grad
 
     monkeypatch.setattr(_hsfm, "support_hypergradient", failing_in_epoch_3)
-    settings = _hsfm.HSFMSettings(
+    settings = _core_settings(
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
         outer_steps=2, hard_set_size=10, n_epochs=6,
     )  # fmt: skip
@@ -216,7 +237,7 @@ def test_divergence_stops_and_keeps_finite_head(monkeypatch):
 
 
 def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
-    settings = _hsfm.HSFMSettings(
+    settings = _core_settings(
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
         outer_steps=2, hard_set_size=10, n_epochs=8,
     )  # fmt: skip
@@ -231,7 +252,7 @@ def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
 
 def test_early_stopping():
     """With n_epochs=1 a run stops n_iter_no_change epochs after its best one."""
-    settings = _hsfm.HSFMSettings(
+    settings = _core_settings(
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=1e-6,
         outer_steps=1, hard_set_size=10, n_epochs=1, head_lr=1e-9, max_epochs=50,
         n_iter_no_change=3,
@@ -242,7 +263,7 @@ def test_early_stopping():
 
 def _improving_settings(**epochs):
     """A head that creeps towards the held-out optimum: the selection loss falls every epoch."""
-    return _hsfm.HSFMSettings(
+    return _core_settings(
         support_size_per_class=8, inner_steps=1, inner_lr=None, outer_lr=1e-6, outer_steps=1,
         hard_set_size=10, head_lr=1e-3, selection_metric="worst_group_loss", **epochs,
     )  # fmt: skip
@@ -262,7 +283,7 @@ def test_run_still_improving_continues_past_n_epochs_up_to_max_epochs():
 
 @pytest.mark.parametrize("n_epochs", [1, 4, 8])
 def test_run_past_n_epochs_stops_n_iter_no_change_after_its_best(n_epochs):
-    settings = _hsfm.HSFMSettings(
+    settings = _core_settings(
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5, outer_steps=2,
         hard_set_size=10, n_epochs=n_epochs, max_epochs=30, n_iter_no_change=2,
         selection_metric="worst_group_loss", compare_unedited=True,
@@ -324,7 +345,7 @@ def test_annotated_support_is_cross_fitted():
     X = torch.randn(300, 6, generator=g)
     y = (X[:, 0] > 0).long()
     heldout_cells = y[200:] * 2 + (X[200:, 1] > 0).long()
-    settings = _hsfm.HSFMSettings(
+    settings = _core_settings(
         support_size_per_class=1000, inner_steps=3, inner_lr=None, outer_lr=0.01,
         outer_steps=2, hard_set_size=10, n_epochs=3, support_source="annotated",
     )  # fmt: skip
@@ -368,7 +389,7 @@ def test_group_scores():
 
 
 def test_best_epoch_is_the_lowest_worst_group_loss():
-    settings = _hsfm.HSFMSettings(
+    settings = _core_settings(
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
         outer_steps=2, hard_set_size=10, n_epochs=8, selection_metric="worst_group_loss",
     )  # fmt: skip
@@ -416,7 +437,7 @@ def _plain_descent(S, labels, W, b, lr, steps):
 
 def _compared_settings(outer_lr, n_epochs):
     """Settings of a run that also follows its unedited head."""
-    return _hsfm.HSFMSettings(
+    return _core_settings(
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=outer_lr,
         outer_steps=2, hard_set_size=10, n_epochs=n_epochs, selection_metric="worst_group_loss",
         compare_unedited=True,
