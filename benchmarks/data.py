@@ -1,4 +1,4 @@
-"""Benchmark recipes: real data from ``--data-dir`` (../shared/data), split per seed.
+"""Benchmark recipes: real data from ``--data-dir``, split per seed.
 
 One place for every recipe's numbers (``RECIPES``). Each builder returns a
 :class:`Split` of raw inputs (sentences or images) with labels and attributes;

@@ -1,6 +1,6 @@
 """Do the support edits move along the spurious source, on sentiment x source?
 
-    python -m benchmarks.explain_sentiment --data-dir ../shared/data [--seed 0]
+    python -m benchmarks.explain_sentiment --data-dir DATA [--seed 0]
 
 Concept directions come from the same MiniLM encoder as the embeddings: prompt
 contrasts ("a tweet" - "a movie review" is the spurious source, "positive" -

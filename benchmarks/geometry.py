@@ -1,6 +1,6 @@
 """Which geometry the defaults chose (``whitening_ridge="auto"``), per benchmark and seed.
 
-    python -m benchmarks.geometry --data-dir ../shared/data --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14
+    python -m benchmarks.geometry --data-dir DATA --seeds 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14
 
 Fits ``MetaAugmentedHeadClassifier()`` (the defaults, as in ``benchmarks.run``)
 on each benchmark and seed and records ``whitening_ridge_`` (None:

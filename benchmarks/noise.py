@@ -1,6 +1,6 @@
 """How far worst-group accuracy moves with ``random_state`` alone, data fixed.
 
-    python -m benchmarks.noise --data-dir ../shared/data --seeds 0 1 2 3 4 --random-states 0 1 2 3 4 5 6 7 8 9
+    python -m benchmarks.noise --data-dir DATA --seeds 0 1 2 3 4 --random-states 0 1 2 3 4 5 6 7 8 9
 
 For each benchmark and data seed (the splits and embeddings of ``benchmarks.run``
 for that seed), fits ``MetaAugmentedHeadClassifier()`` (the defaults) and

@@ -1,10 +1,13 @@
 """Worst-group accuracy of every method on the four real-data benchmarks.
 
-    python -m benchmarks.run --data-dir ../shared/data            # five seeds, all benchmarks
-    python -m benchmarks.run --data-dir ../shared/data --quick    # one seed
-    python -m benchmarks.run --synthetic --out /tmp/smoke         # harness smoke test (seconds)
-    python -m benchmarks.run --data-dir ../shared/data --seeds 5 6 7 --methods dfr defaults \\
-        --section more-seeds                                      # a subset, in its own section
+    python -m benchmarks.run --data-dir DATA                   # five seeds, all benchmarks
+    python -m benchmarks.run --data-dir DATA --quick           # one seed
+    python -m benchmarks.run --data-dir DATA --half report     # the wide suite's report half
+    python -m benchmarks.run --synthetic --out /tmp/smoke      # harness smoke test (seconds)
+    python -m benchmarks.run --data-dir DATA --seeds 5 6 7 --methods dfr defaults \\
+        --section more-seeds                                   # a subset, in its own section
+
+``DATA`` is the folder of the public data sets (``benchmarks/README.md``).
 
 Protocol, the same for every method (``methods``): training rows without group
 labels and validation rows with them go through one ``fit(X, y, groups)`` call
