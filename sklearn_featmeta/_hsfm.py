@@ -672,13 +672,15 @@ class HeadChoice:
     logistic regression in that geometry, its strength chosen on the runs'
     supports and refitted on every annotated row, :func:`refit_balanced`).
     ``scores``: each candidate's :func:`candidate_score` on the runs'
-    selection rows, the balanced ones at their best L2 strength. ``balanced_l2``: that strength (on a run's support).
+    selection rows, the balanced ones at their best L2 strength.
+    ``balanced_l2``: that strength (on a run's support); ``head``: the
+    refitted balanced head, for a balanced choice.
     """
 
     chosen: str = "runs"
     scores: dict[str, float] | None = None
     balanced_l2: float | None = None
-    heads: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # a balanced choice's
+    head: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
@@ -719,37 +721,31 @@ def _rank(score: dict[str, float]) -> tuple[float, float]:
     return (-score["worst_group_accuracy"], score["worst_group_loss"])
 
 
-@dataclass
-class _BalancedPath:
-    """A geometry's balanced heads: ``heads[run][step]`` and their selection-row logits."""
-
-    heads: list[list[tuple[torch.Tensor, torch.Tensor]]]
-    logits: list[list[torch.Tensor]]
-
-
 def balanced_paths(
     support_of: Callable,
     runs: list[RunRows],
     heldout: HeldoutRows,
     n_classes: int,
     isotropic_factor: torch.Tensor | None = None,
-) -> dict[str, _BalancedPath]:
-    """Every run's group-balanced logistic regressions, for every L2 strength and geometry.
+) -> dict[str, list[list[torch.Tensor]]]:
+    """Logits of every run's group-balanced logistic regressions, per L2 strength and geometry.
 
     For every run a softmax logistic regression on the run's support, its
     (class, group) cells weighted equally (the runs' support loss), for
     every strength of :data:`BALANCED_L2_PATH`, on standardised features and
     on isotropic ones (standardised features times ``isotropic_factor``: the
     data's relative feature scales under one global scale, the geometry of
-    the raw embeddings). Heads in standardised coordinates, with their
-    logits on the run's selection rows, rows their fit did not see.
+    the raw embeddings). Returns, per geometry, ``logits[run][step]``: the
+    head's logits on the run's selection rows, rows its fit did not see (the
+    heads themselves are not kept: the chosen one is refitted on every
+    annotated row, :func:`refit_balanced`).
     """
     geometries = {"balanced_standardised": None}
     if isotropic_factor is not None:
         geometries["balanced_isotropic"] = isotropic_factor
     paths = {}
     for name, factor in geometries.items():
-        path = _BalancedPath([], [])
+        paths[name] = []
         for run in runs:
             S, labels, _, weight, _ = support_of(run, None)
             if factor is not None:
@@ -761,27 +757,27 @@ def balanced_paths(
                 n_classes,
                 BALANCED_L2_PATH,
             )
-            heads = []
+            selection_X = heldout.X[run.selection_rows]
+            logits = []
             for W, b in fits:
                 W, b = (torch.from_numpy(a).to(S) for a in (W, b))
-                heads.append((W if factor is None else W * factor, b))  # standardised coordinates
-            selection_X = heldout.X[run.selection_rows]
-            path.heads.append(heads)
-            path.logits.append([torch.addmm(b, selection_X, W.T) for W, b in heads])
-        paths[name] = path
+                if factor is not None:
+                    W = W * factor  # to standardised coordinates
+                logits.append(torch.addmm(b, selection_X, W.T))
+            paths[name].append(logits)
     return paths
 
 
-def best_balanced(paths: dict[str, _BalancedPath], runs, heldout) -> HeadChoice:
+def best_balanced(paths: dict[str, list[list[torch.Tensor]]], runs, heldout) -> HeadChoice:
     """The balanced geometry and L2 strength with the best score on the runs' selection rows.
 
     Every candidate is scored on the same selection rows of the same runs
     (:func:`candidate_score`), rows none of them was fitted on.
     """
     choice = HeadChoice(scores={})
-    for name, path in paths.items():
+    for name, run_logits in paths.items():
         step_scores = [
-            candidate_score([logits[step] for logits in path.logits], runs, heldout)
+            candidate_score([logits[step] for logits in run_logits], runs, heldout)
             for step in range(len(BALANCED_L2_PATH))
         ]
         step = min(range(len(step_scores)), key=lambda i: _rank(step_scores[i]))
@@ -807,8 +803,7 @@ def refit_balanced(
     ratio of that support's sample weight to all the annotated rows', the
     same strength per row of data. Every (class, group) cell weighs the same.
     """
-    cell_mass = torch.bincount(heldout.cells, weights=heldout.weight, minlength=heldout.n_cells)
-    row_weight = heldout.weight / (cell_mass[heldout.cells] * (cell_mass > 0).sum())
+    row_weight = _cell_balanced(heldout.weight, heldout.cells, heldout.n_cells)
     support_mass = sum(float(run.support_mass.sum()) for run in runs) / len(runs)
     l2 = choice.balanced_l2 * support_mass / float(heldout.weight.sum())
     factor = isotropic_factor if choice.chosen == "balanced_isotropic" else None
@@ -885,7 +880,7 @@ def fit_hsfm(
         # before any whitening: the balanced heads live in standardised coordinates
         paths = balanced_paths(support_of, runs, heldout, n_classes, isotropic_factor)
         balanced = best_balanced(paths, runs, heldout)
-        balanced.heads = [refit_balanced(balanced, runs, heldout, n_classes, isotropic_factor)]
+        balanced.head = refit_balanced(balanced, runs, heldout, n_classes, isotropic_factor)
         del paths
     W0, b0 = initial_head
 
@@ -953,9 +948,11 @@ def fit_hsfm(
         edited = _unwhiten(torch.cat([r.support_edited for r in results]), whitening).split(sizes)
         for r, support in zip(results, edited, strict=True):
             r.weight, r.support_edited = r.weight @ whitening, support
-    heads = [(r.weight, r.bias) for r in results] if choice.heads is None else choice.heads
-    weight = torch.stack([W for W, _ in heads]).mean(0)
-    bias = torch.stack([b for _, b in heads]).mean(0)
+    if choice.head is None:  # the runs' mean head
+        weight = torch.stack([r.weight for r in results]).mean(0)
+        bias = torch.stack([r.bias for r in results]).mean(0)
+    else:
+        weight, bias = choice.head
     return HSFMResult(
         weight=weight,
         bias=bias,
@@ -1080,11 +1077,15 @@ def _support(run: RunRows, pool: Rows, heldout: HeldoutRows, settings: HSFMSetti
     """
     index, mass = run.support_index, run.support_mass
     if settings.support_source == "annotated":
-        cells = heldout.cells[index]
-        cell_mass = torch.bincount(cells, weights=mass, minlength=heldout.n_cells)
-        weight = mass / (cell_mass[cells] * (cell_mass > 0).sum())
+        weight = _cell_balanced(mass, heldout.cells[index], heldout.n_cells)
         return heldout.X[index], heldout.y[index], index, weight, mass  # a gather: a new tensor
     return pool.X[index], pool.y[index], index, mass / mass.sum(), mass
+
+
+def _cell_balanced(mass: torch.Tensor, cells: torch.Tensor, n_cells: int) -> torch.Tensor:
+    """Loss weights summing to one: every present cell counts equally, rows within it by mass."""
+    cell_mass = torch.bincount(cells, weights=mass, minlength=n_cells)
+    return mass / (cell_mass[cells] * (cell_mass > 0).sum())
 
 
 def _head_optimizer(params: list[torch.Tensor], head_update: str, lr: float):
