@@ -184,6 +184,9 @@ class _SoftmaxProblem:
         logits -= logits.max(1, keepdims=True)
         log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
         residual = (np.exp(log_p) - Y) * weight
+        # below the smallest normal number of X's dtype a residual is rounding; as a
+        # subnormal it would slow the product with X ~4x (confident heads make many)
+        residual[np.abs(residual) < np.finfo(X.dtype).tiny] = 0.0
         gradient = np.empty(self.shape)
         gradient[:, :-1] = residual.T.astype(X.dtype) @ X + l2 * W
         gradient[:, -1] = residual.sum(0)
@@ -826,6 +829,7 @@ def fit_hsfm(
     erm_l2: float,
     initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
     isotropic_factor: torch.Tensor | None = None,
+    covariance_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> HSFMResult:
     """Run HSFM (docs/architecture.md) on standardised features and return the selected head.
@@ -857,13 +861,22 @@ def fit_hsfm(
     isotropic_factor : tensor of shape (n_features,) or None
         Per-feature factor from standardised to isotropic coordinates, a
         geometry of the balanced candidate heads (:func:`balanced_paths`).
+    covariance_rows : (index, weight) or None
+        Pool rows, and their weights, that the whitening covariance is
+        estimated on (None: every pool row, by its sample weight).
     on_epoch : callable or None
         Called with each epoch's record (for progress output).
     """
     pool_row_weight = pool.weight / pool.weight.sum()
     whitening = None
     if settings.whitening_ridge is not None:
-        whitening = whitening_transform(pool.X, settings.whitening_ridge, pool_row_weight)
+        if covariance_rows is None:
+            whitening = whitening_transform(pool.X, settings.whitening_ridge, pool_row_weight)
+        else:
+            index, weight = covariance_rows
+            whitening = whitening_transform(
+                pool.X[index], settings.whitening_ridge, weight / weight.sum()
+            )
     erm_converged = True
     if initial_head is None:
         W, b, erm_converged = fit_softmax_head(

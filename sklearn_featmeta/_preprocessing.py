@@ -35,8 +35,9 @@ def weighted_moments(
     mean /= total
     squares = np.zeros(X.shape[1])
     for block in _blocks(rows.size, X.shape[1]):
-        centred = X[rows[block]].astype(np.float64) - mean
-        squares += weights[block] @ np.square(centred)
+        centred = X[rows[block]].astype(np.float64)
+        centred -= mean  # in place: each temporary costs a pass over memory
+        squares += weights[block] @ np.square(centred, out=centred)
     scale = np.sqrt(squares / total)
     constant = scale <= 16 * np.finfo(np.float64).eps * np.abs(mean)
     scale[constant | (scale == 0)] = 1.0
@@ -79,8 +80,11 @@ def content_hashes(
 
     hashes = np.empty(rows.size, dtype=np.uint64)
     for block in _blocks(rows.size, X.shape[1]):
-        grid = np.rint((X[rows[block]].astype(np.float64) - mean) / scale * _KEY_GRID)
-        hashes[block] = row_hashes(grid.astype(np.int64))
+        grid = X[rows[block]].astype(np.float64)
+        grid -= mean
+        grid /= scale
+        grid *= _KEY_GRID
+        hashes[block] = row_hashes(np.rint(grid, out=grid).astype(np.int64))
     return hashes
 
 
@@ -90,5 +94,8 @@ def standardized(
     """``(X[rows] - mean) / scale`` computed in float64 and stored in ``dtype``."""
     out = np.empty((rows.size, X.shape[1]), dtype=dtype)
     for block in _blocks(rows.size, X.shape[1]):
-        out[block] = (X[rows[block]].astype(np.float64) - mean) / scale
+        values = X[rows[block]].astype(np.float64)
+        values -= mean  # in place: each temporary costs a pass over memory
+        values /= scale
+        out[block] = values
     return out

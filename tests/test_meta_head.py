@@ -486,6 +486,10 @@ def test_n_threads_limits_torch_and_blas_threads_during_fit(spurious, monkeypatc
     model = MetaAugmentedHeadClassifier(**FAST).fit(*spurious)
     assert seen[-1] == (1, {1}) and model.n_threads_ == 1
     assert thread_counts() == before
+    # torch gets the threads asked for; BLAS keeps one (two pools would contend for cores)
+    MetaAugmentedHeadClassifier(**FAST, n_threads=2).fit(*spurious)
+    assert seen[-1] == (2, {1})
+    assert thread_counts() == before
 
 
 def test_default_threads_follow_the_pool_size_and_the_idle_cores(monkeypatch):

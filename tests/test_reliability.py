@@ -292,3 +292,35 @@ def test_support_shortage_warning_counts_sample_weight_like_repeated_rows(data):
         MetaAugmentedHeadClassifier(**params).fit(X, y, groups, np.full(y.size, 3.0))
     with pytest.warns(UserWarning, match="fewer training rows"):
         MetaAugmentedHeadClassifier(**params).fit(X, y, groups)
+
+
+def test_whitening_covariance_sample_follows_row_content(data, monkeypatch):
+    """A large pool's whitening covariance comes from a sample drawn by row content.
+
+    The budget is forced to zero so that a small pool is sampled (eight rows per
+    feature): the sample must still treat a row of weight k as k copies, in any order.
+    """
+    from sklearn_featmeta import _hsfm, _meta_head
+
+    X, y, groups = data
+    # the runs' mean head, whose coordinates the whitening shapes (not a balanced candidate)
+    params = {**SMALL, "whitening_ridge": 0.1, "balanced_candidates": False}
+    full = _quiet_fit(MetaAugmentedHeadClassifier(**params), X, y, groups)
+    monkeypatch.setattr(_meta_head, "WHITENING_COVARIANCE_BUDGET", 0)
+    rows_seen = []
+    whitening_transform = _hsfm.whitening_transform
+
+    def spy(X_rows, *args, **kwargs):
+        rows_seen.append(X_rows.shape[0])
+        return whitening_transform(X_rows, *args, **kwargs)
+
+    monkeypatch.setattr(_hsfm, "whitening_transform", spy)
+    sampled = _quiet_fit(MetaAugmentedHeadClassifier(**params), X, y, groups)
+    assert abs(rows_seen[-1] - 8 * X.shape[1]) <= 1  # one row may be taken in part
+    assert not np.allclose(sampled.coef_, full.coef_)
+
+    weights = _weights(y.size, seed=4)
+    weighted = _quiet_fit(MetaAugmentedHeadClassifier(**params), X, y, groups, weights)
+    order = np.random.RandomState(2).permutation(np.repeat(np.arange(y.size), weights))
+    repeated = _quiet_fit(MetaAugmentedHeadClassifier(**params), X[order], y[order], groups[order])
+    np.testing.assert_allclose(weighted.coef_, repeated.coef_, rtol=1e-9, atol=1e-12)
