@@ -922,28 +922,36 @@ def fit_hsfm(
     # pool supports are whitened as drawn (a copy); annotated ones come from the whitened rows
     pool_transform = whitening if settings.support_source == "pool" else None
 
-    inner_lr = head_lr = None
-    results = []
-    for number, run in enumerate(runs):
-        support = support_of(run, pool_transform)
-        if inner_lr is None:  # one inner step for every run: from the first run's support
-            inner_lr, head_lr = _step_sizes(support, settings)
-        report = None
-        if on_epoch is not None:
-            report = functools.partial(_report_run, on_epoch, number)
-        results.append(
-            _bilevel_run(
-                support,
-                run,
-                heldout,
-                run_head,
-                n_classes,
-                settings,
-                (inner_lr, head_lr),
-                report,
-            )
+    if settings.outer_steps == 0:  # no edits: every run's head updates at once
+        supports = [support_of(run, pool_transform) for run in runs]
+        inner_lr, head_lr = _step_sizes(supports[0], settings)
+        results = _head_update_runs(
+            supports, runs, heldout, run_head, n_classes, settings, head_lr, on_epoch
         )
-        del support
+        del supports
+    else:
+        inner_lr = head_lr = None
+        results = []
+        for number, run in enumerate(runs):
+            support = support_of(run, pool_transform)
+            if inner_lr is None:  # one inner step for every run: from the first run's support
+                inner_lr, head_lr = _step_sizes(support, settings)
+            report = None
+            if on_epoch is not None:
+                report = functools.partial(_report_run, on_epoch, number)
+            results.append(
+                _bilevel_run(
+                    support,
+                    run,
+                    heldout,
+                    run_head,
+                    n_classes,
+                    settings,
+                    (inner_lr, head_lr),
+                    report,
+                )
+            )
+            del support
     choice = HeadChoice()
     if balanced is not None:
         # the runs' heads and the data are in the same coordinates here: their logits are right
@@ -1010,34 +1018,22 @@ def _unedited_probe(support_of, runs, heldout, head, n_classes, settings, whiten
     selection rows, rows that did not shape it. ``heldout.X`` stays
     standardised: whitened heads are mapped back to score it.
     """
+    supports = [support_of(run, whitening) for run in runs]
+    head_lr = _step_sizes(supports[0], settings)[1]
+    S, Y, weight = _stacked_supports(supports, n_classes)
+    del supports
     W0, b0 = head
-    head_lr = None
-    best_losses = []
-    for run in runs:
-        support = support_of(run, whitening)
-        if head_lr is None:
-            head_lr = _step_sizes(support, settings)[1]
-        S, support_labels, _, support_weight, _ = support
-        Y_support = _one_hot(support_labels, n_classes, S.dtype)
-        W, b = W0.clone(), b0.clone()
-        optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
-        rows = run.selection_rows
-        selection_X = heldout.X[rows]
-        best = math.inf
-        for _ in range(settings.n_epochs):
-            _update_head(S, Y_support, W, b, support_weight, optimizer, settings)
-            head_W = W if whitening is None else W @ whitening
-            logits = torch.addmm(b, selection_X, head_W.T)
-            if torch.isfinite(logits).all():
-                loss = _group_scores(
-                    logits,
-                    heldout.y[rows],
-                    heldout.cells[rows],
-                    heldout.n_cells,
-                    heldout.weight[rows],
-                )
-                best = min(best, loss["worst_group_loss"])
-        best_losses.append(best)
+    W = W0.expand(len(runs), *W0.shape).clone()
+    b = b0.expand(len(runs), *b0.shape).clone()
+    optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
+    score = _SelectionScores(runs, heldout)
+    best_losses = [math.inf] * len(runs)
+    for _ in range(settings.n_epochs):  # every run at once (:func:`_head_update_runs`)
+        _update_heads(S, Y, weight, W, b, optimizer, settings)
+        logits = _batched_logits(heldout.X, W if whitening is None else W @ whitening, b)
+        for number, scores in enumerate(score(logits)):
+            if scores is not None:
+                best_losses[number] = min(best_losses[number], scores["worst_group_loss"])
     return sum(best_losses) / len(best_losses)
 
 
@@ -1306,3 +1302,159 @@ def _bilevel_run(support, run, heldout, head, n_classes, settings, steps, on_epo
             and best_epoch == settings.max_epochs > settings.n_epochs
         ),
     )
+
+
+# --------------------------------------------------------------------------- #
+# Runs without support edits: one batched program
+# --------------------------------------------------------------------------- #
+def _stacked_supports(supports, n_classes: int):
+    """The runs' supports as ``(S, Y, weight)`` of shapes (runs, rows, d), (runs, rows, k), (runs, rows).
+
+    Shorter supports are padded with zero rows of zero loss weight, which add
+    nothing to a head's gradient.
+    """
+    n_rows = max(support[0].shape[0] for support in supports)
+    first = supports[0][0]
+    S = first.new_zeros(len(supports), n_rows, first.shape[1])
+    Y = first.new_zeros(len(supports), n_rows, n_classes)
+    weight = first.new_zeros(len(supports), n_rows)
+    for run, (rows, labels, _, loss_weight, _) in enumerate(supports):
+        S[run, : rows.shape[0]] = rows
+        Y[run, : rows.shape[0]] = _one_hot(labels, n_classes, first.dtype)
+        weight[run, : rows.shape[0]] = loss_weight
+    return S, Y, weight
+
+
+def _update_heads(S, Y, weight, W, b, optimizer, settings) -> None:
+    """:func:`_update_head` for a batch of heads ``W`` (runs, k, d), each on its own support."""
+    for _ in range(settings.inner_steps):
+        logits = torch.baddbmm(b[:, None, :], S, W.transpose(1, 2))
+        residual = (torch.log_softmax(logits, 2).exp() - Y) * weight[:, :, None]
+        grad_W = torch.bmm(residual.transpose(1, 2), S)
+        if settings.weight_decay:
+            grad_W.add_(W, alpha=settings.weight_decay)
+        optimizer.step([grad_W, residual.sum(1)])
+
+
+def _batched_logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Logits (runs, rows, k) of every head of the batch on the rows ``X``: one product."""
+    n_runs, n_classes, n_features = W.shape
+    logits = (X @ W.reshape(n_runs * n_classes, n_features).T).reshape(-1, n_runs, n_classes)
+    return logits.transpose(0, 1) + b[:, None, :]
+
+
+class _SelectionScores:
+    """:func:`_group_scores` of a batch of heads, each on its run's selection rows."""
+
+    def __init__(self, runs: list[RunRows], heldout: HeldoutRows):
+        n_rows = heldout.y.shape[0]
+        self.mask = torch.zeros(len(runs), n_rows, dtype=torch.bool, device=heldout.y.device)
+        for number, run in enumerate(runs):
+            self.mask[number, run.selection_rows] = True
+        self.weight = heldout.weight * self.mask  # (runs, rows)
+        self.members = torch.nn.functional.one_hot(heldout.cells, heldout.n_cells).to(
+            heldout.weight.dtype
+        )
+        self.y = heldout.y
+
+    def __call__(self, logits: torch.Tensor) -> list[dict[str, float] | None]:
+        """Each run's scores; None for a run whose logits on its selection rows are not finite."""
+        weight, members = self.weight, self.members
+        losses = -torch.log_softmax(logits, 2).gather(
+            2, self.y.expand(logits.shape[0], -1)[:, :, None]
+        )[:, :, 0]
+        correct = (logits.argmax(2) == self.y).to(weight.dtype) * weight
+        # rows outside a run's selection count zero, even where its logits overflow
+        losses = torch.where(self.mask, losses * weight, 0.0)
+        totals = weight @ members
+        present = totals > 0
+        accuracy = torch.where(present, (correct @ members) / totals, math.inf).amin(1)
+        group_loss = torch.where(present, (losses @ members) / totals, -math.inf).amax(1)
+        total = weight.sum(1)
+        scores = torch.stack([accuracy, correct.sum(1) / total, losses.sum(1) / total, group_loss])
+        finite = (torch.isfinite(logits).all(2) | ~self.mask).all(1).tolist()
+        return [
+            dict(zip(_SCORES, run_scores, strict=True)) if run_finite else None
+            for run_finite, run_scores in zip(finite, scores.T.tolist(), strict=True)
+        ]
+
+
+def _head_update_runs(supports, runs, heldout, head, n_classes, settings, head_lr, on_epoch):
+    """Every run without support edits (``outer_steps=0``), as one batched program.
+
+    Runs are a leading batch dimension: each head takes its ``inner_steps``
+    per epoch on its own support, all heads at once, and is scored on its
+    run's selection rows. A run that stops (``n_iter_no_change`` epochs
+    without improving past ``n_epochs``, or non-finite logits) is masked: its
+    kept epoch is final while the batch steps on. The same runs as
+    :func:`_bilevel_run` with ``outer_steps=0``, to rounding.
+    """
+    S, Y, weight = _stacked_supports(supports, n_classes)
+    W0, b0 = head
+    W = W0.expand(len(runs), *W0.shape).clone()
+    b = b0.expand(len(runs), *b0.shape).clone()
+    optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
+    score = _SelectionScores(runs, heldout)
+    best = [(-math.inf, -math.inf)] * len(runs)
+    kept = [(W0, b0, 0)] * len(runs)
+    keys = (*_SCORES, *(f"unedited_{key}" for key in _SCORES), "outer_loss")
+    history = [{key: [] for key in keys} for _ in runs]
+    active, diverged, stale = [True] * len(runs), [False] * len(runs), [0] * len(runs)
+
+    def keep_if_best(number, scores, epoch) -> bool:
+        key = _selection_score(scores, settings.selection_metric)
+        if not key > best[number]:
+            return False
+        best[number] = key
+        kept[number] = (W[number].clone(), b[number].clone(), epoch)
+        return True
+
+    if settings.compare_unedited:  # epoch 0, the start head, competes as in _bilevel_run
+        logits = _batched_logits(heldout.X, W, b)
+        for number, scores in enumerate(score(logits)):
+            if scores is not None:
+                keep_if_best(number, scores, 0)
+    last_epoch = settings.n_epochs if settings.max_epochs is None else settings.max_epochs
+    no_edit = {f"unedited_{key}": math.nan for key in _SCORES} | {"outer_loss": math.nan}
+    for epoch in range(1, last_epoch + 1):
+        if not any(active):
+            break
+        _update_heads(S, Y, weight, W, b, optimizer, settings)
+        logits = _batched_logits(heldout.X, W, b)
+        for number, scores in enumerate(score(logits)):
+            if not active[number]:
+                continue
+            if scores is None:
+                active[number], diverged[number] = False, True
+                continue
+            record = {"epoch": epoch, **scores, **no_edit}
+            for key, values in history[number].items():
+                values.append(record[key])
+            if on_epoch is not None:
+                on_epoch({"run": number, **record})
+            stale[number] = 0 if keep_if_best(number, scores, epoch) else stale[number] + 1
+            if epoch >= settings.n_epochs and stale[number] >= settings.n_iter_no_change:
+                active[number] = False
+    results = []
+    for number, (run, support) in enumerate(zip(runs, supports, strict=True)):
+        best_W, best_b, best_epoch = kept[number]
+        results.append(
+            RunResult(
+                weight=best_W,
+                bias=best_b,
+                support_edited=support[0],
+                support_labels=support[1],
+                support_index=support[2],
+                selection_index=_row_index(run.selection_rows, heldout.X),
+                best_epoch=best_epoch,
+                history=history[number],
+                diverged=diverged[number],
+                kept_edits=best_epoch > 0,
+                still_improving=(
+                    settings.max_epochs is not None
+                    and not diverged[number]
+                    and best_epoch == settings.max_epochs > settings.n_epochs
+                ),
+            )
+        )
+    return results

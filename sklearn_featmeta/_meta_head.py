@@ -891,11 +891,16 @@ class _FitData:
 
 
 class _Progress:
-    """``verbose`` output: one line per run, updated in place each epoch (every epoch at 2+)."""
+    """``verbose`` output: a line updated in place each epoch (every epoch on its own line at 2+).
+
+    Runs with edits go one after another: a line per run. Without edits
+    (``outer_steps=0``) every run steps at once: one line, each run's latest score.
+    """
 
     def __init__(self, estimator, n_runs: int):
         self.estimator, self.n_runs = estimator, n_runs
         self.open = False
+        self.latest = {}  # run -> its latest record, for the line of batched runs
 
     def epoch(self, record: dict) -> None:
         estimator = self.estimator
@@ -911,7 +916,16 @@ class _Progress:
         if estimator.verbose >= 2:
             print(line, flush=True)
             return
-        if self.open and record["epoch"] == 1:
+        if estimator.outer_steps == 0:
+            self.latest[record["run"]] = record
+            scores = ", ".join(
+                f"{self.latest[run]['worst_group_accuracy']:.4f}" for run in sorted(self.latest)
+            )
+            line = (
+                f"[{type(estimator).__name__}] {self.n_runs} run(s), epoch "
+                f"{record['epoch']:>3}/{estimator._epoch_range()}: worst-group acc by run {scores}"
+            )
+        elif self.open and record["epoch"] == 1:
             print(flush=True)  # the previous run's line is complete
         print(f"\r{line}", end="", flush=True)
         self.open = True

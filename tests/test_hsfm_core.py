@@ -537,3 +537,107 @@ def test_whitening_transform_whitens_up_to_the_ridge():
     ridged = torch.linalg.eigvalsh((X @ T_ridge).T @ (X @ T_ridge) / X.shape[0])
     assert ridged.max() / ridged.min() > 1.5
     assert ridged.max() / ridged.min() < variances.max() / variances.min()
+
+
+def _cross_fitted_problem(seed=0):
+    """Held-out rows in four cells, split twice into halves: four runs of unequal supports."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(160, 6, dtype=torch.float64, generator=g)
+    y = (X[:, 0] + 0.5 * torch.randn(160, dtype=torch.float64, generator=g) > 0).long()
+    cells = y * 2 + (X[:, 1] > 0.3).long()
+    weight = 1.0 + torch.rand(160, dtype=torch.float64, generator=g)  # sample weights
+    heldout = _hsfm.HeldoutRows(X, y, weight, cells, 4, cells, 4)
+    runs = []
+    for _ in range(2):  # two splits
+        order = torch.randperm(160, generator=g)
+        for shaping, selection in ((order[:70], order[70:]), (order[70:], order[:70])):
+            support = shaping[: 40 + 10 * len(runs)]  # supports of 40 to 70 rows
+            runs.append(_hsfm.RunRows(support, weight[support], shaping, selection))
+    return heldout, runs
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},
+        {"head_update": "adam", "compare_unedited": True},
+        {"n_epochs": 1, "max_epochs": 30, "n_iter_no_change": 2, "head_update": "adam"},
+        {"weight_decay": 0.05, "selection_metric": "worst_group_loss", "compare_unedited": True},
+    ],
+    ids=["paper", "adam-compared", "extended-by-loss", "weight-decay"],
+)
+def test_batched_runs_match_the_run_by_run_loop(fields):
+    """Without edits, the runs as one batched program are the runs one by one (float64)."""
+    heldout, runs = _cross_fitted_problem()
+    settings = _core_settings(
+        **{"support_size_per_class": 1000, "inner_steps": 3, "inner_lr": None, "outer_lr": 0.1,
+           "outer_steps": 0, "hard_set_size": 5, "n_epochs": 6, "support_source": "annotated",
+           **fields}
+    )  # fmt: skip
+    supports = [_hsfm._support(run, None, heldout, settings) for run in runs]
+    inner_lr, head_lr = _hsfm._step_sizes(supports[0], settings)
+    head = (0.1 * torch.ones(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    records = []
+    batched = _hsfm._head_update_runs(
+        supports, runs, heldout, head, 2, settings, head_lr, records.append
+    )
+    one_by_one = [
+        _hsfm._bilevel_run(support, run, heldout, head, 2, settings, (inner_lr, head_lr), None)
+        for support, run in zip(supports, runs, strict=True)
+    ]
+    if "max_epochs" in fields:  # runs that stop at different epochs: the masking is exercised
+        assert len({len(run.history["outer_loss"]) for run in batched}) > 1
+    for together, alone in zip(batched, one_by_one, strict=True):
+        torch.testing.assert_close(together.weight, alone.weight, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(together.bias, alone.bias, rtol=1e-12, atol=1e-12)
+        assert together.best_epoch == alone.best_epoch
+        assert (together.kept_edits, together.still_improving, together.diverged) == (
+            alone.kept_edits,
+            alone.still_improving,
+            alone.diverged,
+        )
+        for key, values in alone.history.items():
+            np.testing.assert_allclose(together.history[key], values, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(together.support_edited, alone.support_edited)
+    # progress: one record per run and epoch made
+    assert len(records) == sum(len(run.history["outer_loss"]) for run in batched)
+
+
+def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
+    heldout, runs = _cross_fitted_problem(seed=1)
+    settings = _core_settings(
+        support_size_per_class=1000, inner_steps=2, inner_lr=None, outer_lr=0.1, outer_steps=0,
+        hard_set_size=5, n_epochs=5, support_source="annotated",
+    )  # fmt: skip
+
+    def support_of(run, transform):
+        return _hsfm._support(run, None, heldout, settings)
+
+    head = (torch.zeros(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    probe = _hsfm._unedited_probe(support_of, runs, heldout, head, 2, settings, None)
+    steps = _hsfm._step_sizes(support_of(runs[0], None), settings)
+    best = [
+        min(_hsfm._bilevel_run(support_of(run, None), run, heldout, head, 2, settings, steps,
+                               None).history["worst_group_loss"])
+        for run in runs
+    ]  # fmt: skip
+    assert probe == pytest.approx(sum(best) / len(best), rel=1e-12)
+
+
+def test_a_diverging_run_of_the_batch_stops_alone():
+    """A run whose logits overflow stops with its best finite epoch; the others go on."""
+    heldout, runs = _cross_fitted_problem(seed=2)
+    settings = _core_settings(
+        support_size_per_class=1000, inner_steps=1, inner_lr=None, outer_lr=0.1, outer_steps=0,
+        hard_set_size=5, n_epochs=6, support_source="annotated",
+    )  # fmt: skip
+    supports = [_hsfm._support(run, None, heldout, settings) for run in runs]
+    # the second run's support is scaled up: the same step makes its logits overflow
+    rows, *rest = supports[1]
+    supports[1] = (rows * 1e155, *rest)
+    head = (torch.zeros(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    head_lr = _hsfm._step_sizes(supports[0], settings)[1]
+    result = _hsfm._head_update_runs(supports, runs, heldout, head, 2, settings, head_lr, None)
+    assert [run.diverged for run in result] == [False, True, False, False]
+    assert all(len(run.history["outer_loss"]) == 6 for run in result if not run.diverged)
+    assert all(torch.isfinite(run.weight).all() for run in result)

@@ -279,6 +279,16 @@ def test_verbose_updates_one_line_per_run(data, capsys):
     assert len(every_epoch) > 4 and not any("\r" in line for line in every_epoch)
 
 
+def test_verbose_runs_without_edits_share_one_line(data, capsys):
+    """Without edits every run steps at once: one line, each run's latest score on it."""
+    X, y, groups = data
+    _quiet_fit(MetaAugmentedHeadClassifier(**{**SMALL, "outer_steps": 0}, verbose=1), X, y, groups)
+    progress = [line for line in capsys.readouterr().out.split("\n") if "run(s), epoch" in line]
+    assert len(progress) == 1 and progress[0].count("\r") > 1
+    last = progress[0].split("\r")[-1]
+    assert "4 run(s), epoch" in last and len(last.split("by run ")[1].split(", ")) == 4
+
+
 def test_support_shortage_warning_counts_sample_weight_like_repeated_rows(data):
     """Pool support: a class short of rows but not of weight draws as its copies would."""
     X, y, groups = data
