@@ -124,6 +124,7 @@ METHOD_KEYS = (
     *("ablations", "options", "tuning"),
 )
 DEFAULT_METHOD_KEYS = METHOD_KEYS[:6]  # the main table's rows; the others on request
+ERM_LABEL = "ERM (LogisticRegression on training rows)"
 DEFAULTS_LABEL = "MetaAugmentedHeadClassifier() defaults"
 DFR_LABEL = "DFRClassifier"
 DEFAULT_SECTION = "benchmarks"  # RESULTS.md section of the full run (results.json, wga.png)
@@ -139,7 +140,7 @@ def methods(benchmark: str, keys=DEFAULT_METHOD_KEYS) -> dict[str, Callable]:
         raise ValueError(f"Unknown method key(s) {unknown}; choose from {list(METHOD_KEYS)}.")
     preset = PAPER_PRESET.get(benchmark, "waterbirds")
     rows = [
-        ("erm", "ERM (LogisticRegression on training rows)", _fit_erm),
+        ("erm", ERM_LABEL, _fit_erm),
         ("balanced-lr", BALANCED_LR_LABEL, _fit_balanced_validation_lr),
         ("dfr", DFR_LABEL, lambda X, y, g, seed: DFRClassifier(random_state=seed).fit(X, y, g)),
         (

@@ -17,6 +17,11 @@ MetaAugmentedHeadClassifier get ``groups`` (-1 on the 85% training rows).
 (a Python busy loop) runs, as on a shared machine: the busy / idle ratio is
 what contention costs. ``--grid-search`` measures fits per second inside a
 5-fold x 8-candidate ``GridSearchCV`` on 3,000 x 384 (``n_jobs=1``).
+
+The section ends with every benchmark task's median fit time, read from the
+accuracy runs' results (``results.json``, ``results-suite-*.json`` next to
+RESULTS.md): there every method fits the same rows in one process, one after
+another, so their ratios are side by side; nothing is refitted here.
 """
 
 from __future__ import annotations
@@ -215,7 +220,64 @@ def _median(result: dict | None) -> float | None:
     return statistics.median(result["seconds"]) if result and "seconds" in result else None
 
 
-def markdown(rows: list[dict], command: str, grid: dict | None = None) -> str:
+# accuracy runs whose fit times the task table reads: RESULTS.md section -> results file
+TASK_RESULTS = {
+    "benchmarks": "results.json",
+    "suite-tuning": "results-suite-tuning.json",
+    "suite-report": "results-suite-report.json",
+}
+
+
+def task_fit_times(folder: Path) -> list[dict]:
+    """Median fit seconds of the defaults, DFR and LogisticRegression on every benchmark task."""
+    from .run import DEFAULTS_LABEL, DFR_LABEL, ERM_LABEL
+
+    rows = []
+    for section, name in TASK_RESULTS.items():
+        path = folder / name
+        if not path.exists():
+            continue
+        for task, methods in json.loads(path.read_text())["per_seed"].items():
+            median = {
+                key: statistics.median(methods[label]["fit_seconds"]) if label in methods else None
+                for key, label in (("defaults", DEFAULTS_LABEL), ("dfr", DFR_LABEL),
+                                   ("lr", ERM_LABEL))
+            }  # fmt: skip
+            seeds = len(methods[DEFAULTS_LABEL]["fit_seconds"]) if DEFAULTS_LABEL in methods else 0
+            rows.append({"section": section, "task": task, "seeds": seeds, **median})
+    return rows
+
+
+def task_markdown(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Every benchmark task: median fit seconds over its seeds in the accuracy run of the "
+        "named RESULTS.md section (every method in one process, side by side; LR = "
+        "`LogisticRegression` on the training rows, the ERM row).",
+        "",
+        "| section | task | seeds | LR | DFRClassifier | defaults | defaults / DFR | defaults / LR |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        fmt = lambda v: "—" if v is None else f"{v:.2f} s"  # noqa: E731
+        ratio = lambda a, b: "—" if a is None or b is None else f"{a / b:.2f}"  # noqa: E731
+        lines.append(
+            f"| {row['section']} | {row['task']} | {row['seeds']} | {fmt(row['lr'])} | "
+            f"{fmt(row['dfr'])} | {fmt(row['defaults'])} | {ratio(row['defaults'], row['dfr'])} | "
+            f"{ratio(row['defaults'], row['lr'])} |"
+        )
+    ratios = [r["defaults"] / r["dfr"] for r in rows if r["defaults"] and r["dfr"]]
+    if ratios:
+        lines += ["", f"Defaults / DFR over the tasks: median {statistics.median(ratios):.2f}, "
+                      f"highest {max(ratios):.2f}."]  # fmt: skip
+    return lines
+
+
+def markdown(
+    rows: list[dict], command: str, grid: dict | None = None, tasks: list[dict] | None = None
+) -> str:
     lines = [
         f"Command: `{command}`  ",
         f"{machine_line()}  ",
@@ -260,6 +322,7 @@ def markdown(rows: list[dict], command: str, grid: dict | None = None) -> str:
             + ", ".join(f"{m} {r:.2f}" for m, r in grid["fits_per_second"].items())
             + ".",
         ]
+    lines += task_markdown(tasks or [])
     return "\n".join(lines)
 
 
@@ -301,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "speed.json").write_text(
         json.dumps({"command": command, "rows": rows, "grid_search": grid}, indent=1)
     )
-    table = markdown(rows, command, grid)
+    table = markdown(rows, command, grid, task_fit_times(args.out))
     replace_section(args.out / "RESULTS.md", "speed", table)
     print(table)
     return 0

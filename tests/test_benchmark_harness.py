@@ -252,6 +252,23 @@ def test_speed_table_reports_busy_over_idle_and_grid_search_rates():
     assert "MetaAugmentedHeadClassifier 1.50" in text
 
 
+def test_speed_task_table_reads_the_accuracy_runs_fit_times(tmp_path):
+    per_seed = {
+        "task_a": {
+            run.ERM_LABEL: {"fit_seconds": [0.1, 0.3, 0.2]},
+            run.DFR_LABEL: {"fit_seconds": [1.0, 2.0, 9.0]},
+            run.DEFAULTS_LABEL: {"fit_seconds": [3.0, 4.0, 5.0]},
+        }
+    }
+    (tmp_path / "results-suite-report.json").write_text(json.dumps({"per_seed": per_seed}))
+    rows = speed.task_fit_times(tmp_path)
+    assert rows == [{"section": "suite-report", "task": "task_a", "seeds": 3,
+                     "defaults": 4.0, "dfr": 2.0, "lr": 0.2}]  # fmt: skip
+    text = "\n".join(speed.task_markdown(rows))
+    assert "| suite-report | task_a | 3 | 0.20 s | 2.00 s | 4.00 s | 2.00 | 20.00 |" in text
+    assert "highest 2.00" in text
+
+
 def test_the_wide_suite_is_fixed_in_two_disjoint_halves():
     from benchmarks import data
 
