@@ -19,6 +19,7 @@ overhead.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable
@@ -1052,6 +1053,14 @@ class _Adam:
         self.second = [torch.zeros_like(p) for p in params]
         self.steps = 0
 
+    def subset(self, index: torch.Tensor, params: list[torch.Tensor]) -> _Adam:
+        """The optimiser of ``params``, the rows ``index`` of this one's (with their moments)."""
+        subset = _Adam(params, self.lr, self.betas, self.eps)
+        subset.first = [first[index] for first in self.first]
+        subset.second = [second[index] for second in self.second]
+        subset.steps = self.steps
+        return subset
+
     def step(self, grads: list[torch.Tensor]) -> None:
         self.steps += 1
         beta1, beta2 = self.betas
@@ -1071,6 +1080,9 @@ class _GradientDescent:
 
     def __init__(self, params: list[torch.Tensor], lr: float):
         self.params, self.lr = params, lr
+
+    def subset(self, index: torch.Tensor, params: list[torch.Tensor]) -> _GradientDescent:
+        return _GradientDescent(params, self.lr)
 
     def step(self, grads: list[torch.Tensor]) -> None:
         for param, grad in zip(self.params, grads, strict=True):
@@ -1357,6 +1369,12 @@ class _SelectionScores:
         )
         self.y = heldout.y
 
+    def subset(self, index: torch.Tensor) -> _SelectionScores:
+        """The scores of the runs ``index`` of this batch only."""
+        subset = copy.copy(self)
+        subset.mask, subset.weight = self.mask[index], self.weight[index]
+        return subset
+
     def __call__(self, logits: torch.Tensor) -> list[dict[str, float] | None]:
         """Each run's scores; None for a run whose logits on its selection rows are not finite."""
         weight, members = self.weight, self.members
@@ -1385,9 +1403,9 @@ def _head_update_runs(supports, runs, heldout, head, n_classes, settings, head_l
     Runs are a leading batch dimension: each head takes its ``inner_steps``
     per epoch on its own support, all heads at once, and is scored on its
     run's selection rows. A run that stops (``n_iter_no_change`` epochs
-    without improving past ``n_epochs``, or non-finite logits) is masked: its
-    kept epoch is final while the batch steps on. The same runs as
-    :func:`_bilevel_run` with ``outer_steps=0``, to rounding.
+    without improving past ``n_epochs``, or non-finite logits) leaves the
+    batch with its kept epoch, so the others do not carry it. The same runs
+    as :func:`_bilevel_run` with ``outer_steps=0``, to rounding.
     """
     S, Y, weight = _stacked_supports(supports, n_classes)
     W0, b0 = head
@@ -1395,46 +1413,54 @@ def _head_update_runs(supports, runs, heldout, head, n_classes, settings, head_l
     b = b0.expand(len(runs), *b0.shape).clone()
     optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
     score = _SelectionScores(runs, heldout)
+    batch = list(range(len(runs)))  # the runs still in the batch, by number
     best = [(-math.inf, -math.inf)] * len(runs)
     kept = [(W0, b0, 0)] * len(runs)
     keys = (*_SCORES, *(f"unedited_{key}" for key in _SCORES), "outer_loss")
     history = [{key: [] for key in keys} for _ in runs]
-    active, diverged, stale = [True] * len(runs), [False] * len(runs), [0] * len(runs)
+    diverged, stale = [False] * len(runs), [0] * len(runs)
 
-    def keep_if_best(number, scores, epoch) -> bool:
+    def keep_if_best(position, scores, epoch) -> bool:
+        number = batch[position]
         key = _selection_score(scores, settings.selection_metric)
         if not key > best[number]:
             return False
         best[number] = key
-        kept[number] = (W[number].clone(), b[number].clone(), epoch)
+        kept[number] = (W[position].clone(), b[position].clone(), epoch)
         return True
 
     if settings.compare_unedited:  # epoch 0, the start head, competes as in _bilevel_run
         logits = _batched_logits(heldout.X, W, b)
-        for number, scores in enumerate(score(logits)):
+        for position, scores in enumerate(score(logits)):
             if scores is not None:
-                keep_if_best(number, scores, 0)
+                keep_if_best(position, scores, 0)
     last_epoch = settings.n_epochs if settings.max_epochs is None else settings.max_epochs
     no_edit = {f"unedited_{key}": math.nan for key in _SCORES} | {"outer_loss": math.nan}
     for epoch in range(1, last_epoch + 1):
-        if not any(active):
-            break
         _update_heads(S, Y, weight, W, b, optimizer, settings)
         logits = _batched_logits(heldout.X, W, b)
-        for number, scores in enumerate(score(logits)):
-            if not active[number]:
-                continue
+        going = []
+        for position, scores in enumerate(score(logits)):
+            number = batch[position]
             if scores is None:
-                active[number], diverged[number] = False, True
+                diverged[number] = True
                 continue
             record = {"epoch": epoch, **scores, **no_edit}
             for key, values in history[number].items():
                 values.append(record[key])
             if on_epoch is not None:
                 on_epoch({"run": number, **record})
-            stale[number] = 0 if keep_if_best(number, scores, epoch) else stale[number] + 1
-            if epoch >= settings.n_epochs and stale[number] >= settings.n_iter_no_change:
-                active[number] = False
+            stale[number] = 0 if keep_if_best(position, scores, epoch) else stale[number] + 1
+            if epoch < settings.n_epochs or stale[number] < settings.n_iter_no_change:
+                going.append(position)
+        if not going:
+            break
+        if len(going) < len(batch):  # stopped runs leave the batch
+            index = torch.tensor(going, device=S.device)
+            S, Y, weight, W, b = S[index], Y[index], weight[index], W[index], b[index]
+            optimizer = optimizer.subset(index, [W, b])
+            score = score.subset(index)
+            batch = [batch[position] for position in going]
     results = []
     for number, (run, support) in enumerate(zip(runs, supports, strict=True)):
         best_W, best_b, best_epoch = kept[number]
