@@ -556,6 +556,19 @@ def _cross_fitted_problem(seed=0):
     return heldout, runs
 
 
+def _no_edit_settings(**fields):
+    """Runs without support edits on cross-fitted annotated rows (the estimator's default path)."""
+    return _core_settings(
+        **{"support_size_per_class": 1000, "inner_steps": 3, "inner_lr": None, "outer_lr": 0.1,
+           "outer_steps": 0, "hard_set_size": 5, "n_epochs": 6, "support_source": "annotated",
+           **fields}
+    )  # fmt: skip
+
+
+def _zero_head(n_features=6):
+    return torch.zeros(2, n_features, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+
+
 @pytest.mark.parametrize(
     "fields",
     [
@@ -569,11 +582,7 @@ def _cross_fitted_problem(seed=0):
 def test_batched_runs_match_the_run_by_run_loop(fields):
     """Without edits, the runs as one batched program are the runs one by one (float64)."""
     heldout, runs = _cross_fitted_problem()
-    settings = _core_settings(
-        **{"support_size_per_class": 1000, "inner_steps": 3, "inner_lr": None, "outer_lr": 0.1,
-           "outer_steps": 0, "hard_set_size": 5, "n_epochs": 6, "support_source": "annotated",
-           **fields}
-    )  # fmt: skip
+    settings = _no_edit_settings(**fields)
     supports = [_hsfm._support(run, None, heldout, settings) for run in runs]
     inner_lr, head_lr = _hsfm._step_sizes(supports[0], settings)
     head = (0.1 * torch.ones(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
@@ -605,15 +614,12 @@ def test_batched_runs_match_the_run_by_run_loop(fields):
 
 def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
     heldout, runs = _cross_fitted_problem(seed=1)
-    settings = _core_settings(
-        support_size_per_class=1000, inner_steps=2, inner_lr=None, outer_lr=0.1, outer_steps=0,
-        hard_set_size=5, n_epochs=5, support_source="annotated",
-    )  # fmt: skip
+    settings = _no_edit_settings(inner_steps=2, n_epochs=5)
 
     def support_of(run, transform):
         return _hsfm._support(run, None, heldout, settings)
 
-    head = (torch.zeros(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    head = _zero_head()
     probe = _hsfm._unedited_probe(support_of, runs, heldout, head, 2, settings, None)
     steps = _hsfm._step_sizes(support_of(runs[0], None), settings)
     best = [
@@ -627,15 +633,12 @@ def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
 def test_a_diverging_run_of_the_batch_stops_alone():
     """A run whose logits overflow stops with its best finite epoch; the others go on."""
     heldout, runs = _cross_fitted_problem(seed=2)
-    settings = _core_settings(
-        support_size_per_class=1000, inner_steps=1, inner_lr=None, outer_lr=0.1, outer_steps=0,
-        hard_set_size=5, n_epochs=6, support_source="annotated",
-    )  # fmt: skip
+    settings = _no_edit_settings(inner_steps=1)
     supports = [_hsfm._support(run, None, heldout, settings) for run in runs]
     # the second run's support is scaled up: the same step makes its logits overflow
     rows, *rest = supports[1]
     supports[1] = (rows * 1e155, *rest)
-    head = (torch.zeros(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    head = _zero_head()
     head_lr = _hsfm._step_sizes(supports[0], settings)[1]
     result = _hsfm._head_update_runs(supports, runs, heldout, head, 2, settings, head_lr, None)
     assert [run.diverged for run in result] == [False, True, False, False]
