@@ -923,7 +923,7 @@ def fit_hsfm(
     # pool supports are whitened as drawn (a copy); annotated ones come from the whitened rows
     pool_transform = whitening if settings.support_source == "pool" else None
 
-    if settings.outer_steps == 0:  # no edits: every run's head updates at once
+    if runs_in_one_batch(settings):
         supports = [support_of(run, pool_transform) for run in runs]
         inner_lr, head_lr = _step_sizes(supports[0], settings)
         results = _head_update_runs(
@@ -989,6 +989,14 @@ def fit_hsfm(
         erm_converged=erm_converged,
         choice=choice,
     )
+
+
+def runs_in_one_batch(settings: HSFMSettings) -> bool:
+    """Whether the runs step together (:func:`_head_update_runs`): without support edits.
+
+    With edits each run has its own hypergradient and the runs go one by one.
+    """
+    return settings.outer_steps == 0
 
 
 def _step_sizes(support, settings: HSFMSettings) -> tuple[float, float]:

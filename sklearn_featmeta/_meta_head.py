@@ -71,9 +71,12 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     they are split in two halves ``n_repeats`` times; for every split, two runs
     each take their support and hard set from one half and select their epoch
     (by worst-group loss) on the other, and the heads of all runs are averaged.
-    Each run also trains a head on its unedited support and keeps it where
-    it scores better (``compare_unedited``). Before the runs, the defaults
-    choose between standardised and whitened features by held-out scores
+    The defaults make no edits (``outer_steps=0``): each run is then gradient
+    descent of the head on its support, stopped early on its selection rows,
+    and all runs step together as one batch; with edits on, each run also
+    trains a head on its unedited support and keeps it where it scores better
+    (``compare_unedited``). Before the runs, the defaults choose between
+    standardised and whitened features by held-out scores
     (``whitening_ridge="auto"``). The heads of the runs then compete with
     the strong simple heads (``balanced_candidates``): group-balanced
     logistic regressions on each run's support, their regularisation and
@@ -238,9 +241,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         CPU threads of torch during ``fit`` (restored afterwards; BLAS and
         LAPACK get one, as two thread pools contend for the cores). None: one
         thread, unless the training pool has at least ``2**24`` entries (rows x
-        features), and then the cores idle when the fit starts: the fit's loops are too small for threads to pay, and
-        threads that wait for cores another process holds slow them down many
-        times (``n_threads_`` says what was used). Set 1 when many fits run in
+        features), and then the cores idle when the fit starts: the fit's
+        loops are too small for threads to pay, and threads that wait for
+        cores another process holds slow them down many times (``n_threads_`` says what was used). Set 1 when many fits run in
         parallel (grid searches on joblib or Dask workers).
     random_state : int, RandomState instance or None, default=None
         Seeds the held-out split, the cross-fitting folds and the support
@@ -732,7 +735,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             return tensor(standardized(X, index, data.mean, data.scale, X.dtype))
 
         start = time.perf_counter()
-        progress = _Progress(self, len(runs))
+        settings = self._settings(_hsfm)
+        progress = _Progress(self, len(runs), _hsfm.runs_in_one_batch(settings))
         if self.verbose:
             print(
                 f"[{type(self).__name__}] {pool.size} training rows, {heldout.size} held-out "
@@ -756,7 +760,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 _hsfm.RunRows(rows(index), tensor(mass), rows(shaping), rows(selection))
                 for index, mass, shaping, selection in runs
             ],
-            self._settings(_hsfm),
+            settings,
             n_classes=n_classes,
             erm_l2=1.0 / (self.erm_C * data.weights[pool].sum()),
             initial_head=None if initial_head is None else tuple(map(tensor, initial_head)),
@@ -893,12 +897,13 @@ class _FitData:
 class _Progress:
     """``verbose`` output: a line updated in place each epoch (every epoch on its own line at 2+).
 
-    Runs with edits go one after another: a line per run. Without edits
-    (``outer_steps=0``) every run steps at once: one line, each run's latest score.
+    Runs with edits go one after another: a line per run. Batched runs (no
+    edits, :func:`._hsfm.runs_in_one_batch`) step at once: one line, each run's
+    latest score.
     """
 
-    def __init__(self, estimator, n_runs: int):
-        self.estimator, self.n_runs = estimator, n_runs
+    def __init__(self, estimator, n_runs: int, batched: bool):
+        self.estimator, self.n_runs, self.batched = estimator, n_runs, batched
         self.open = False
         self.latest = {}  # run -> its latest record, for the line of batched runs
 
@@ -916,7 +921,7 @@ class _Progress:
         if estimator.verbose >= 2:
             print(line, flush=True)
             return
-        if estimator.outer_steps == 0:
+        if self.batched:
             self.latest[record["run"]] = record
             scores = ", ".join(
                 f"{self.latest[run]['worst_group_accuracy']:.4f}" for run in sorted(self.latest)
