@@ -678,13 +678,18 @@ class HeadChoice:
     ``scores``: each candidate's :func:`candidate_score` on the runs'
     selection rows, the balanced ones at their best L2 strength.
     ``balanced_l2``: that strength (on a run's support); ``head``: the
-    refitted balanced head, for a balanced choice.
+    refitted balanced head, for a balanced choice; ``run_logits``: the best
+    balanced head's logits on every run's selection rows (what the runs'
+    heads must beat, :func:`runs_beat_balanced`); ``margin``: the margin
+    they had to beat it by.
     """
 
     chosen: str = "runs"
     scores: dict[str, float] | None = None
     balanced_l2: float | None = None
     head: tuple[torch.Tensor, torch.Tensor] | None = None
+    run_logits: list[torch.Tensor] | None = None
+    margin: float | None = None
 
 
 def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
@@ -790,7 +795,61 @@ def best_balanced(paths: dict[str, list[list[torch.Tensor]]], runs, heldout) -> 
             choice.scores[choice.chosen]
         ):
             choice.chosen, choice.balanced_l2 = name, BALANCED_L2_PATH[step]
+            choice.run_logits = [logits[step] for logits in run_logits]
     return choice
+
+
+def worst_group_standard_error(
+    run_logits: list[torch.Tensor],
+    incumbent_logits: list[torch.Tensor],
+    runs: list[RunRows],
+    heldout: HeldoutRows,
+) -> float:
+    """Standard error of a challenger's worst-group accuracy minus an incumbent's, over runs.
+
+    Paired, on the rows both heads are scored on: in every run, on the
+    incumbent's worst (class, group) cell of the run's selection rows, the
+    weighted mean of ``correct(challenger) - correct(incumbent)`` per row has
+    the variance ``sum w^2 (d - mean d)^2 / (sum w)^2``. The two runs of a
+    split are scored on disjoint rows, but every split re-uses the same
+    annotated rows, so the splits count as one measurement: the variance of
+    the mean over runs is the runs' mean variance over two.
+    """
+    variances = []
+    for challenger, incumbent, run in zip(run_logits, incumbent_logits, runs, strict=True):
+        rows = run.selection_rows
+        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows].double()
+        incumbent_correct = (incumbent.argmax(1) == y).double()
+        totals = torch.bincount(cells, weights=weight, minlength=heldout.n_cells)
+        hits = torch.bincount(cells, weights=incumbent_correct * weight, minlength=heldout.n_cells)
+        accuracy = torch.where(totals > 0, hits / totals.clamp(min=1e-300), torch.inf)
+        in_cell = cells == int(accuracy.argmin())
+        w = weight[in_cell]
+        difference = (challenger.argmax(1) == y).double()[in_cell] - incumbent_correct[in_cell]
+        centred = difference - (w * difference).sum() / w.sum()
+        variances.append(float((w.square() * centred.square()).sum() / w.sum().square()))
+    return math.sqrt(sum(variances) / len(variances) / 2)
+
+
+def runs_beat_balanced(
+    run_logits: list[torch.Tensor],
+    score: dict[str, float],
+    balanced: HeadChoice,
+    runs: list[RunRows],
+    heldout: HeldoutRows,
+) -> bool:
+    """Whether the runs' heads replace the best balanced head: by more than a standard error.
+
+    The one-standard-error rule of cross-validated model selection: the
+    runs' heads chose their epochs on the very rows that score them here,
+    so a small lead there is partly luck; they are kept only where their
+    mean worst-group accuracy exceeds the balanced head's by more than the
+    standard error of that difference (:func:`worst_group_standard_error`).
+    With few annotated rows it is large and the simple head stays.
+    """
+    balanced.margin = worst_group_standard_error(run_logits, balanced.run_logits, runs, heldout)
+    lead = score["worst_group_accuracy"] - balanced.scores[balanced.chosen]["worst_group_accuracy"]
+    return lead > balanced.margin
 
 
 def refit_balanced(
@@ -962,8 +1021,11 @@ def fit_hsfm(
         ]
         score = candidate_score(run_logits, runs, heldout)
         balanced.scores = {"runs": score, **balanced.scores}
-        better = _rank(balanced.scores[balanced.chosen]) < _rank(score)
-        choice = balanced if better else HeadChoice(scores=balanced.scores)
+        if runs_beat_balanced(run_logits, score, balanced, runs, heldout):
+            choice = HeadChoice(scores=balanced.scores, margin=balanced.margin)
+        else:
+            choice = balanced
+        choice.run_logits = None  # scored; not needed past the choice
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
         sizes = [len(r.support_edited) for r in results]  # one solve for every run's support

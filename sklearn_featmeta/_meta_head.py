@@ -80,9 +80,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     (``whitening_ridge="auto"``). The heads of the runs then compete with
     the strong simple heads (``balanced_candidates``): group-balanced
     logistic regressions on each run's support, their regularisation and
-    geometry chosen by the same cross-fitting; whichever scores best on the
-    runs' selection rows is averaged, so the fit falls back on a tuned
-    group-balanced ``LogisticRegression`` where the runs do worse.
+    geometry chosen by the same cross-fitting. The best of those is the
+    fitted head unless the runs' heads beat it on the runs' selection rows
+    by more than the standard error of their lead, so the fit falls back on
+    a tuned group-balanced ``LogisticRegression`` wherever the runs do not
+    clearly do better (always, with a few dozen annotated rows).
 
     Rows whose ``groups`` entry is known are the held-out (annotated) rows;
     rows with an unknown group (``-1``, ``None`` or NaN) are the training pool.
@@ -155,11 +157,14 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         geometry). Each candidate, the runs' heads included, is scored on
         the runs' selection rows: by its mean worst-group accuracy, ties
         broken by its worst-group loss at its best temperature (a scale-free
-        loss; the loss alone would favour nearly flat heads). Where a
-        balanced candidate scores best, it is refitted on every annotated
-        row, its strength scaled to that many rows (as ``LogisticRegressionCV``
-        refits), and is the fitted head (``selected_heads_``,
-        ``candidate_scores_``, ``balanced_l2_``). False: the runs' heads.
+        loss; the loss alone would favour nearly flat heads). The best
+        balanced candidate is refitted on every annotated row, its strength
+        scaled to that many rows (as ``LogisticRegressionCV`` refits), and is
+        the fitted head unless the runs' heads lead it in worst-group
+        accuracy by more than the standard error of that lead (the
+        one-standard-error rule: the runs chose their epochs on these rows;
+        ``selected_heads_``, ``candidate_scores_``, ``balanced_l2_``,
+        ``runs_margin_``). False: the runs' heads.
     compare_unedited : bool, default=True
         Each run also updates a second head, by the same steps, on its support
         as drawn (no edits), and keeps the epoch that scores best on its
@@ -309,6 +314,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         L2 strength chosen for the balanced head (on a run's support, loss of
         total weight one; the refit scales it); None when the runs' heads
         were selected.
+    runs_margin_ : float or None
+        How far the runs' heads had to lead the best balanced head in mean
+        worst-group accuracy on the selection rows to be selected: the
+        standard error of that lead (``balanced_candidates``). None when no
+        candidate was weighed.
     device_ : str
         Device the model was fitted on.
     n_threads_ : int
@@ -876,6 +886,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.selected_heads_ = result.choice.chosen
         self.candidate_scores_ = result.choice.scores
         self.balanced_l2_ = result.choice.balanced_l2
+        self.runs_margin_ = result.choice.margin
         self.device_ = str(device)
 
 

@@ -55,7 +55,12 @@ def test_selected_heads_are_the_best_candidate_by_its_cross_fitted_score():
     model = MetaAugmentedHeadClassifier(**FAST).fit(X, y, groups)
     scores = model.candidate_scores_
     assert set(scores) == {"runs", "balanced_standardised", "balanced_isotropic"}
-    assert model.selected_heads_ == min(scores, key=lambda name: _hsfm._rank(scores[name]))
+    best_balanced = min(
+        ["balanced_standardised", "balanced_isotropic"], key=lambda name: _hsfm._rank(scores[name])
+    )
+    lead = scores["runs"]["worst_group_accuracy"] - scores[best_balanced]["worst_group_accuracy"]
+    assert model.runs_margin_ >= 0
+    assert model.selected_heads_ == ("runs" if lead > model.runs_margin_ else best_balanced)
     assert (model.selected_heads_ == "runs") == (model.balanced_l2_ is None)
     assert model.balanced_l2_ is None or model.balanced_l2_ in _hsfm.BALANCED_L2_PATH
 
@@ -85,6 +90,96 @@ def test_the_fit_falls_back_on_a_balanced_head_where_the_runs_cannot_move():
         y[known], erm.fit(X, y, groups).predict(X[known]), groups=groups[known]
     )
     assert fair > unfair + 0.2
+
+
+def _cell_rows(y, cells):
+    torch = pytest.importorskip("torch")
+    n = len(y)
+    return _hsfm.HeldoutRows(
+        torch.zeros(n, 1, dtype=torch.float64),
+        torch.tensor(y),
+        torch.ones(n, dtype=torch.float64),
+        cells=torch.tensor(cells),
+        n_cells=int(max(cells)) + 1,
+        hard_set_cells=torch.tensor(cells),
+        n_hard_set_cells=int(max(cells)) + 1,
+    )
+
+
+def _logits_for(correct, y):
+    """Two-class logits that are right exactly where ``correct`` is True."""
+    torch = pytest.importorskip("torch")
+    predicted = np.where(correct, y, 1 - np.asarray(y))
+    return torch.nn.functional.one_hot(torch.tensor(predicted), 2).to(torch.float64)
+
+
+def test_worst_group_standard_error_is_the_paired_error_on_the_incumbents_worst_cell():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    cells = np.repeat([0, 1, 2], 20)
+    heldout = _cell_rows(y, cells)
+    runs = [
+        _hsfm.RunRows(torch.arange(0), torch.ones(0), rows, rows)
+        for rows in (torch.arange(0, 60, 2), torch.arange(1, 60, 2))
+    ]
+    incumbent_correct = rng.random(60) < np.where(cells == 1, 0.5, 0.9)  # cell 1 is worst
+    challenger_correct = rng.random(60) < 0.7
+    incumbent = _logits_for(incumbent_correct, y)
+    challenger = _logits_for(challenger_correct, y)
+    se = _hsfm.worst_group_standard_error(
+        [challenger[r.selection_rows] for r in runs],
+        [incumbent[r.selection_rows] for r in runs],
+        runs,
+        heldout,
+    )
+    variances = []
+    for run in runs:
+        rows = run.selection_rows.numpy()
+        accuracy = [incumbent_correct[rows][cells[rows] == c].mean() for c in range(3)]
+        in_cell = rows[cells[rows] == np.argmin(accuracy)]
+        d = challenger_correct[in_cell].astype(float) - incumbent_correct[in_cell]
+        variances.append(d.var() / d.size)  # unit weights: the population variance over n
+    assert se == pytest.approx(np.sqrt(np.mean(variances) / 2), rel=1e-12)
+    assert se > 0
+    same = _hsfm.worst_group_standard_error(
+        [incumbent[r.selection_rows] for r in runs],
+        [incumbent[r.selection_rows] for r in runs],
+        runs,
+        heldout,
+    )
+    assert same == 0.0
+
+
+def test_the_runs_replace_the_balanced_head_only_when_they_lead_by_more_than_the_error():
+    torch = pytest.importorskip("torch")
+    y = np.tile([0, 1], 20)
+    cells = y.copy()  # two runs of 20 rows, ten in each cell
+    heldout = _cell_rows(y, cells)
+    halves = (torch.arange(20), torch.arange(20, 40))
+    runs = [_hsfm.RunRows(torch.arange(0), torch.ones(0), rows, rows) for rows in halves]
+    incumbent_correct = np.ones(40, dtype=bool)
+    incumbent_correct[[1, 3, 5, 7, 21, 23, 25, 27]] = False  # cell 1 at 60% in each run
+    incumbent = _logits_for(incumbent_correct, y)
+    balanced = _hsfm.HeadChoice(
+        chosen="balanced_standardised", run_logits=[incumbent[rows] for rows in halves]
+    )
+    balanced.scores = {
+        "balanced_standardised": _hsfm.candidate_score(balanced.run_logits, runs, heldout)
+    }
+    # (rows of cell 1 fixed, rows broken) per run -> whether the runs' heads win
+    for fixed, broken, expected in ((2, 1, False), (4, 0, True), (1, 1, False)):
+        correct = incumbent_correct.copy()
+        for offset in (0, 20):
+            correct[[offset + r for r in (1, 3, 5, 7)[:fixed]]] = True
+            correct[[offset + r for r in (9, 11, 13)[:broken]]] = False
+        challenger = _logits_for(correct, y)
+        logits = [challenger[rows] for rows in halves]
+        score = _hsfm.candidate_score(logits, runs, heldout)
+        assert _hsfm.runs_beat_balanced(logits, score, balanced, runs, heldout) is expected
+        # per run, ten rows of differences d in {-1, 0, 1}: var(d) / 10, over two runs
+        d = np.array([1.0] * fixed + [-1.0] * broken + [0.0] * (10 - fixed - broken))
+        assert balanced.margin == pytest.approx(np.sqrt(d.var() / 10 / 2), rel=1e-12)
 
 
 def test_candidate_score_ignores_the_scale_of_the_logits():
