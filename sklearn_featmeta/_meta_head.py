@@ -44,7 +44,7 @@ MIN_HELDOUT_ROWS_PER_GROUP = 5
 FLAT_HEAD_SPREAD = 1e-3
 """A head whose held-out logits vary by less than this is flat: its predictions are noise."""
 
-WHITENING_COVARIANCE_BUDGET = 2**35
+WHITENING_COVARIANCE_BUDGET = 2**34
 """Most rows x features^2 the whitening covariance is computed from (then a content-keyed draw).
 
 A preconditioner needs a fair estimate of the covariance, not an exact one.
