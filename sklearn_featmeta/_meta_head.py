@@ -526,25 +526,25 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         )
         groups_split_rows = group_codes is not None and (group_codes < 0).any()
         self._check_split(y_encoded, weights, pool, heldout, groups_split_rows)
-        if self.standardize:
-            mean, scale = weighted_moments(X, pool, weights[pool])
-        else:
-            mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
-        cells, n_cells = cell_codes(y_encoded[heldout], heldout_groups)
-        data = _FitData(X, y_encoded, weights, pool, heldout, cells, n_cells, mean, scale)
-        runs = self._run_rows(data, rng)
-        covariance_rows = self._covariance_rows(data, rng)
-        self._warn_small_heldout(cells, n_cells, len(runs))
-        initial_head = self._initial_head_in_softmax_form(X.shape[1], n_classes)
-        if initial_head is not None:  # to standardised coordinates
-            initial_head = (initial_head[0] * scale, initial_head[1] + initial_head[0] @ mean)
-
         from . import _hsfm  # torch stays out of prediction and unpickling
 
         self.n_threads_ = (
             auto_threads(pool.size * X.shape[1]) if self.n_threads is None else self.n_threads
         )
         with fit_threads(self.n_threads_):
+            if self.standardize:
+                mean, scale = weighted_moments(X, pool, weights[pool], self.n_threads_)
+            else:
+                mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+            cells, n_cells = cell_codes(y_encoded[heldout], heldout_groups)
+            data = _FitData(X, y_encoded, weights, pool, heldout, cells, n_cells, mean, scale)
+            runs = self._run_rows(data, rng)
+            covariance_rows = self._covariance_rows(data, rng)
+            self._warn_small_heldout(cells, n_cells, len(runs))
+            initial_head = self._initial_head_in_softmax_form(X.shape[1], n_classes)
+            if initial_head is not None:  # to standardised coordinates
+                initial_head = (initial_head[0] * scale, initial_head[1] + initial_head[0] @ mean)
+
             device = _hsfm.resolve_device(self.device)
             result = self._run_core(_hsfm, data, runs, covariance_rows, device, initial_head)
         support_rows = heldout if result.support_from_heldout else pool
@@ -562,12 +562,12 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         X, y, weights, moments = data.X, data.y, data.weights, (data.mean, data.scale)
         pool, heldout, cells = data.pool, data.heldout, data.cells
         if self.support_source == "pool":
-            keys = draw_keys(content_hashes(X, pool, *moments), rng)
+            keys = draw_keys(content_hashes(X, pool, *moments, self.n_threads_), rng)
             mass = take_by_weight(y[pool], keys, weights[pool], cap)
             every_row = slice(None)
             return [(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
         y_heldout, weights_heldout = y[heldout], weights[heldout]
-        hashes = content_hashes(X, heldout, *moments)
+        hashes = content_hashes(X, heldout, *moments, self.n_threads_)
         folds = cross_fitting_folds(
             hashes, cells, y_heldout, weights_heldout, self.classes_.shape[0], self.n_repeats, rng
         )
@@ -742,7 +742,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             return index if isinstance(index, slice) else tensor(index, torch.int64)
 
         def standardized_rows(index):
-            return tensor(standardized(X, index, data.mean, data.scale, X.dtype))
+            return tensor(standardized(X, index, data.mean, data.scale, X.dtype, self.n_threads_))
 
         start = time.perf_counter()
         settings = self._settings(_hsfm)

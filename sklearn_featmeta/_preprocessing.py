@@ -7,37 +7,61 @@ them, are the same for ``X`` and ``a * X + b`` (``a > 0``).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 _BLOCK_ENTRIES = 2**20  # passes over X go a block of about a million entries at a time
 
 
-def _blocks(n_rows: int, n_features: int):
+def _blocks(n_rows: int, n_features: int) -> list[slice]:
     step = max(1, _BLOCK_ENTRIES // max(1, n_features))
-    for start in range(0, n_rows, step):
-        yield slice(start, start + step)
+    return [slice(start, start + step) for start in range(0, n_rows, step)]
+
+
+def _map_blocks(function, blocks: list[slice], n_threads: int) -> list:
+    """``[function(block) for block in blocks]``, on ``n_threads`` threads when more than one.
+
+    Each block is computed alone and the results come back in block order,
+    so whatever the caller sums in that order has the same bits on any
+    number of threads (NumPy releases the GIL over blocks this large).
+    """
+    if n_threads <= 1 or len(blocks) <= 1:
+        return [function(block) for block in blocks]
+    with ThreadPoolExecutor(max_workers=n_threads) as executor:
+        return list(executor.map(function, blocks))
 
 
 def weighted_moments(
-    X: np.ndarray, rows: np.ndarray, weights: np.ndarray
+    X: np.ndarray, rows: np.ndarray, weights: np.ndarray, n_threads: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean and standard deviation of ``X[rows]`` per feature, in float64.
 
     A feature whose spread is within float64 rounding of its mean (a constant
-    column, whatever its scale) gets scale 1. Two passes over blocks of rows:
-    no float64 copy of ``X``.
+    column, whatever its scale) gets scale 1. Two passes over blocks of rows
+    (on ``n_threads`` threads, the same bits on any number): no float64 copy
+    of ``X``.
     """
     weights = np.asarray(weights, dtype=np.float64)
     total = weights.sum()
+    blocks = _blocks(rows.size, X.shape[1])
+
+    def block_sum(block):
+        return weights[block] @ X[rows[block]].astype(np.float64)
+
     mean = np.zeros(X.shape[1])
-    for block in _blocks(rows.size, X.shape[1]):
-        mean += weights[block] @ X[rows[block]].astype(np.float64)
+    for part in _map_blocks(block_sum, blocks, n_threads):
+        mean += part
     mean /= total
-    squares = np.zeros(X.shape[1])
-    for block in _blocks(rows.size, X.shape[1]):
+
+    def block_squares(block):
         centred = X[rows[block]].astype(np.float64)
         centred -= mean  # in place: each temporary costs a pass over memory
-        squares += weights[block] @ np.square(centred, out=centred)
+        return weights[block] @ np.square(centred, out=centred)
+
+    squares = np.zeros(X.shape[1])
+    for part in _map_blocks(block_squares, blocks, n_threads):
+        squares += part
     scale = np.sqrt(squares / total)
     constant = scale <= 16 * np.finfo(np.float64).eps * np.abs(mean)
     scale[constant | (scale == 0)] = 1.0
@@ -67,7 +91,7 @@ _KEY_GRID = 4096.0  # standardised values are keyed on a grid of 1/4096 of a sta
 
 
 def content_hashes(
-    X: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray
+    X: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray, n_threads: int = 1
 ) -> np.ndarray:
     """Hashes of the standardised rows ``X[rows]``, keying random draws.
 
@@ -79,23 +103,29 @@ def content_hashes(
     from ._groups import row_hashes
 
     hashes = np.empty(rows.size, dtype=np.uint64)
-    for block in _blocks(rows.size, X.shape[1]):
+
+    def hash_block(block):
         grid = X[rows[block]].astype(np.float64)
         grid -= mean
         grid /= scale
         grid *= _KEY_GRID
         hashes[block] = row_hashes(np.rint(grid, out=grid).astype(np.int64))
+
+    _map_blocks(hash_block, _blocks(rows.size, X.shape[1]), n_threads)
     return hashes
 
 
 def standardized(
-    X: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray, dtype
+    X: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray, dtype, n_threads: int = 1
 ) -> np.ndarray:
     """``(X[rows] - mean) / scale`` computed in float64 and stored in ``dtype``."""
     out = np.empty((rows.size, X.shape[1]), dtype=dtype)
-    for block in _blocks(rows.size, X.shape[1]):
+
+    def standardize_block(block):
         values = X[rows[block]].astype(np.float64)
         values -= mean  # in place: each temporary costs a pass over memory
         values /= scale
         out[block] = values
+
+    _map_blocks(standardize_block, _blocks(rows.size, X.shape[1]), n_threads)
     return out

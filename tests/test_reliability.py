@@ -334,3 +334,28 @@ def test_whitening_covariance_sample_follows_row_content(data, monkeypatch):
     order = np.random.RandomState(2).permutation(np.repeat(np.arange(y.size), weights))
     repeated = _quiet_fit(MetaAugmentedHeadClassifier(**params), X[order], y[order], groups[order])
     np.testing.assert_allclose(weighted.coef_, repeated.coef_, rtol=1e-9, atol=1e-12)
+
+
+def test_standardisation_has_the_same_bits_on_any_number_of_threads():
+    """The pool's moments, standardised rows and content hashes go over blocks of rows on
+    ``n_threads_`` threads; summed in block order, the bits must not depend on the count."""
+    from sklearn_featmeta import _preprocessing
+
+    rng = np.random.default_rng(0)
+    X = (rng.normal(size=(3000, 700)) * rng.uniform(0.1, 5, 700) + 3).astype(np.float32)
+    rows = rng.permutation(3000)[:2500]
+    weights = rng.uniform(0.5, 2, rows.size)
+    assert len(_preprocessing._blocks(rows.size, X.shape[1])) > 1  # more than one block
+    one = _preprocessing.weighted_moments(X, rows, weights, n_threads=1)
+    two = _preprocessing.weighted_moments(X, rows, weights, n_threads=2)
+    np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[1], two[1])
+    for n_threads in (1, 2):
+        np.testing.assert_array_equal(
+            _preprocessing.standardized(X, rows, *one, np.float32, n_threads=n_threads),
+            ((X[rows].astype(np.float64) - one[0]) / one[1]).astype(np.float32),
+        )
+    np.testing.assert_array_equal(
+        _preprocessing.content_hashes(X, rows, *one, n_threads=1),
+        _preprocessing.content_hashes(X, rows, *one, n_threads=2),
+    )
