@@ -225,6 +225,7 @@ TASK_RESULTS = {
     "benchmarks": "results.json",
     "suite-tuning": "results-suite-tuning.json",
     "suite-report": "results-suite-report.json",
+    "suite-tuning-few": "results-suite-tuning-few.json",
 }
 
 
