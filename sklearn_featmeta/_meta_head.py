@@ -48,9 +48,11 @@ WHITENING_COVARIANCE_BUDGET = 2**34
 """Most rows x features^2 the whitening covariance is computed from (then a content-keyed draw).
 
 A preconditioner needs a fair estimate of the covariance, not an exact one.
-Below the budget (about a second of arithmetic on 2 cores) every pool row
-counts; above it, ``budget / features^2`` rows, at least eight per feature:
-on a 200,000 x 1024 pool the full product took 3.7 s of a 25 s fit.
+Below the budget (about half a second of arithmetic on 2 cores) every pool
+row counts; above it, ``budget / features^2`` rows, at least eight per
+feature: on a 200,000 x 1024 pool the full product took 3.7 s of a 25 s fit.
+No benchmark task reaches it (the largest, 4,000 x 1536 sentence pairs, is
+at about half of it).
 """
 
 MIN_WHITENING_RIDGE = 1e-6
@@ -800,7 +802,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 )
                 print(
                     f"[{type(self).__name__}] fitted head: {result.choice.chosen} (candidates' "
-                    f"held-out worst-group accuracy / loss: {scores})"
+                    f"held-out worst-group accuracy / loss: {scores}; the runs needed a lead "
+                    f"of {result.choice.margin:.4f} in accuracy)"
                 )
             best = ", ".join(
                 f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs

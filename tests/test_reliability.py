@@ -289,6 +289,15 @@ def test_verbose_runs_without_edits_share_one_line(data, capsys):
     assert "4 run(s), epoch" in last and len(last.split("by run ")[1].split(", ")) == 4
 
 
+def test_verbose_says_which_head_was_fitted_and_the_lead_the_runs_needed(data, capsys):
+    X, y, groups = data
+    model = _quiet_fit(MetaAugmentedHeadClassifier(**SMALL, verbose=1), X, y, groups)
+    out = capsys.readouterr().out
+    line = next(line for line in out.split("\n") if "fitted head:" in line)
+    assert f"fitted head: {model.selected_heads_} " in line
+    assert f"a lead of {model.runs_margin_:.4f} in accuracy" in line
+
+
 def test_support_shortage_warning_counts_sample_weight_like_repeated_rows(data):
     """Pool support: a class short of rows but not of weight draws as its copies would."""
     X, y, groups = data
