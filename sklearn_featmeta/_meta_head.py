@@ -245,13 +245,15 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         Where to compute: ``"auto"`` (CUDA when available), ``"cpu"``,
         ``"cuda"`` or ``"cuda:N"``. An unavailable device is an error.
     n_threads : int or None, default=None
-        CPU threads of torch during ``fit`` (restored afterwards; BLAS and
-        LAPACK get one, as two thread pools contend for the cores). None: one
-        thread, unless the training pool has at least ``2**24`` entries (rows x
-        features), and then the cores idle when the fit starts: the fit's
-        loops are too small for threads to pay, and threads that wait for
-        cores another process holds slow them down many times (``n_threads_`` says what was used). Set 1 when many fits run in
-        parallel (grid searches on joblib or Dask workers).
+        CPU threads of ``fit``: torch's (restored afterwards; BLAS and LAPACK
+        get one, as two thread pools contend for the cores), and those that
+        standardise the pool a block of rows each (the same bits on any
+        count). None: one thread, unless the training pool has at least
+        ``2**24`` entries (rows x features), and then the cores idle when the
+        fit starts: the fit's loops are too small for threads to pay, and
+        threads that wait for cores another process holds slow them down many
+        times (``n_threads_`` says what was used). Set 1 when many fits run
+        in parallel (grid searches on joblib or Dask workers).
     random_state : int, RandomState instance or None, default=None
         Seeds the held-out split, the cross-fitting folds and the support
         draws; never a global seed. Draws are keyed by each row's
