@@ -27,6 +27,12 @@ def _edits(estimator):
     check_is_fitted(estimator, ["support_init_", "support_edited_", "support_labels_"])
     before = np.asarray(estimator.support_init_, dtype=np.float64)
     after = np.asarray(estimator.support_edited_, dtype=np.float64)
+    if np.array_equal(before, after):
+        raise ValueError(
+            "The fitted model kept no support edits (outer_steps=0, the default, makes none; "
+            "with edits, every run kept its unedited head: kept_edits_ is all False), so "
+            "there is nothing to explain. Fit with outer_steps > 0 to edit the support."
+        )
     return before, after, np.asarray(estimator.support_labels_)
 
 

@@ -12,7 +12,8 @@ from sklearn_featmeta.explain import concept_alignment, edit_summary, plot_edits
 
 PAPER_LIKE = {
     "support_source": "pool", "support_size_per_class": 16, "hard_set": "class",
-    "outer_lr": 1.0, "head_update": "adam", "inner_lr": 5e-5, "n_epochs": 10, "random_state": 0,
+    "outer_lr": 1.0, "outer_steps": 5, "head_update": "adam", "inner_lr": 5e-5, "n_epochs": 10,
+    "random_state": 0,
 }  # fmt: skip
 
 
@@ -129,3 +130,18 @@ def test_cli_explain(planted, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "z-score" in done.stdout and "spurious" in done.stdout and "top-1 share" in done.stdout
     assert (tmp_path / "edits.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("whitening_ridge", [None, 0.1])
+def test_a_fit_without_edits_has_its_support_as_drawn_and_nothing_to_explain(whitening_ridge):
+    """No edits: the support round-trips through standardisation (and whitening) without
+    picking up rounding that would read as edits, and explaining it is a clear error."""
+    X, y, groups = make_spurious_embeddings(n_samples=800, n_features=12, random_state=1)
+    model = MetaAugmentedHeadClassifier(
+        whitening_ridge=whitening_ridge, max_epochs=3, random_state=0
+    ).fit(X.astype(np.float32), y, groups)
+    assert model.outer_steps == 0 and model.best_epoch_.max() > 0  # the runs did train
+    np.testing.assert_array_equal(model.support_edited_, model.support_init_)
+    for explain in (edit_summary, lambda m: concept_alignment(m, {"a": np.ones(12)})):
+        with pytest.raises(ValueError, match="no support edits"):
+            explain(model)
