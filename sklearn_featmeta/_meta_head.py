@@ -290,7 +290,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         the annotated rows are too few to split, see ``support_source``).
     kept_edits_ : ndarray of bool of shape (n_runs,)
         Whether each run kept a head trained on its edited support (False:
-        the unedited head scored better, see ``compare_unedited``).
+        the unedited head or the start head scored better, see
+        ``compare_unedited``). Without edits (``outer_steps=0``) the support
+        is never edited, and True means a trained epoch was kept.
     n_iter_ : int
         Most epochs run by a run (``n_epochs`` to ``max_epochs``).
     inner_lr_ : float
