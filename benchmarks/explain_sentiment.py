@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sklearn_featmeta import MetaAugmentedHeadClassifier
-from sklearn_featmeta.explain import concept_alignment, edit_summary, plot_edits
+from sklearn_featmeta.explain import concept_alignment, edit_summary, has_edits, plot_edits
 
 from .data import add_data_arguments
 from .report import command_line, machine_line, replace_section
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     for name, model in models.items():
         model.fit(X, y, groups)
-        if np.array_equal(model.support_edited_, model.support_init_):
+        if not has_edits(model):
             lines += [
                 f"**{name}**: no run kept its edits (each run's unedited head scored better on "
                 f"its held-out rows; `kept_edits_` = {model.kept_edits_.tolist()}), so there is "

@@ -870,7 +870,8 @@ def runs_beat_balanced(
     so a small lead there is partly luck; they are kept only where their
     mean worst-group accuracy exceeds the balanced head's by more than the
     standard error of that difference (:func:`worst_group_standard_error`).
-    With few annotated rows it is large and the simple head stays.
+    With few annotated rows it is large and the simple head stays. The
+    margin is recorded as ``balanced.margin``.
     """
     balanced.margin = worst_group_standard_error(run_logits, balanced.run_logits, runs, heldout)
     lead = score["worst_group_accuracy"] - balanced.scores[balanced.chosen]["worst_group_accuracy"]

@@ -872,9 +872,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         edited = np.concatenate([r.support_edited.detach().cpu().numpy() for r in runs])
         edited *= scale.astype(edited.dtype)
         edited += mean.astype(edited.dtype)
-        # a run that made no edits, or kept its unedited head or its start, has its support as
-        # drawn, not after a round trip through whitening (rounding that would read as edits)
-        edits_kept = [self.outer_steps > 0 and r.kept_edits and r.best_epoch > 0 for r in runs]
+        # a run that kept no edits (none are made without outer_steps) has its support as drawn,
+        # not after a round trip through whitening (rounding that would read as edits)
+        edits_kept = [self.outer_steps > 0 and r.kept_edits for r in runs]
         unedited = np.repeat(np.logical_not(edits_kept), [len(r.support_index) for r in runs])
         edited[unedited] = self.support_init_[unedited]
         self.support_edited_ = edited

@@ -20,19 +20,35 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._text import text_table
 
-__all__ = ["ConceptAlignment", "EditSummary", "concept_alignment", "edit_summary", "plot_edits"]
+__all__ = [
+    "ConceptAlignment",
+    "EditSummary",
+    "concept_alignment",
+    "edit_summary",
+    "has_edits",
+    "plot_edits",
+]
+
+
+def has_edits(estimator) -> bool:
+    """Whether a fitted ``MetaAugmentedHeadClassifier`` kept any support edit to explain.
+
+    False with ``outer_steps=0`` (the default makes none), and where every
+    run kept its unedited head (``kept_edits_``).
+    """
+    check_is_fitted(estimator, ["support_init_", "support_edited_", "support_labels_"])
+    return not np.array_equal(estimator.support_init_, estimator.support_edited_)
 
 
 def _edits(estimator):
-    check_is_fitted(estimator, ["support_init_", "support_edited_", "support_labels_"])
-    before = np.asarray(estimator.support_init_, dtype=np.float64)
-    after = np.asarray(estimator.support_edited_, dtype=np.float64)
-    if np.array_equal(before, after):
+    if not has_edits(estimator):
         raise ValueError(
             "The fitted model kept no support edits (outer_steps=0, the default, makes none; "
             "with edits, every run kept its unedited head: kept_edits_ is all False), so "
             "there is nothing to explain. Fit with outer_steps > 0 to edit the support."
         )
+    before = np.asarray(estimator.support_init_, dtype=np.float64)
+    after = np.asarray(estimator.support_edited_, dtype=np.float64)
     return before, after, np.asarray(estimator.support_labels_)
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta.datasets import make_spurious_embeddings
-from sklearn_featmeta.explain import concept_alignment, edit_summary, plot_edits
+from sklearn_featmeta.explain import concept_alignment, edit_summary, has_edits, plot_edits
 
 PAPER_LIKE = {
     "support_source": "pool", "support_size_per_class": 16, "hard_set": "class",
@@ -35,6 +35,7 @@ def planted():
 
 def test_fields_have_documented_shapes_and_are_finite(planted):
     model, concepts, _ = planted
+    assert has_edits(model)
     summary = edit_summary(model, n_components=3)
     assert summary.classes.tolist() == [0, 1] and summary.n_rows.tolist() == [16, 16]
     assert summary.top_direction_share.shape == (2, 3)
@@ -142,6 +143,7 @@ def test_a_fit_without_edits_has_its_support_as_drawn_and_nothing_to_explain(whi
     ).fit(X.astype(np.float32), y, groups)
     assert model.outer_steps == 0 and model.best_epoch_.max() > 0  # the runs did train
     np.testing.assert_array_equal(model.support_edited_, model.support_init_)
+    assert not has_edits(model)
     for explain in (edit_summary, lambda m: concept_alignment(m, {"a": np.ones(12)})):
         with pytest.raises(ValueError, match="no support edits"):
             explain(model)
