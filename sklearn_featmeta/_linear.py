@@ -45,8 +45,7 @@ class LinearHeadMixin:
         -------
         labels : ndarray of shape (n_samples,)
         """
-        scores = self.decision_function(X)
-        indices = (scores > 0).astype(np.intp) if scores.ndim == 1 else scores.argmax(axis=1)
+        indices = predicted_indices(self.decision_function(X))  # checks that self is fitted
         return self.classes_[indices]
 
     def predict_proba(self, X) -> np.ndarray:
@@ -78,6 +77,11 @@ class LinearHeadMixin:
         log_proba : ndarray of shape (n_samples, n_classes)
         """
         return np.log(self.predict_proba(X))
+
+
+def predicted_indices(scores: np.ndarray) -> np.ndarray:
+    """Indices into ``classes_`` of the classes that :meth:`decision_function` scores predict."""
+    return (scores > 0).astype(np.intp) if scores.ndim == 1 else scores.argmax(axis=1)
 
 
 def binary_to_softmax_head(

@@ -30,7 +30,12 @@ from ._groups import (
     split_pool_and_heldout,
     take_by_weight,
 )
-from ._linear import LinearHeadMixin, binary_to_softmax_head, softmax_to_fitted_head
+from ._linear import (
+    LinearHeadMixin,
+    binary_to_softmax_head,
+    predicted_indices,
+    softmax_to_fitted_head,
+)
 from ._preprocessing import content_hashes, isotropic_factor, standardized, weighted_moments
 from ._presets import PAPER_PRESETS
 from ._threads import auto_threads, fit_threads
@@ -608,6 +613,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         columns = np.flatnonzero(data.scale != 1.0)[:32]
         if columns.size == 0:
             return None
+        if columns[-1] - columns[0] + 1 == columns.size:  # consecutive, as usual: a view, no copy
+            columns = slice(columns[0], columns[-1] + 1)
         hashes = content_hashes(data.X[:, columns], pool, data.mean[columns], data.scale[columns])
         budget = weights.sum() * n_rows / pool_size
         mass = take_by_weight(np.zeros(pool.size), draw_keys(hashes, rng), weights, budget)
@@ -635,7 +642,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     def _warn_degenerate(self, X_heldout, y_heldout):
         scores = self.decision_function(X_heldout)
         spread = float(np.ptp(scores, axis=0).max())
-        predicted = self.predict(X_heldout)
+        predicted = predicted_indices(scores)  # not self.predict: one product with the rows
         if spread < FLAT_HEAD_SPREAD or (
             np.unique(predicted).size == 1 and np.unique(y_heldout).size > 1
         ):

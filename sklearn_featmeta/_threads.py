@@ -33,21 +33,28 @@ def _busy_jiffies() -> tuple[int, int] | None:
 
 
 def idle_cores(window: float = 0.05) -> int:
-    """Cores of this process's affinity that were idle over the last ``window`` seconds (at least 1).
+    """Cores of this process's affinity that other processes left idle over ``window`` seconds (at least 1).
 
-    Samples the machine's CPU time twice; where that is not available, all cores.
+    Samples the machine's CPU time twice; where that is not available, all
+    cores. This process's own CPU time is not counted as taken: right after
+    a fit its OpenMP / BLAS threads still spin-wait for a while, and a
+    second fit in the same process (a grid search, a benchmark's repeats)
+    would otherwise read them as another process and take one thread.
     """
     cores = _cores()
     first = _busy_jiffies()
     if first is None:
         return cores
+    own_start = time.process_time()
     time.sleep(window)
+    own_seconds = time.process_time() - own_start
     second = _busy_jiffies()
     total = second[1] - first[1]
     if total <= 0:
         return cores
-    busy_share = (second[0] - first[0]) / total  # of all the machine's cores
-    busy_cores = busy_share * (os.cpu_count() or cores)
+    own_jiffies = own_seconds * os.sysconf("SC_CLK_TCK")
+    others = max(0.0, second[0] - first[0] - own_jiffies)
+    busy_cores = others / total * (os.cpu_count() or cores)  # share of all the machine's cores
     return max(1, min(cores, int(cores - busy_cores + 0.5)))
 
 

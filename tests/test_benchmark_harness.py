@@ -266,7 +266,19 @@ def test_speed_task_table_reads_the_accuracy_runs_fit_times(tmp_path):
                      "defaults": 4.0, "dfr": 2.0, "lr": 0.2}]  # fmt: skip
     text = "\n".join(speed.task_markdown(rows))
     assert "| suite-report | task_a | 3 | 0.20 s | 2.00 s | 4.00 s | 2.00 | 20.00 |" in text
-    assert "highest 2.00" in text
+    assert "over the rows: median 2.00, highest 2.00" in text
+    # a task with one seed in one section and three in another counts by the three
+    one_seed = {"task_a": {label: {"fit_seconds": [seconds]} for label, seconds in
+                           ((run.ERM_LABEL, 0.1), (run.DFR_LABEL, 1.0), (run.DEFAULTS_LABEL, 6.0))}}  # fmt: skip
+    (tmp_path / "results-suite-tuning.json").write_text(json.dumps({"per_seed": one_seed}))
+    rows = speed.task_fit_times(tmp_path)
+    assert [(row["section"], row["seeds"]) for row in rows] == [
+        ("suite-tuning", 1),
+        ("suite-report", 3),
+    ]
+    text = "\n".join(speed.task_markdown(rows))
+    assert "over the rows: median 4.00, highest 6.00" in text
+    assert "most seeds of it: median 2.00, highest 2.00" in text
 
 
 def test_the_wide_suite_is_fixed_in_two_disjoint_halves():

@@ -36,6 +36,31 @@ def test_regression_path_solves_weighted_multinomial_logistic_regression(n_rows)
         np.testing.assert_allclose(W, reference.coef_, atol=3e-3 * np.abs(reference.coef_).max())
 
 
+@pytest.mark.parametrize("n_rows", [203, 5])  # rows not a multiple of the blocks; fewer than d
+def test_threaded_products_give_the_same_loss_and_gradient(monkeypatch, n_rows):
+    # a large X on more than one torch thread takes the products through torch (row blocks)
+    import torch
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(n_rows, 7)).astype(np.float32)
+    y, row_weight = np.arange(n_rows) % 3, np.full(n_rows, 1.0 / n_rows)
+    numpy_problem = _hsfm._SoftmaxProblem(X, y, row_weight, 3)
+    flat = rng.normal(size=numpy_problem.zeros().size)
+    assert numpy_problem.X_torch is None
+    monkeypatch.setattr(_hsfm, "TORCH_PRODUCT_ENTRIES", 1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch_problem = _hsfm._SoftmaxProblem(X, y, row_weight, 3)
+        assert torch_problem.X_torch is not None
+        loss, gradient = torch_problem._loss_and_gradient(flat, 0.1)
+    finally:
+        torch.set_num_threads(previous)
+    expected_loss, expected_gradient = numpy_problem._loss_and_gradient(flat, 0.1)
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(gradient, expected_gradient, rtol=1e-4, atol=1e-6)
+
+
 def test_isotropic_factor_keeps_relative_scales_and_ignores_constant_features():
     scale = np.array([0.5, 2.0, 1.0, 1.0])  # exact 1.0: a constant feature (weighted_moments)
     factor = isotropic_factor(scale)

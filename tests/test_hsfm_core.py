@@ -612,6 +612,38 @@ def test_batched_runs_match_the_run_by_run_loop(fields):
     assert len(records) == sum(len(run.history["outer_loss"]) for run in batched)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_runs_stepping_in_cache_groups_are_the_runs_stepping_together(monkeypatch, n_threads):
+    """Groups of runs that fit in a cache (here: one run, two runs) make the same steps."""
+    heldout, runs = _cross_fitted_problem(seed=3)
+    settings = _no_edit_settings(n_epochs=1, max_epochs=30, n_iter_no_change=2, head_update="adam")
+    supports = [_hsfm._support(run, None, heldout, settings) for run in runs]
+    head_lr = _hsfm._step_sizes(supports[0], settings)[1]
+    head = (0.1 * torch.ones(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
+    support_bytes = _hsfm._stacked_supports(supports, 2)[0][0].numel() * 8
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n_threads)
+    try:
+        fits = []
+        for budget in (_hsfm.CACHED_SUPPORT_BYTES, support_bytes, 2 * support_bytes):
+            monkeypatch.setattr(_hsfm, "CACHED_SUPPORT_BYTES", budget)
+            fits.append(
+                _hsfm._head_update_runs(supports, runs, heldout, head, 2, settings, head_lr, None)
+            )
+    finally:
+        torch.set_num_threads(previous)
+    together, *grouped = fits
+    assert len({run.best_epoch for run in together}) > 1  # the runs stop at different epochs
+    for fit in grouped:
+        for alone, with_all in zip(fit, together, strict=True):
+            assert alone.best_epoch == with_all.best_epoch
+            if n_threads == 1:  # a batched product computes every run alone: the same bits
+                assert torch.equal(alone.weight, with_all.weight)
+                assert alone.history == with_all.history
+            else:  # a lone run's products go over its rows on the threads: rounding apart
+                torch.testing.assert_close(alone.weight, with_all.weight, rtol=1e-12, atol=1e-12)
+
+
 def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
     heldout, runs = _cross_fitted_problem(seed=1)
     settings = _no_edit_settings(inner_steps=2, n_epochs=5)
@@ -620,7 +652,14 @@ def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
         return _hsfm._support(run, None, heldout, settings)
 
     head = _zero_head()
-    probe = _hsfm._unedited_probe(support_of, runs, heldout, head, 2, settings, None)
+    calls = []
+
+    def step_sizes(first_support, standardised):
+        calls.append(standardised)
+        return _hsfm._step_sizes(first_support, settings)
+
+    probe = _hsfm._unedited_probe(support_of, runs, heldout, head, 2, settings, None, step_sizes)
+    assert calls == [True]
     steps = _hsfm._step_sizes(support_of(runs[0], None), settings)
     best = [
         min(_hsfm._bilevel_run(support_of(run, None), run, heldout, head, 2, settings, steps,
