@@ -177,11 +177,27 @@ class _SoftmaxProblem:
     NumPy does slowly). With fewer rows than features, the problem is posed
     in the rows' span (``X = U s V^T``; features ``U s``, heads mapped back
     by ``V^T``): the same solutions, since a penalised head lies in that span.
+
+    ``factors`` (``(n_geometries, n_features)``, only with at least as many
+    rows as features): one problem per row of it, on ``X`` times that row,
+    solved as their sum. Their heads are independent, but every pass over
+    ``X`` (the cost) serves all of them, and L-BFGS on the sum takes about
+    as many steps as the slowest one alone. Heads come back in those
+    coordinates, one per geometry, stacked.
     """
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, row_weight: np.ndarray, n_classes: int):
+    def __init__(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        row_weight: np.ndarray,
+        n_classes: int,
+        factors: np.ndarray | None = None,
+    ):
         self.basis = None
         if X.shape[0] < X.shape[1]:
+            if factors is not None:
+                raise ValueError("factors need at least as many rows as features")
             U, singular_values, self.basis = np.linalg.svd(X, full_matrices=False)
             X = U * singular_values
         self.X = np.ascontiguousarray(X)
@@ -189,7 +205,9 @@ class _SoftmaxProblem:
         self.X_torch = torch.from_numpy(self.X) if threaded else None
         self.Y = np.eye(n_classes)[:, y]  # one-hot, class-major
         self.weight = row_weight
-        self.shape = (n_classes, X.shape[1] + 1)
+        self.factors = None if factors is None else np.asarray(factors, dtype=np.float64)
+        n_geometries = 1 if factors is None else self.factors.shape[0]
+        self.shape = (n_geometries, n_classes, X.shape[1] + 1)
 
     def zeros(self) -> np.ndarray:
         return np.zeros(self.shape).ravel()
@@ -207,22 +225,34 @@ class _SoftmaxProblem:
 
     def _loss_and_gradient(self, flat, l2):
         Y, weight = self.Y, self.weight
+        n_geometries, n_classes, n_columns = self.shape
         params = flat.reshape(self.shape)
-        W, b = params[:, :-1], params[:, -1]
-        logits = self._products(W, right_of_X=True) + b[:, None]
-        logits -= logits.max(0)
-        log_p = logits - np.log(np.exp(logits).sum(0))
+        W, b = params[:, :, :-1], params[:, :, -1]
+        # logits X (W f)^T of every geometry from one product with X
+        heads = W if self.factors is None else W * self.factors[:, None, :]
+        logits = self._products(heads.reshape(-1, n_columns - 1), right_of_X=True)
+        logits = logits.reshape(n_geometries, n_classes, -1) + b[:, :, None]
+        logits -= logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
         residual = (np.exp(log_p) - Y) * weight
         # below the smallest normal number of X's dtype a residual is rounding: zeroed, the
         # product with X never meets subnormal inputs (which x86 can process far slower)
         residual[np.abs(residual) < np.finfo(self.X.dtype).tiny] = 0.0
         gradient = np.empty(self.shape)
-        gradient[:, :-1] = self._products(residual, right_of_X=False) + l2 * W
-        gradient[:, -1] = residual.sum(1)
+        products = self._products(residual.reshape(-1, residual.shape[2]), right_of_X=False)
+        products = products.reshape(W.shape)
+        if self.factors is not None:
+            products *= self.factors[:, None, :]
+        gradient[:, :, :-1] = products + l2 * W
+        gradient[:, :, -1] = residual.sum(2)
         return -(weight * Y * log_p).sum() + 0.5 * l2 * np.square(W).sum(), gradient.ravel()
 
     def minimize(self, l2: float, start: np.ndarray, *, max_iter: int = 200, tol: float = 1e-5):
-        """``((W, b), converged, solution)`` from flat parameters ``start`` (``solution`` is flat)."""
+        """``((W, b), converged, solution)`` from flat parameters ``start`` (``solution`` is flat).
+
+        ``W`` and ``b`` are one geometry's, or, with ``factors``, every
+        geometry's stacked (a leading axis).
+        """
         import scipy.optimize  # a dependency; torch.optim's first step costs ~3 s of imports
 
         result = scipy.optimize.minimize(
@@ -234,8 +264,11 @@ class _SoftmaxProblem:
             options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(self.X.dtype).eps},
         )
         params = result.x.reshape(self.shape)
-        W = params[:, :-1] if self.basis is None else params[:, :-1] @ self.basis
-        return (W, params[:, -1].copy()), result.nit < max_iter, result.x
+        W = params[:, :, :-1] if self.basis is None else params[:, :, :-1] @ self.basis
+        b = params[:, :, -1].copy()
+        if self.factors is None:
+            W, b = W[0], b[0]
+        return (W, b), result.nit < max_iter, result.x
 
 
 def _product_over_row_blocks(
@@ -258,19 +291,44 @@ def _product_over_row_blocks(
 
 
 def softmax_regression_path(
-    X: np.ndarray, y: np.ndarray, row_weight: np.ndarray, n_classes: int, l2_path
-) -> list[tuple[np.ndarray, np.ndarray]]:
+    X: np.ndarray,
+    y: np.ndarray,
+    row_weight: np.ndarray,
+    n_classes: int,
+    l2_path,
+    factors: list[np.ndarray | None] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]] | list[list[tuple[np.ndarray, np.ndarray]]]:
     """Softmax logistic regressions of ``(X, y)`` for every L2 strength of ``l2_path``.
 
     The objective of :func:`fit_softmax_head` (``row_weight`` summing to
     one), solved by :class:`_SoftmaxProblem`. Each fit warm-starts from the
     previous one, so ``l2_path`` should run from strong to weak.
+
+    ``factors``: paths in several geometries, ``X`` times each factor (None:
+    ``X`` itself), returned as one list of heads per geometry, in that
+    geometry's coordinates. With at least as many rows as features they are
+    solved together (:class:`_SoftmaxProblem`'s ``factors``); with fewer,
+    each in its own row space.
     """
-    problem = _SoftmaxProblem(X, y, row_weight, n_classes)
-    start, heads = problem.zeros(), []
+    if factors is None:
+        problem = _SoftmaxProblem(X, y, row_weight, n_classes)
+        start, heads = problem.zeros(), []
+        for l2 in l2_path:
+            head, _, start = problem.minimize(l2, start)
+            heads.append(head)
+        return heads
+    if X.shape[0] < X.shape[1]:
+        return [
+            softmax_regression_path(X if f is None else X * f, y, row_weight, n_classes, l2_path)
+            for f in factors
+        ]
+    stacked = np.stack([np.ones(X.shape[1]) if f is None else f for f in factors])
+    problem = _SoftmaxProblem(X, y, row_weight, n_classes, stacked)
+    start, heads = problem.zeros(), [[] for _ in factors]
     for l2 in l2_path:
-        head, _, start = problem.minimize(l2, start)
-        heads.append(head)
+        (W, b), _, start = problem.minimize(l2, start)
+        for geometry, geometry_heads in enumerate(heads):
+            geometry_heads.append((W[geometry], b[geometry]))
     return heads
 
 
@@ -799,28 +857,31 @@ def balanced_paths(
     geometries = {"balanced_standardised": None}
     if isotropic_factor is not None:
         geometries["balanced_isotropic"] = isotropic_factor
-    paths = {}
-    for name, factor in geometries.items():
-        paths[name] = []
-        for run in runs:
-            S, labels, _, weight, _ = support_of(run, None)
-            if factor is not None:
-                S = S * factor
-            fits = softmax_regression_path(
-                S.cpu().numpy(),
-                labels.cpu().numpy(),
-                weight.double().cpu().numpy(),
-                n_classes,
-                BALANCED_L2_PATH,
-            )
-            selection_X = heldout.X[run.selection_rows]
-            logits = []
-            for W, b in fits:
+    factors = [None if f is None else f.cpu().numpy() for f in geometries.values()]
+    paths = {name: [] for name in geometries}
+    for run in runs:
+        S, labels, _, weight, _ = support_of(run, None)
+        # every geometry's path from the one support: they share its passes
+        fits = softmax_regression_path(
+            S.cpu().numpy(),
+            labels.cpu().numpy(),
+            weight.double().cpu().numpy(),
+            n_classes,
+            BALANCED_L2_PATH,
+            factors,
+        )
+        weights, biases = [], []
+        for factor, heads in zip(geometries.values(), fits, strict=True):
+            for W, b in heads:
                 W, b = (torch.from_numpy(a).to(S) for a in (W, b))
-                if factor is not None:
-                    W = W * factor  # to standardised coordinates
-                logits.append(torch.addmm(b, selection_X, W.T))
-            paths[name].append(logits)
+                weights.append(W if factor is None else W * factor)  # standardised coordinates
+                biases.append(b)
+        # every head of the run in one pass over the held-out rows, then its selection rows
+        logits = torch.addmm(torch.cat(biases), heldout.X, torch.cat(weights).T)
+        logits = logits[run.selection_rows].split(n_classes, dim=1)
+        for number, name in enumerate(geometries):
+            steps = len(BALANCED_L2_PATH)
+            paths[name].append(list(logits[number * steps : (number + 1) * steps]))
     return paths
 
 
@@ -1081,9 +1142,13 @@ def fit_hsfm(
     choice = HeadChoice()
     if balanced is not None:
         # the runs' heads and the data are in the same coordinates here: their logits are right
+        every_row = _batched_logits(  # every run's head in one pass over the held-out rows
+            heldout.X,
+            torch.stack([r.weight for r in results]),
+            torch.stack([r.bias for r in results]),
+        )
         run_logits = [
-            torch.addmm(r.bias, heldout.X[run.selection_rows], r.weight.T)
-            for r, run in zip(results, runs, strict=True)
+            logits[run.selection_rows] for logits, run in zip(every_row, runs, strict=True)
         ]
         score = candidate_score(run_logits, runs, heldout)
         balanced.scores = {"runs": score, **balanced.scores}

@@ -55,8 +55,8 @@ def weighted_moments(
     mean /= total
 
     def block_squares(block):
-        centred = X[rows[block]].astype(np.float64)
-        centred -= mean  # in place: each temporary costs a pass over memory
+        # X's values widen to float64 inside the subtraction, as astype would: no extra pass
+        centred = np.subtract(X[rows[block]], mean)
         return weights[block] @ np.square(centred, out=centred)
 
     squares = np.zeros(X.shape[1])
@@ -105,8 +105,7 @@ def content_hashes(
     hashes = np.empty(rows.size, dtype=np.uint64)
 
     def hash_block(block):
-        grid = X[rows[block]].astype(np.float64)
-        grid -= mean
+        grid = np.subtract(X[rows[block]], mean)  # in float64, as in standardized
         grid /= scale
         grid *= _KEY_GRID
         hashes[block] = row_hashes(np.rint(grid, out=grid).astype(np.int64))
@@ -122,10 +121,10 @@ def standardized(
     out = np.empty((rows.size, X.shape[1]), dtype=dtype)
 
     def standardize_block(block):
-        values = X[rows[block]].astype(np.float64)
-        values -= mean  # in place: each temporary costs a pass over memory
-        values /= scale
-        out[block] = values
+        # computed in float64 (X's values widen inside the subtraction) and rounded to dtype
+        # as the division writes out: each temporary would cost a pass over memory
+        values = np.subtract(X[rows[block]], mean)
+        np.divide(values, scale, out=out[block], casting="same_kind")
 
     _map_blocks(standardize_block, _blocks(rows.size, X.shape[1]), n_threads)
     return out

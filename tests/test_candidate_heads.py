@@ -36,6 +36,37 @@ def test_regression_path_solves_weighted_multinomial_logistic_regression(n_rows)
         np.testing.assert_allclose(W, reference.coef_, atol=3e-3 * np.abs(reference.coef_).max())
 
 
+@pytest.mark.parametrize("n_rows", [60, 12])  # geometries solved together, and each alone
+def test_paths_in_several_geometries_are_each_geometrys_own_path(n_rows):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(n_rows, 20)) * rng.uniform(0.2, 3, size=20)
+    y = np.arange(n_rows) % 3
+    row_weight = rng.uniform(0.5, 2, size=n_rows)
+    row_weight /= row_weight.sum()
+    factor = rng.uniform(0.3, 2.0, size=20)
+    path = [10.0, 0.1, 0.003]
+    together = _hsfm.softmax_regression_path(X, y, row_weight, 3, path, [None, factor])
+    alone = [
+        _hsfm.softmax_regression_path(X, y, row_weight, 3, path),
+        _hsfm.softmax_regression_path(X * factor, y, row_weight, 3, path),
+    ]
+
+    def objective(Z, W, b, l2):
+        logits = Z @ W.T + b
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        return -(row_weight * log_p[np.arange(n_rows), y]).sum() + l2 / 2 * np.square(W).sum()
+
+    for Z, heads, own_heads in zip((X, X * factor), together, alone, strict=True):
+        for l2, (W, b), (own_W, own_b) in zip(path, heads, own_heads, strict=True):
+            assert W.shape == own_W.shape == (3, 20)
+            # the same minimum, to the solver's tolerance
+            best = objective(Z, own_W, own_b, l2)
+            assert objective(Z, W, b, l2) == pytest.approx(best, rel=1e-6, abs=1e-8)
+            np.testing.assert_allclose(W, own_W, atol=3e-3 * np.abs(own_W).max())
+            if n_rows < 20:  # each geometry alone in its row space: the very same fits
+                np.testing.assert_array_equal(W, own_W)
+
+
 @pytest.mark.parametrize("n_rows", [203, 5])  # rows not a multiple of the blocks; fewer than d
 def test_threaded_products_give_the_same_loss_and_gradient(monkeypatch, n_rows):
     # a large X on more than one torch thread takes the products through torch (row blocks)
