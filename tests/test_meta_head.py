@@ -517,6 +517,31 @@ def test_idle_cores_counts_a_busy_core_as_taken():
         busy.wait()
 
 
+def test_idle_cores_does_not_count_this_process_as_taken():
+    """A fit's own threads still spinning after it (OpenMP, BLAS) are not another process."""
+    import threading
+
+    from sklearn_featmeta._threads import _cores, idle_cores
+
+    if _cores() < 2 or not Path("/proc/stat").exists():
+        pytest.skip("needs Linux and two cores")
+    quiet = idle_cores(window=0.3)
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        time.sleep(0.1)
+        assert idle_cores(window=0.3) >= quiet
+    finally:
+        stop.set()
+        spinner.join()
+
+
 def test_presets_reproduce_the_paper_settings():
     model = MetaAugmentedHeadClassifier.from_preset("waterbirds", random_state=3)
     assert model.get_params()["random_state"] == 3
