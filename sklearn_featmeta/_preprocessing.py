@@ -56,7 +56,7 @@ def weighted_moments(
 
     def block_squares(block):
         # X's values widen to float64 inside the subtraction, as astype would: no extra pass
-        centred = np.subtract(X[rows[block]], mean)
+        centred = np.subtract(X[rows[block]], mean, dtype=np.float64)
         return weights[block] @ np.square(centred, out=centred)
 
     squares = np.zeros(X.shape[1])
@@ -105,7 +105,7 @@ def content_hashes(
     hashes = np.empty(rows.size, dtype=np.uint64)
 
     def hash_block(block):
-        grid = np.subtract(X[rows[block]], mean)  # in float64, as in standardized
+        grid = np.subtract(X[rows[block]], mean, dtype=np.float64)  # in float64, as in standardized
         grid /= scale
         grid *= _KEY_GRID
         hashes[block] = row_hashes(np.rint(grid, out=grid).astype(np.int64))
@@ -123,7 +123,7 @@ def standardized(
     def standardize_block(block):
         # computed in float64 (X's values widen inside the subtraction) and rounded to dtype
         # as the division writes out: each temporary would cost a pass over memory
-        values = np.subtract(X[rows[block]], mean)
+        values = np.subtract(X[rows[block]], mean, dtype=np.float64)
         np.divide(values, scale, out=out[block], casting="same_kind")
 
     _map_blocks(standardize_block, _blocks(rows.size, X.shape[1]), n_threads)
