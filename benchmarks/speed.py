@@ -8,8 +8,9 @@
 Data: ``make_spurious_embeddings`` with 15% of rows annotated (float32). Every
 method fits the same X in a fresh subprocess: one warm-up fit on 2,000 rows
 (imports, thread pools, kernels), then ``--repeats`` timed fits (DFR: one above
-50,000 rows, where it takes minutes); the median is reported. Peak memory is the highest resident set size sampled (every 5 ms)
-during a timed fit, minus the resident size just before it: memory beyond X.
+50,000 rows, where it takes minutes); the median is reported. Peak memory is
+the highest resident set size sampled (every 5 ms) during a timed fit, minus
+the resident size just before it: memory beyond X.
 LogisticRegression (lbfgs) fits the same rows; DFRClassifier and
 MetaAugmentedHeadClassifier get ``groups`` (-1 on the 85% training rows).
 

@@ -291,32 +291,38 @@ def _product_over_row_blocks(
 
 
 def softmax_regression_path(
-    X: np.ndarray,
-    y: np.ndarray,
-    row_weight: np.ndarray,
-    n_classes: int,
-    l2_path,
-    factors: list[np.ndarray | None] | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]] | list[list[tuple[np.ndarray, np.ndarray]]]:
+    X: np.ndarray, y: np.ndarray, row_weight: np.ndarray, n_classes: int, l2_path
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Softmax logistic regressions of ``(X, y)`` for every L2 strength of ``l2_path``.
 
     The objective of :func:`fit_softmax_head` (``row_weight`` summing to
     one), solved by :class:`_SoftmaxProblem`. Each fit warm-starts from the
     previous one, so ``l2_path`` should run from strong to weak.
-
-    ``factors``: paths in several geometries, ``X`` times each factor (None:
-    ``X`` itself), returned as one list of heads per geometry, in that
-    geometry's coordinates. With at least as many rows as features they are
-    solved together (:class:`_SoftmaxProblem`'s ``factors``); with fewer,
-    each in its own row space.
     """
-    if factors is None:
-        problem = _SoftmaxProblem(X, y, row_weight, n_classes)
-        start, heads = problem.zeros(), []
-        for l2 in l2_path:
-            head, _, start = problem.minimize(l2, start)
-            heads.append(head)
-        return heads
+    problem = _SoftmaxProblem(X, y, row_weight, n_classes)
+    start, heads = problem.zeros(), []
+    for l2 in l2_path:
+        head, _, start = problem.minimize(l2, start)
+        heads.append(head)
+    return heads
+
+
+def softmax_regression_paths(
+    X: np.ndarray,
+    y: np.ndarray,
+    row_weight: np.ndarray,
+    n_classes: int,
+    l2_path,
+    factors: list[np.ndarray | None],
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """:func:`softmax_regression_path` in several geometries: ``X`` times each of ``factors``.
+
+    None stands for ``X`` itself. Returns one path per geometry, its heads
+    in that geometry's coordinates. With at least as many rows as features
+    the geometries are solved together (:class:`_SoftmaxProblem`'s
+    ``factors``: each pass over ``X`` serves all of them); with fewer, each
+    in its own row space.
+    """
     if X.shape[0] < X.shape[1]:
         return [
             softmax_regression_path(X if f is None else X * f, y, row_weight, n_classes, l2_path)
@@ -324,12 +330,12 @@ def softmax_regression_path(
         ]
     stacked = np.stack([np.ones(X.shape[1]) if f is None else f for f in factors])
     problem = _SoftmaxProblem(X, y, row_weight, n_classes, stacked)
-    start, heads = problem.zeros(), [[] for _ in factors]
+    start, paths = problem.zeros(), [[] for _ in factors]
     for l2 in l2_path:
         (W, b), _, start = problem.minimize(l2, start)
-        for geometry, geometry_heads in enumerate(heads):
-            geometry_heads.append((W[geometry], b[geometry]))
-    return heads
+        for geometry, path in enumerate(paths):
+            path.append((W[geometry], b[geometry]))
+    return paths
 
 
 # --------------------------------------------------------------------------- #
@@ -862,7 +868,7 @@ def balanced_paths(
     for run in runs:
         S, labels, _, weight, _ = support_of(run, None)
         # every geometry's path from the one support: they share its passes
-        fits = softmax_regression_path(
+        fits = softmax_regression_paths(
             S.cpu().numpy(),
             labels.cpu().numpy(),
             weight.double().cpu().numpy(),

@@ -45,7 +45,7 @@ def test_paths_in_several_geometries_are_each_geometrys_own_path(n_rows):
     row_weight /= row_weight.sum()
     factor = rng.uniform(0.3, 2.0, size=20)
     path = [10.0, 0.1, 0.003]
-    together = _hsfm.softmax_regression_path(X, y, row_weight, 3, path, [None, factor])
+    together = _hsfm.softmax_regression_paths(X, y, row_weight, 3, path, [None, factor])
     alone = [
         _hsfm.softmax_regression_path(X, y, row_weight, 3, path),
         _hsfm.softmax_regression_path(X * factor, y, row_weight, 3, path),
