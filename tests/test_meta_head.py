@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 
 from sklearn_featmeta import PAPER_PRESETS, MetaAugmentedHeadClassifier
 from sklearn_featmeta._groups import cross_fitting_folds, row_hashes
+from sklearn_featmeta._threads import _cores
 from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
@@ -500,13 +501,18 @@ def test_default_threads_follow_the_pool_size_and_the_idle_cores(monkeypatch):
     assert _threads.auto_threads(_threads.PARALLEL_MIN_ENTRIES) == 3
 
 
+# idle_cores samples /proc/stat (Linux); telling a taken core apart needs two of them
+needs_two_sampled_cores = pytest.mark.skipif(
+    _cores() < 2 or not Path("/proc/stat").exists(), reason="needs Linux and two cores"
+)
+
+
+@needs_two_sampled_cores
 def test_idle_cores_counts_a_busy_core_as_taken():
     import subprocess
 
-    from sklearn_featmeta._threads import _cores, idle_cores
+    from sklearn_featmeta._threads import idle_cores
 
-    if _cores() < 2 or not Path("/proc/stat").exists():
-        pytest.skip("needs Linux and two cores")
     quiet = idle_cores(window=0.3)
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -517,14 +523,13 @@ def test_idle_cores_counts_a_busy_core_as_taken():
         busy.wait()
 
 
+@needs_two_sampled_cores
 def test_idle_cores_does_not_count_this_process_as_taken():
     """A fit's own threads still spinning after it (OpenMP, BLAS) are not another process."""
     import threading
 
-    from sklearn_featmeta._threads import _cores, idle_cores
+    from sklearn_featmeta._threads import idle_cores
 
-    if _cores() < 2 or not Path("/proc/stat").exists():
-        pytest.skip("needs Linux and two cores")
     quiet = idle_cores(window=0.3)
     stop = threading.Event()
 
