@@ -174,12 +174,11 @@ class _SoftmaxProblem:
     dtype (float32 halves their memory traffic, the bulk of the cost), the
     rest in float64, class-major (``(n_classes, n_rows)``: reductions over
     the classes then run along rows, not over a short inner axis, which
-    NumPy does slowly). With fewer rows than features, the problem is posed
-    in the rows' span (``X = U s V^T``; features ``U s``, heads mapped back
-    by ``V^T``): the same solutions, since a penalised head lies in that span.
+    NumPy does slowly). ``X`` is used as given, whatever its shape: a
+    change to the rows' span (where rows are fewer than features) costs a
+    factorisation that a path's few dozen passes over ``X`` do not repay.
 
-    ``factors`` (``(n_geometries, n_features)``, only with at least as many
-    rows as features): one problem per row of it, on ``X`` times that row,
+    ``factors`` (``(n_geometries, n_features)``): one problem per row of it, on ``X`` times that row,
     solved as their sum. Their heads are independent, but every pass over
     ``X`` (the cost) serves all of them, and L-BFGS on the sum takes about
     as many steps as the slowest one alone. Heads come back in those
@@ -194,12 +193,6 @@ class _SoftmaxProblem:
         n_classes: int,
         factors: np.ndarray | None = None,
     ):
-        self.basis = None
-        if X.shape[0] < X.shape[1]:
-            if factors is not None:
-                raise ValueError("factors need at least as many rows as features")
-            U, singular_values, self.basis = np.linalg.svd(X, full_matrices=False)
-            X = U * singular_values
         self.X = np.ascontiguousarray(X)
         threaded = X.size >= TORCH_PRODUCT_ENTRIES and torch.get_num_threads() > 1
         self.X_torch = torch.from_numpy(self.X) if threaded else None
@@ -264,8 +257,7 @@ class _SoftmaxProblem:
             options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(self.X.dtype).eps},
         )
         params = result.x.reshape(self.shape)
-        W = params[:, :, :-1] if self.basis is None else params[:, :, :-1] @ self.basis
-        b = params[:, :, -1].copy()
+        W, b = params[:, :, :-1].copy(), params[:, :, -1].copy()
         if self.factors is None:
             W, b = W[0], b[0]
         return (W, b), result.nit < max_iter, result.x
@@ -318,16 +310,10 @@ def softmax_regression_paths(
     """:func:`softmax_regression_path` in several geometries: ``X`` times each of ``factors``.
 
     None stands for ``X`` itself. Returns one path per geometry, its heads
-    in that geometry's coordinates. With at least as many rows as features
-    the geometries are solved together (:class:`_SoftmaxProblem`'s
-    ``factors``: each pass over ``X`` serves all of them); with fewer, each
-    in its own row space.
+    in that geometry's coordinates. The geometries are solved together
+    (:class:`_SoftmaxProblem`'s ``factors``: each pass over ``X`` serves
+    all of them).
     """
-    if X.shape[0] < X.shape[1]:
-        return [
-            softmax_regression_path(X if f is None else X * f, y, row_weight, n_classes, l2_path)
-            for f in factors
-        ]
     stacked = np.stack([np.ones(X.shape[1]) if f is None else f for f in factors])
     problem = _SoftmaxProblem(X, y, row_weight, n_classes, stacked)
     start, paths = problem.zeros(), [[] for _ in factors]

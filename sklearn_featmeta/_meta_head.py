@@ -60,6 +60,16 @@ No benchmark task reaches it (the largest, 4,000 x 1536 sentence pairs, is
 at about half of it).
 """
 
+MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN = 16
+"""``whitening_ridge="auto"`` weighs whitening only with this many training rows per feature.
+
+A covariance from ``n`` rows in ``d`` dimensions has its eigenvalues spread by
+about ``(1 +- sqrt(d / n))^2`` around the true ones (Marchenko-Pastur): from 16
+rows per feature the estimate is within a factor of two along every direction;
+from fewer, whitening scales up directions by their sampling noise, and its
+``O(n d^2 + d^3)`` costs most where features are many.
+"""
+
 MIN_WHITENING_RIDGE = 1e-6
 """Smallest ridge accepted: below it, float32 rounding of the whitening swamps its weakest directions."""
 
@@ -226,9 +236,13 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ``compare_unedited``, same support draws) are scored by their lowest
         worst-group loss on their selection rows, and the fit proceeds in the
         geometry with the lower mean (``whitening_ridge_``,
-        ``whitening_scores_``). Whitening costs a pass over the pool and an
-        eigendecomposition of a ``(n_features, n_features)`` matrix; ``"auto"``
-        also runs the unedited head updates of both geometries.
+        ``whitening_scores_``), but only where the training pool has at least
+        16 rows (by sample weight) per feature: with fewer, the covariance is
+        too noisy to precondition by, and the fit keeps standardised features
+        without weighing (``whitening_scores_`` is None). Whitening costs a
+        pass over the pool and an eigendecomposition of a ``(n_features,
+        n_features)`` matrix; ``"auto"`` also runs the unedited head updates
+        of both geometries.
     erm_C : float, default=1.0
         Inverse L2 strength of the initial ERM head, a multinomial (softmax)
         logistic regression on the standardised training pool. With three or
@@ -306,7 +320,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         Ridge of the whitening the fit used; None: standardised features
         (resolved from ``"auto"``).
     whitening_scores_ : dict or None
-        With ``whitening_ridge="auto"``: the score of each geometry
+        With ``whitening_ridge="auto"``, where whitening was weighed: the score of each geometry
         (``"standardised"``, ``"whitened"``), the mean over runs of the
         unedited head's lowest held-out worst-group loss; lower is better.
         None otherwise.
@@ -606,9 +620,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         pool, n_features = data.pool, data.X.shape[1]
         weights = data.weights[pool]
         n_rows = max(WHITENING_COVARIANCE_BUDGET // n_features**2, 8 * n_features)
-        # a row of integer weight k counts as its k copies, whose pool would be that large
-        pool_size = max(pool.size, weights.sum())
-        if self._whitening_ridge() is None or pool_size <= n_rows:
+        pool_size = data.pool_size
+        if self._whitening_ridge(data) is None or pool_size <= n_rows:
             return None
         columns = np.flatnonzero(data.scale != 1.0)[:32]
         if columns.size == 0:
@@ -712,7 +725,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             coef, intercept = binary_to_softmax_head(coef, intercept)
         return coef, intercept
 
-    def _settings(self, _hsfm):
+    def _settings(self, _hsfm, data: _FitData):
         return _hsfm.HSFMSettings(
             support_size_per_class=self.support_size_per_class,
             inner_steps=self.inner_steps,
@@ -731,13 +744,20 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             selection_metric=self.selection_metric,
             compare_unedited=self.compare_unedited,
             balanced_candidates=self.balanced_candidates,
-            whitening_ridge=self._whitening_ridge(),
+            whitening_ridge=self._whitening_ridge(data),
             choose_whitening=self.whitening_ridge == "auto",
         )
 
-    def _whitening_ridge(self):
-        """The ridge of the whitened geometry (fitted or weighed), None for none."""
-        return AUTO_WHITENING_RIDGE if self.whitening_ridge == "auto" else self.whitening_ridge
+    def _whitening_ridge(self, data: _FitData):
+        """The ridge of the whitened geometry (fitted or weighed), None for none.
+
+        ``"auto"`` weighs it only where the pool has
+        :data:`MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN` rows per feature.
+        """
+        if self.whitening_ridge != "auto":
+            return self.whitening_ridge
+        enough_rows = data.pool_size >= MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN * data.X.shape[1]
+        return AUTO_WHITENING_RIDGE if enough_rows else None
 
     def _run_core(self, _hsfm, data: _FitData, runs, covariance_rows, device, initial_head):
         torch = _hsfm.torch
@@ -758,7 +778,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             return tensor(standardized(X, index, data.mean, data.scale, X.dtype, self.n_threads_))
 
         start = time.perf_counter()
-        settings = self._settings(_hsfm)
+        settings = self._settings(_hsfm, data)
         progress = _Progress(self, len(runs), _hsfm.runs_in_one_batch(settings))
         if self.verbose:
             print(
@@ -900,7 +920,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.kept_edits_ = np.array([r.kept_edits for r in runs])
         self.n_iter_ = max(r.epochs_made for r in runs)
         self.inner_lr_ = float(result.inner_lr)
-        self.whitening_ridge_ = self._whitening_ridge() if result.whitened else None
+        ridge = AUTO_WHITENING_RIDGE if self.whitening_ridge == "auto" else self.whitening_ridge
+        self.whitening_ridge_ = ridge if result.whitened else None
         self.whitening_scores_ = result.probe_scores
         self.selected_heads_ = result.choice.chosen
         self.candidate_scores_ = result.choice.scores
@@ -922,6 +943,11 @@ class _FitData:
     n_cells: int
     mean: np.ndarray
     scale: np.ndarray
+
+    @property
+    def pool_size(self) -> float:
+        """Rows in the pool, a row of integer weight k counted as its k copies."""
+        return max(self.pool.size, float(self.weights[self.pool].sum()))
 
 
 class _Progress:

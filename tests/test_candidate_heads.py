@@ -12,7 +12,7 @@ from sklearn_featmeta.metrics import worst_group_accuracy_score
 FAST = {"n_repeats": 2, "outer_steps": 1, "inner_steps": 5, "random_state": 0}
 
 
-@pytest.mark.parametrize("n_rows", [60, 12])  # more rows than features, and fewer (row space)
+@pytest.mark.parametrize("n_rows", [60, 12])  # more rows than features, and fewer
 def test_regression_path_solves_weighted_multinomial_logistic_regression(n_rows):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(n_rows, 20)) * rng.uniform(0.2, 3, size=20)
@@ -36,7 +36,7 @@ def test_regression_path_solves_weighted_multinomial_logistic_regression(n_rows)
         np.testing.assert_allclose(W, reference.coef_, atol=3e-3 * np.abs(reference.coef_).max())
 
 
-@pytest.mark.parametrize("n_rows", [60, 12])  # geometries solved together, and each alone
+@pytest.mark.parametrize("n_rows", [60, 12])  # more rows than features, and fewer
 def test_paths_in_several_geometries_are_each_geometrys_own_path(n_rows):
     rng = np.random.default_rng(2)
     X = rng.normal(size=(n_rows, 20)) * rng.uniform(0.2, 3, size=20)
@@ -63,8 +63,6 @@ def test_paths_in_several_geometries_are_each_geometrys_own_path(n_rows):
             best = objective(Z, own_W, own_b, l2)
             assert objective(Z, W, b, l2) == pytest.approx(best, rel=1e-6, abs=1e-8)
             np.testing.assert_allclose(W, own_W, atol=3e-3 * np.abs(own_W).max())
-            if n_rows < 20:  # each geometry alone in its row space: the very same fits
-                np.testing.assert_array_equal(W, own_W)
 
 
 @pytest.mark.parametrize("n_rows", [203, 5])  # rows not a multiple of the blocks; fewer than d

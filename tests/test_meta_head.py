@@ -755,6 +755,29 @@ def test_auto_whitening_is_the_fit_of_the_geometry_it_picks(data, whitened, requ
     assert standardised.whitening_scores_ is None
 
 
+def test_auto_whitening_is_not_weighed_on_a_pool_of_few_rows_per_feature(anisotropic):
+    from sklearn_featmeta._meta_head import MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN
+
+    X, y, groups = anisotropic
+    pool = np.flatnonzero(groups == -1)
+    per_feature = MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN * X.shape[1]
+    assert pool.size > per_feature  # the fixture's pool is large enough to weigh whitening
+    kept = np.concatenate([pool[:per_feature], np.flatnonzero(groups != -1)])
+    fits = {}
+    for n_dropped in (0, 1):  # exactly 16 rows per feature, and one row short of it
+        rows = kept[n_dropped:]
+        model = MetaAugmentedHeadClassifier(**FAST, whitening_ridge="auto")
+        fits[n_dropped] = model.fit(X[rows], y[rows], groups[rows])
+    assert set(fits[0].whitening_scores_) == {"standardised", "whitened"}
+    assert fits[1].whitening_scores_ is None and fits[1].whitening_ridge_ is None
+    # sample weight counts as copies: a row of weight 2 makes up for the dropped one
+    rows, weight = kept[1:], np.ones(kept.size - 1)
+    weight[0] = 2.0
+    model = MetaAugmentedHeadClassifier(**FAST, whitening_ridge="auto")
+    model.fit(X[rows], y[rows], groups[rows], sample_weight=weight)
+    assert model.whitening_scores_ is not None
+
+
 def test_auto_whitening_with_the_papers_pool_support(anisotropic):
     X, y, groups = anisotropic
     auto = MetaAugmentedHeadClassifier(**FAST, **POOL_SUPPORT, whitening_ridge="auto")
