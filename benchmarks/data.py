@@ -359,6 +359,14 @@ SUITE_RECIPES = {
         "kind": "text", "embedding": "minilm_pairs", "source": "vader",
         "train_pairs": 4000, "train_agreement": 0.95, "val_per_group": 200, "test_per_group": 300,
     },
+    # Added to the tuning half with the small-cell selection rule (docs/decisions.md):
+    # annotated rows drawn as training rows are, so the two cells that break the
+    # correlation get 18 rows each beside 582 in the others (1,200 annotated pairs).
+    "pair_same_sentiment_source_small_cell": {
+        "kind": "text", "embedding": "minilm_pairs", "source": "vader",
+        "train_pairs": 4000, "train_agreement": 0.95, "val_pairs": 1200, "val_agreement": 0.97,
+        "test_per_group": 300,
+    },
     "polarity_length": {
         "kind": "text", "embedding": "minilm", "source": "polarity", "attribute": "length",
         "train_majority_per_group": 2000, "train_minority_fraction": 0.03,
@@ -415,7 +423,7 @@ TUNING_TASKS = [
     "sentiment_source", "polarity_negation", "dominoes", "colored_mnist",
     "sentiment_source_weak", "pair_same_sentiment_source", "polarity_length",
     "dominoes_three_class", "colored_mnist_four_class",
-    "polarity_length_few", "polarity_negation_few",
+    "polarity_length_few", "polarity_negation_few", "pair_same_sentiment_source_small_cell",
 ]  # fmt: skip
 REPORT_TASKS = [
     "sentiment_source_few", "sentiment_three_class", "pair_same_polarity_negation",
@@ -560,15 +568,25 @@ def _pair_task(name: str, data_dir: Path, seed: int) -> Benchmark:
         inputs = [(texts[first[k]], texts[second[k]]) for k in permutation]
         return Split(inputs, np.array(y)[permutation], np.array(a)[permutation])
 
-    agreeing = int(round(recipe["train_pairs"] * recipe["train_agreement"] / 2))
-    disagreeing = recipe["train_pairs"] // 2 - agreeing
-    train_sizes = {(True, True): agreeing, (False, False): agreeing,
-                   (True, False): disagreeing, (False, True): disagreeing}  # fmt: skip
+    def correlated_sizes(n_pairs, agreement):
+        agreeing = int(round(n_pairs * agreement / 2))
+        disagreeing = n_pairs // 2 - agreeing
+        return {
+            (True, True): agreeing,
+            (False, False): agreeing,
+            (True, False): disagreeing,
+            (False, True): disagreeing,
+        }
+
     cells = [(s, t) for s in (False, True) for t in (False, True)]
+    if "val_pairs" in recipe:  # annotated as drawn: correlated like the training pairs
+        val_sizes = correlated_sizes(recipe["val_pairs"], recipe["val_agreement"])
+    else:
+        val_sizes = dict.fromkeys(cells, recipe["val_per_group"])
     return Benchmark(
         name,
-        pairs(pools[0], train_sizes),
-        pairs(pools[1], dict.fromkeys(cells, recipe["val_per_group"])),
+        pairs(pools[0], correlated_sizes(recipe["train_pairs"], recipe["train_agreement"])),
+        pairs(pools[1], val_sizes),
         pairs(pools[2], dict.fromkeys(cells, recipe["test_per_group"])),
         corpus=texts,
     )

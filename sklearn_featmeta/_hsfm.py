@@ -777,7 +777,7 @@ class HeadChoice:
     ``balanced_l2``: that strength (on a run's support); ``head``: the
     refitted balanced head, for a balanced choice; ``run_logits``: the best
     balanced head's logits on every run's selection rows (what the runs'
-    heads must beat, :func:`runs_beat_balanced`); ``margin``: the margin
+    heads must beat, :func:`weigh_runs`); ``margin``: the margin
     they had to beat it by.
     """
 
@@ -899,6 +899,23 @@ def best_balanced(paths: dict[str, list[list[torch.Tensor]]], runs, heldout) -> 
     return choice
 
 
+def _worst_cell_outcomes(run_logits, incumbent_logits, runs, heldout: HeldoutRows):
+    """Per run, on the incumbent's worst (class, group) cell of the run's selection rows:
+    ``(weight, challenger_correct, incumbent_correct)`` of its rows (float64)."""
+    outcomes = []
+    for challenger, incumbent, run in zip(run_logits, incumbent_logits, runs, strict=True):
+        rows = run.selection_rows
+        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows].double()
+        incumbent_correct = (incumbent.argmax(1) == y).double()
+        totals = torch.bincount(cells, weights=weight, minlength=heldout.n_cells)
+        hits = torch.bincount(cells, weights=incumbent_correct * weight, minlength=heldout.n_cells)
+        accuracy = torch.where(totals > 0, hits / totals.clamp(min=1e-300), torch.inf)
+        in_cell = cells == int(accuracy.argmin())
+        challenger_correct = (challenger.argmax(1) == y).double()
+        outcomes.append((weight[in_cell], challenger_correct[in_cell], incumbent_correct[in_cell]))
+    return outcomes
+
+
 def worst_group_standard_error(
     run_logits: list[torch.Tensor],
     incumbent_logits: list[torch.Tensor],
@@ -916,41 +933,95 @@ def worst_group_standard_error(
     the mean over runs is the runs' mean variance over two.
     """
     variances = []
-    for challenger, incumbent, run in zip(run_logits, incumbent_logits, runs, strict=True):
-        rows = run.selection_rows
-        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows].double()
-        incumbent_correct = (incumbent.argmax(1) == y).double()
-        totals = torch.bincount(cells, weights=weight, minlength=heldout.n_cells)
-        hits = torch.bincount(cells, weights=incumbent_correct * weight, minlength=heldout.n_cells)
-        accuracy = torch.where(totals > 0, hits / totals.clamp(min=1e-300), torch.inf)
-        in_cell = cells == int(accuracy.argmin())
-        w = weight[in_cell]
-        difference = (challenger.argmax(1) == y).double()[in_cell] - incumbent_correct[in_cell]
+    for w, challenger, incumbent in _worst_cell_outcomes(
+        run_logits, incumbent_logits, runs, heldout
+    ):
+        difference = challenger - incumbent
         centred = difference - (w * difference).sum() / w.sum()
         variances.append(float((w.square() * centred.square()).sum() / w.sum().square()))
     return math.sqrt(sum(variances) / len(variances) / 2)
 
 
-def runs_beat_balanced(
+ONE_STANDARD_ERROR_TAIL = 0.5 * math.erfc(1 / math.sqrt(2))
+"""One-sided tail of a normal beyond one standard deviation (about 0.159)."""
+
+
+def discordant_rows_tail(
+    run_logits: list[torch.Tensor],
+    incumbent_logits: list[torch.Tensor],
+    runs: list[RunRows],
+    heldout: HeldoutRows,
+) -> float:
+    """Chance of the challenger's lead on the rows where the two heads disagree, were it luck.
+
+    On the incumbent's worst cell of each run's selection rows (as
+    :func:`worst_group_standard_error`), ``b`` rows are right by the
+    challenger only and ``c`` by the incumbent only (sample weights as
+    copies; summed over runs and divided by the splits, which re-use the same
+    rows). The exact one-sided sign test: the chance that ``b + c`` fair coins
+    give ``b`` or more heads, ``I_(1/2)(b, c + 1)``; 1 when ``b`` is 0. A lead
+    of one or two rows is at best 0.5 or 0.25 whatever the cell's size, where
+    the standard error's normal approximation, on a cell of a dozen rows,
+    calls it one standard error or more.
+    """
+    import scipy.special  # a dependency; only the choice needs it
+
+    favourable = unfavourable = 0.0
+    for w, challenger, incumbent in _worst_cell_outcomes(
+        run_logits, incumbent_logits, runs, heldout
+    ):
+        favourable += float((w * (challenger > incumbent)).sum())
+        unfavourable += float((w * (challenger < incumbent)).sum())
+    n_splits = max(1.0, len(runs) / 2)
+    favourable, unfavourable = favourable / n_splits, unfavourable / n_splits
+    if favourable <= 0:
+        return 1.0
+    return float(scipy.special.betainc(favourable, unfavourable + 1.0, 0.5))
+
+
+@dataclass(frozen=True)
+class RunsVerdict:
+    """How the runs' heads fared against the best balanced head on the runs' selection rows.
+
+    ``lead``: their mean worst-group accuracy minus the balanced head's;
+    ``margin``: its standard error (:func:`worst_group_standard_error`);
+    ``tail``: :func:`discordant_rows_tail`.
+    """
+
+    lead: float
+    margin: float
+    tail: float
+
+    @property
+    def runs_win(self) -> bool:
+        """The one-standard-error rule of cross-validated model selection, twice over.
+
+        The runs' heads chose their epochs on the very rows that score them
+        here, so a small lead there is partly luck; they replace the simple
+        head only where they lead it by more than the standard error of the
+        lead, and where the rows that carry the lead would be that many by
+        luck less often than a one-standard-error lead would (exact where a
+        cell's rows are few, where the normal approximation is not).
+        """
+        return self.lead > self.margin and self.tail < ONE_STANDARD_ERROR_TAIL
+
+
+def weigh_runs(
     run_logits: list[torch.Tensor],
     score: dict[str, float],
     balanced: HeadChoice,
     runs: list[RunRows],
     heldout: HeldoutRows,
-) -> bool:
-    """Whether the runs' heads replace the best balanced head: by more than a standard error.
-
-    The one-standard-error rule of cross-validated model selection: the
-    runs' heads chose their epochs on the very rows that score them here,
-    so a small lead there is partly luck; they are kept only where their
-    mean worst-group accuracy exceeds the balanced head's by more than the
-    standard error of that difference (:func:`worst_group_standard_error`).
-    With few annotated rows it is large and the simple head stays. The
-    margin is recorded as ``balanced.margin``.
-    """
-    balanced.margin = worst_group_standard_error(run_logits, balanced.run_logits, runs, heldout)
-    lead = score["worst_group_accuracy"] - balanced.scores[balanced.chosen]["worst_group_accuracy"]
-    return lead > balanced.margin
+) -> RunsVerdict:
+    """The runs' heads (logits ``run_logits``, :func:`candidate_score` ``score``) against
+    the best balanced head ``balanced``, on the runs' selection rows."""
+    incumbent = balanced.run_logits
+    return RunsVerdict(
+        lead=score["worst_group_accuracy"]
+        - balanced.scores[balanced.chosen]["worst_group_accuracy"],
+        margin=worst_group_standard_error(run_logits, incumbent, runs, heldout),
+        tail=discordant_rows_tail(run_logits, incumbent, runs, heldout),
+    )
 
 
 def refit_balanced(
@@ -1144,10 +1215,9 @@ def fit_hsfm(
         ]
         score = candidate_score(run_logits, runs, heldout)
         balanced.scores = {"runs": score, **balanced.scores}
-        if runs_beat_balanced(run_logits, score, balanced, runs, heldout):
-            choice = HeadChoice(scores=balanced.scores, margin=balanced.margin)
-        else:
-            choice = balanced
+        verdict = weigh_runs(run_logits, score, balanced, runs, heldout)
+        choice = HeadChoice(scores=balanced.scores) if verdict.runs_win else balanced
+        choice.margin = verdict.margin
         choice.run_logits = None  # scored; not needed past the choice
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1

@@ -230,10 +230,85 @@ def test_the_runs_replace_the_balanced_head_only_when_they_lead_by_more_than_the
         challenger = _logits_for(correct, y)
         logits = [challenger[rows] for rows in halves]
         score = _hsfm.candidate_score(logits, runs, heldout)
-        assert _hsfm.runs_beat_balanced(logits, score, balanced, runs, heldout) is expected
+        verdict = _hsfm.weigh_runs(logits, score, balanced, runs, heldout)
+        assert verdict.runs_win is expected
+        assert verdict.lead == pytest.approx((fixed - broken) / 10)
         # per run, ten rows of differences d in {-1, 0, 1}: var(d) / 10, over two runs
         d = np.array([1.0] * fixed + [-1.0] * broken + [0.0] * (10 - fixed - broken))
-        assert balanced.margin == pytest.approx(np.sqrt(d.var() / 10 / 2), rel=1e-12)
+        assert verdict.margin == pytest.approx(np.sqrt(d.var() / 10 / 2), rel=1e-12)
+
+
+def _small_cell_contest(fixed_rows, broken_rows=(), cell_size=9):
+    """Four runs (two splits) judged on a worst cell of ``cell_size`` rows per run; the
+    challenger fixes the incumbent's misses ``fixed_rows`` of the first half and breaks
+    its rows ``broken_rows``.
+
+    Each split's two runs judge the two halves of the annotated rows, so every row is
+    judged once per split, as in the estimator's cross-fitting.
+    """
+    torch = pytest.importorskip("torch")
+    big = 60  # rows per run in the other cell, all right by both heads
+    per_run = cell_size + big
+    y = np.tile(np.r_[np.zeros(cell_size, int), np.ones(big, int)], 2)
+    cells = y.copy()
+    heldout = _cell_rows(y, cells)
+    halves = (torch.arange(per_run), torch.arange(per_run, 2 * per_run))
+    runs = [_hsfm.RunRows(torch.arange(0), torch.ones(0), rows, rows) for rows in halves] * 2
+    incumbent_correct = np.ones(2 * per_run, dtype=bool)
+    incumbent_correct[[0, 1, 2, 3, per_run, per_run + 1, per_run + 2, per_run + 3]] = False
+    challenger_correct = incumbent_correct.copy()
+    challenger_correct[list(fixed_rows)] = True
+    challenger_correct[list(broken_rows)] = False
+    incumbent = _logits_for(incumbent_correct, y)
+    challenger = _logits_for(challenger_correct, y)
+    balanced = _hsfm.HeadChoice(
+        chosen="balanced_standardised", run_logits=[incumbent[run.selection_rows] for run in runs]
+    )
+    balanced.scores = {
+        "balanced_standardised": _hsfm.candidate_score(balanced.run_logits, runs, heldout)
+    }
+    logits = [challenger[run.selection_rows] for run in runs]
+    score = _hsfm.candidate_score(logits, runs, heldout)
+    return _hsfm.weigh_runs(logits, score, balanced, runs, heldout)
+
+
+@pytest.mark.parametrize("n_fixed", [1, 2])
+def test_a_lead_that_rests_on_one_or_two_rows_of_a_small_cell_is_not_enough(n_fixed):
+    verdict = _small_cell_contest(fixed_rows=range(n_fixed))
+    # the normal approximation calls it more than a standard error ...
+    assert verdict.lead > verdict.margin
+    # ... but n rows out of n disagreeing ones come up by luck with chance 2^-n
+    assert verdict.tail == pytest.approx(0.5**n_fixed)
+    assert not verdict.runs_win
+
+
+def test_a_lead_of_three_rows_with_none_lost_replaces_the_simple_head():
+    verdict = _small_cell_contest(fixed_rows=range(3))
+    assert verdict.tail == pytest.approx(0.125) and verdict.lead > verdict.margin
+    assert verdict.runs_win
+
+
+def test_rows_lost_elsewhere_in_the_cell_count_against_the_lead():
+    # four fixed, one broken: a lead of three rows, but 6 of 32 outcomes are as good
+    verdict = _small_cell_contest(fixed_rows=range(4), broken_rows=[5])
+    assert verdict.tail == pytest.approx(6 / 32)
+    assert not verdict.runs_win
+    verdict = _small_cell_contest(fixed_rows=range(4), broken_rows=[])
+    assert verdict.tail == pytest.approx(1 / 16) and verdict.runs_win
+
+
+def test_discordant_rows_count_sample_weight_as_copies():
+    torch = pytest.importorskip("torch")
+    y = np.array([0, 0, 0, 1, 1, 1])
+    heldout = _cell_rows(y, y)
+    heldout.weight = torch.tensor([3.0, 1, 1, 1, 1, 1], dtype=torch.float64)
+    run = _hsfm.RunRows(torch.arange(0), torch.ones(0), slice(None), slice(None))
+    incumbent = _logits_for(np.array([False, True, False, True, True, True]), y)
+    challenger = _logits_for(np.array([True, True, False, True, True, True]), y)
+    # one run: row 0 of weight 3 is three rows the challenger alone gets right
+    tail = _hsfm.discordant_rows_tail([challenger], [incumbent], [run], heldout)
+    assert tail == pytest.approx(0.125)
+    assert _hsfm.discordant_rows_tail([incumbent], [incumbent], [run], heldout) == 1.0
 
 
 def test_candidate_score_ignores_the_scale_of_the_logits():
