@@ -369,7 +369,7 @@ def chart(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _section_name(text: str) -> str:
+def section_name(text: str) -> str:
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", text):
         raise argparse.ArgumentTypeError(
             f"section names are lower-case letters, digits and '-'; got {text!r}"
@@ -419,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--section",
-        type=_section_name,
+        type=section_name,
         default=DEFAULT_SECTION,
         help=f"RESULTS.md section to write (default {DEFAULT_SECTION!r}); another name also "
         "writes results-NAME.json and wga-NAME.png instead of results.json and wga.png",

@@ -2,10 +2,13 @@
 
     python -m benchmarks.speed                       # n in {6k, 50k, 200k}, d in {384, 2048}, + 200k x 1024
     python -m benchmarks.speed --sizes 6000x2048     # one size
+    python -m benchmarks.speed --sizes 5994x2048:1199  # one size, 1,199 rows annotated
     python -m benchmarks.speed --quick               # 6k rows only
     python -m benchmarks.speed --busy --grid-search  # also on a busy machine, and a grid search
 
-Data: ``make_spurious_embeddings`` with 15% of rows annotated (float32). Every
+Data: ``make_spurious_embeddings`` with 15% of rows annotated, or as many as a
+size names after a colon (float32; the paper's shape: Waterbirds' 4,795 training
+and 1,199 validation rows of 2048-d ResNet-50 features). Every
 method fits the same X in a fresh subprocess: one warm-up fit on 2,000 rows
 (imports, thread pools, kernels), then ``--repeats`` timed fits (DFR: one above
 50,000 rows, where it takes minutes); the median is reported. Peak memory is
@@ -44,14 +47,19 @@ from .report import command_line, machine_line, replace_section
 
 METHODS = ["LogisticRegression", "DFRClassifier", "MetaAugmentedHeadClassifier"]
 DEFAULT_SIZES = [
-    (6000, 384),
-    (6000, 2048),
-    (50000, 384),
-    (50000, 2048),
-    (200000, 384),
-    (200000, 1024),
-    (200000, 2048),
+    *("6000x384", "6000x2048", "50000x384", "50000x2048", "200000x384", "200000x1024"),
+    "200000x2048",
+    "5994x2048:1199",  # the paper's shape: Waterbirds
+    "7000x1536:2000",  # sentence-pair embeddings, a couple of thousand annotated
 ]
+DEFAULT_ANNOTATED_FRACTION = 0.15
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``"6000x384"`` (15% annotated) or ``"5994x2048:1199"`` -> (rows, features, annotated)."""
+    shape, _, annotated = text.partition(":")
+    n, d = (int(v) for v in shape.split("x"))
+    return n, d, int(annotated) if annotated else round(DEFAULT_ANNOTATED_FRACTION * n)
 
 
 def _rss_bytes() -> int:
@@ -140,18 +148,23 @@ def _run_worker(method: str, folder: Path, repeats: int, timeout: float) -> dict
         return {"error": exc.stderr.strip().splitlines()[-1]}
 
 
-def measure(n: int, d: int, repeats: int, timeout: float, busy: bool = False) -> dict:
+def measure(
+    n: int, d: int, annotated: int, repeats: int, timeout: float, busy: bool = False
+) -> dict:
     from sklearn_featmeta.datasets import make_spurious_embeddings
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        X, y, groups = make_spurious_embeddings(n, d, known_group_fraction=0.15, random_state=0)
+        X, y, groups = make_spurious_embeddings(
+            n, d, known_group_fraction=annotated / n, random_state=0
+        )
+        annotated = int((groups != -1).sum())
         np.save(folder / "X.npy", X)
         np.save(folder / "y.npy", y)
         np.save(folder / "groups.npy", groups)
         x_bytes = X.nbytes
         del X
-        row = {"n": n, "d": d, "x_bytes": x_bytes}
+        row = {"n": n, "d": d, "annotated": annotated, "x_bytes": x_bytes}
         for method in METHODS:
             # above 50k rows DFR takes minutes a fit: one; the others' medians need repeats
             method_repeats = 1 if n > 50000 and method == "DFRClassifier" else repeats
@@ -301,17 +314,19 @@ def markdown(
         "Median fit seconds after a warm-up fit; peak memory beyond X as a multiple "
         "of X's size (float32). HSFM = `MetaAugmentedHeadClassifier()` defaults.",
         "",
-        "| n x d | LogisticRegression | DFRClassifier | HSFM | HSFM / LR | HSFM / DFR | HSFM peak memory beyond X |",
-        "|---|---|---|---|---|---|---|",
+        "| n x d | annotated | LogisticRegression | DFRClassifier | HSFM | HSFM / LR | HSFM / DFR | HSFM peak memory beyond X |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lr, dfr, ours = (_median(row[m]) for m in METHODS)
         fmt = lambda v: "—" if v is None else f"{v:.2f} s"  # noqa: E731
+        fmt_count = lambda v: "—" if v is None else f"{v:,}"  # noqa: E731
         ratio = lambda a, b: "—" if a is None or b is None else f"{a / b:.2f}"  # noqa: E731
         extra = row["MetaAugmentedHeadClassifier"].get("extra_bytes")
         memory = "—" if not extra else f"{max(extra) / row['x_bytes']:.2f} x X"
         lines.append(
-            f"| {row['n']:,} x {row['d']} | {fmt(lr)} | {fmt(dfr)} | {fmt(ours)} | {ratio(ours, lr)} | "
+            f"| {row['n']:,} x {row['d']} | {fmt_count(row.get('annotated'))} | {fmt(lr)} | "
+            f"{fmt(dfr)} | {fmt(ours)} | {ratio(ours, lr)} | "
             f"{ratio(ours, dfr)} | {memory} |"
         )
     if any(f"{m} busy" in row for row in rows for m in METHODS):
@@ -347,8 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.speed", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("--sizes", nargs="+", help="e.g. 6000x2048 (default: the issue's grid)")
-    parser.add_argument("--quick", action="store_true", help="the 6k-row sizes only")
+    parser.add_argument(
+        "--sizes", nargs="+", help="e.g. 6000x2048, or 5994x2048:1199 for 1,199 annotated rows"
+    )
+    parser.add_argument("--quick", action="store_true", help="the sizes of up to 7k rows only")
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed fits per method (DFR: 1 above 50k rows)"
     )
@@ -366,12 +383,10 @@ def main(argv: list[str] | None = None) -> int:
         method, folder, repeats = args.worker
         print(json.dumps(worker(method, Path(folder), int(repeats))))
         return 0
-    sizes = (
-        [tuple(int(v) for v in s.split("x")) for s in args.sizes] if args.sizes else DEFAULT_SIZES
-    )
+    sizes = [parse_size(size) for size in args.sizes or DEFAULT_SIZES]
     if args.quick:
-        sizes = [s for s in sizes if s[0] <= 6000]
-    rows = [measure(n, d, args.repeats, args.timeout, args.busy) for n, d in sizes]
+        sizes = [s for s in sizes if s[0] <= 7000]
+    rows = [measure(*size, args.repeats, args.timeout, args.busy) for size in sizes]
     grid = grid_search_rate() if args.grid_search else None
 
     command = command_line("benchmarks.speed", argv)

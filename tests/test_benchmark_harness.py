@@ -51,7 +51,8 @@ def test_noise_report_on_synthetic_data():
         ["synthetic"], [0], [0, 1, 2], lambda name, seed: run._synthetic_splits(seed)
     )
     methods = rows["synthetic", 0]
-    assert set(methods) == {run.DEFAULTS_LABEL, run.DFR_LABEL}
+    assert set(methods) == {run.DEFAULTS_LABEL, run.DFR_LABEL, run.BALANCED_LR_LABEL}
+    assert len(methods.pop(run.BALANCED_LR_LABEL)) == 1  # draws nothing at random: one fit
     assert all(len(values) == 3 and all(0 <= v <= 1 for v in values) for values in methods.values())
     # the defaults are seeded: the same random_state gives the same fit
     again = noise.spreads(["synthetic"], [0], [1], lambda name, seed: run._synthetic_splits(seed))
@@ -62,15 +63,27 @@ def test_noise_report_on_synthetic_data():
     assert " ".join(f"{value:.1f}" for value in values) + " |" in table
     difference = 100 * (np.mean(methods[run.DEFAULTS_LABEL]) - np.mean(methods[run.DFR_LABEL]))
     assert f"| synthetic | 0: {difference:+.1f} | {difference:+.1f} |" in table
+    # per benchmark: each method's mean and its spread over random states
+    defaults = 100 * np.asarray(methods[run.DEFAULTS_LABEL])
+    summary = f"{defaults.mean():.1f} ({defaults.std(ddof=1):.1f})"
+    assert "| synthetic | 1 | " in table and summary in table
 
 
 def test_speed_harness_on_a_tiny_size(tmp_path):
-    assert speed.main(["--sizes", "2500x16", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    sizes = ["2500x16", "2000x8:150"]
+    assert speed.main(["--sizes", *sizes, "--repeats", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
-    assert rows[0]["n"] == 2500
+    assert [(row["n"], row["annotated"]) for row in rows] == [(2500, 375), (2000, 150)]
     for method in speed.METHODS:
         assert len(rows[0][method]["seconds"]) == 1 and rows[0][method]["extra_bytes"][0] >= 0
-    assert "| 2,500 x 16 |" in (tmp_path / "RESULTS.md").read_text()
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "| 2,500 x 16 | 375 |" in text and "| 2,000 x 8 | 150 |" in text
+
+
+def test_speed_sizes_name_their_annotated_rows():
+    assert speed.parse_size("6000x384") == (6000, 384, 900)
+    assert speed.parse_size("5994x2048:1199") == (5994, 2048, 1199)
+    assert all(speed.parse_size(size) for size in speed.DEFAULT_SIZES)
 
 
 def test_sections_are_replaced_in_place(tmp_path):
