@@ -361,11 +361,11 @@ SUITE_RECIPES = {
     },
     # Added to the tuning half with the small-cell selection rule (docs/decisions.md):
     # annotated rows drawn as training rows are, so the two cells that break the
-    # correlation get 18 rows each beside 582 in the others (1,200 annotated pairs).
-    "pair_same_sentiment_source_small_cell": {
-        "kind": "text", "embedding": "minilm_pairs", "source": "vader",
-        "train_pairs": 4000, "train_agreement": 0.95, "val_pairs": 1200, "val_agreement": 0.97,
-        "test_per_group": 300,
+    # correlation get 13 rows each beside 250 in the others.
+    "sentiment_source_small_cell": {
+        "kind": "text", "embedding": "minilm", "source": "vader",
+        "train_majority_per_group": 1200, "train_minority_fraction": 0.05,
+        "val_majority_per_group": 250, "val_minority_fraction": 0.05, "test_per_group": 250,
     },
     "polarity_length": {
         "kind": "text", "embedding": "minilm", "source": "polarity", "attribute": "length",
@@ -423,7 +423,7 @@ TUNING_TASKS = [
     "sentiment_source", "polarity_negation", "dominoes", "colored_mnist",
     "sentiment_source_weak", "pair_same_sentiment_source", "polarity_length",
     "dominoes_three_class", "colored_mnist_four_class",
-    "polarity_length_few", "polarity_negation_few", "pair_same_sentiment_source_small_cell",
+    "polarity_length_few", "polarity_negation_few", "sentiment_source_small_cell",
 ]  # fmt: skip
 REPORT_TASKS = [
     "sentiment_source_few", "sentiment_three_class", "pair_same_polarity_negation",
@@ -521,8 +521,17 @@ def _text_task(name: str, data_dir: Path, seed: int) -> Benchmark:
     test = _sample_by_cell(label, attribute, dict.fromkeys(cells, recipe["test_per_group"]),
                            every, rng)  # fmt: skip
     rest = np.setdiff1d(every, test)
-    val = _sample_by_cell(label, attribute, dict.fromkeys(cells, recipe["val_per_group"]),
-                          rest, rng)  # fmt: skip
+    if "val_per_group" in recipe:
+        val_sizes = dict.fromkeys(cells, recipe["val_per_group"])
+    else:  # annotated as drawn: correlated as the training rows are
+        val_sizes = _correlated_sizes(
+            n_classes,
+            n_attributes,
+            recipe["val_majority_per_group"],
+            recipe["val_minority_fraction"],
+            recipe.get("own_attribute"),
+        )
+    val = _sample_by_cell(label, attribute, val_sizes, rest, rng)
     rest = np.setdiff1d(rest, val)
     sizes = _correlated_sizes(n_classes, n_attributes, recipe["train_majority_per_group"],
                               recipe["train_minority_fraction"], recipe.get("own_attribute"))  # fmt: skip
@@ -568,25 +577,15 @@ def _pair_task(name: str, data_dir: Path, seed: int) -> Benchmark:
         inputs = [(texts[first[k]], texts[second[k]]) for k in permutation]
         return Split(inputs, np.array(y)[permutation], np.array(a)[permutation])
 
-    def correlated_sizes(n_pairs, agreement):
-        agreeing = int(round(n_pairs * agreement / 2))
-        disagreeing = n_pairs // 2 - agreeing
-        return {
-            (True, True): agreeing,
-            (False, False): agreeing,
-            (True, False): disagreeing,
-            (False, True): disagreeing,
-        }
-
+    agreeing = int(round(recipe["train_pairs"] * recipe["train_agreement"] / 2))
+    disagreeing = recipe["train_pairs"] // 2 - agreeing
+    train_sizes = {(True, True): agreeing, (False, False): agreeing,
+                   (True, False): disagreeing, (False, True): disagreeing}  # fmt: skip
     cells = [(s, t) for s in (False, True) for t in (False, True)]
-    if "val_pairs" in recipe:  # annotated as drawn: correlated like the training pairs
-        val_sizes = correlated_sizes(recipe["val_pairs"], recipe["val_agreement"])
-    else:
-        val_sizes = dict.fromkeys(cells, recipe["val_per_group"])
     return Benchmark(
         name,
-        pairs(pools[0], correlated_sizes(recipe["train_pairs"], recipe["train_agreement"])),
-        pairs(pools[1], val_sizes),
+        pairs(pools[0], train_sizes),
+        pairs(pools[1], dict.fromkeys(cells, recipe["val_per_group"])),
         pairs(pools[2], dict.fromkeys(cells, recipe["test_per_group"])),
         corpus=texts,
     )
