@@ -777,8 +777,8 @@ class HeadChoice:
     ``balanced_l2``: that strength (on a run's support); ``head``: the
     refitted balanced head, for a balanced choice; ``run_logits``: the best
     balanced head's logits on every run's selection rows (what the runs'
-    heads must beat, :func:`weigh_runs`); ``margin``: the margin
-    they had to beat it by.
+    heads must beat); ``verdict``: how the runs' heads fared against it
+    (:func:`weigh_runs`).
     """
 
     chosen: str = "runs"
@@ -786,7 +786,7 @@ class HeadChoice:
     balanced_l2: float | None = None
     head: tuple[torch.Tensor, torch.Tensor] | None = None
     run_logits: list[torch.Tensor] | None = None
-    margin: float | None = None
+    verdict: RunsVerdict | None = None
 
 
 def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
@@ -1217,7 +1217,7 @@ def fit_hsfm(
         balanced.scores = {"runs": score, **balanced.scores}
         verdict = weigh_runs(run_logits, score, balanced, runs, heldout)
         choice = HeadChoice(scores=balanced.scores) if verdict.runs_win else balanced
-        choice.margin = verdict.margin
+        choice.verdict = verdict
         choice.run_logits = None  # scored; not needed past the choice
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1

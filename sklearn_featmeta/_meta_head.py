@@ -178,10 +178,13 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         balanced candidate is refitted on every annotated row, its strength
         scaled to that many rows (as ``LogisticRegressionCV`` refits), and is
         the fitted head unless the runs' heads lead it in worst-group
-        accuracy by more than the standard error of that lead (the
-        one-standard-error rule: the runs chose their epochs on these rows;
-        ``selected_heads_``, ``candidate_scores_``, ``balanced_l2_``,
-        ``runs_margin_``). False: the runs' heads.
+        accuracy by more than the standard error of that lead, and the rows
+        where the two disagree carry the lead beyond what luck gives one time
+        in six (an exact sign test on the balanced head's worst cell: a lead
+        of one or two rows is never enough): the one-standard-error rule, as
+        the runs chose their epochs on these rows (``selected_heads_``,
+        ``candidate_scores_``, ``balanced_l2_``, ``runs_margin_``). False:
+        the runs' heads.
     compare_unedited : bool, default=True
         Each run also updates a second head, by the same steps, on its support
         as drawn (no edits), and keeps the epoch that scores best on its
@@ -342,8 +345,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     runs_margin_ : float or None
         How far the runs' heads had to lead the best balanced head in mean
         worst-group accuracy on the selection rows to be selected: the
-        standard error of that lead (``balanced_candidates``). None when no
-        candidate was weighed.
+        standard error of that lead (``balanced_candidates``; the rows that
+        carry it must also pass the sign test). None when no candidate was
+        weighed.
     device_ : str
         Device the model was fitted on.
     n_threads_ : int
@@ -831,10 +835,13 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                     f"{name} {score['worst_group_accuracy']:.4f} / {score['worst_group_loss']:.4f}"
                     for name, score in result.choice.scores.items()
                 )
+                verdict = result.choice.verdict
                 print(
                     f"[{type(self).__name__}] fitted head: {result.choice.chosen} (candidates' "
-                    f"held-out worst-group accuracy / loss: {scores}; the runs needed a lead "
-                    f"of {result.choice.margin:.4f} in accuracy)"
+                    f"held-out worst-group accuracy / loss: {scores}; the runs led by "
+                    f"{verdict.lead:.4f} and needed a lead of {verdict.margin:.4f} in accuracy, "
+                    f"on rows luck gives with chance {verdict.tail:.3f}, below "
+                    f"{_hsfm.ONE_STANDARD_ERROR_TAIL:.3f})"
                 )
             best = ", ".join(
                 f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs
@@ -926,7 +933,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.selected_heads_ = result.choice.chosen
         self.candidate_scores_ = result.choice.scores
         self.balanced_l2_ = result.choice.balanced_l2
-        self.runs_margin_ = result.choice.margin
+        verdict = result.choice.verdict
+        self.runs_margin_ = None if verdict is None else verdict.margin
         self.device_ = str(device)
 
 
