@@ -985,25 +985,34 @@ class RunsVerdict:
 
     ``lead``: their mean worst-group accuracy minus the balanced head's;
     ``margin``: its standard error (:func:`worst_group_standard_error`);
-    ``tail``: :func:`discordant_rows_tail`.
+    ``tail``: :func:`discordant_rows_tail`; ``weakest_run_lead``: the
+    smallest lead of one run's head over the balanced head, each on the
+    run's own selection rows.
     """
 
     lead: float
     margin: float
     tail: float
+    weakest_run_lead: float
 
     @property
     def runs_win(self) -> bool:
-        """The one-standard-error rule of cross-validated model selection, twice over.
+        """The one-standard-error rule of cross-validated model selection, made robust.
 
         The runs' heads chose their epochs on the very rows that score them
-        here, so a small lead there is partly luck; they replace the simple
-        head only where they lead it by more than the standard error of the
-        lead, and where the rows that carry the lead would be that many by
-        luck less often than a one-standard-error lead would (exact where a
-        cell's rows are few, where the normal approximation is not).
+        here, so a lead there is partly luck; they replace the simple head
+        only where they lead it by more than the standard error of the lead,
+        where the rows that carry the lead would be that many by luck less
+        often than a one-standard-error lead would (exact where a cell's
+        rows are few, where the normal approximation is not), and where no
+        run's head does worse than the simple head on that run's rows (a
+        lead that one split of the rows contradicts is not one).
         """
-        return self.lead > self.margin and self.tail < ONE_STANDARD_ERROR_TAIL
+        return (
+            self.lead > self.margin
+            and self.tail < ONE_STANDARD_ERROR_TAIL
+            and self.weakest_run_lead >= 0
+        )
 
 
 def weigh_runs(
@@ -1016,11 +1025,21 @@ def weigh_runs(
     """The runs' heads (logits ``run_logits``, :func:`candidate_score` ``score``) against
     the best balanced head ``balanced``, on the runs' selection rows."""
     incumbent = balanced.run_logits
+    run_leads = []
+    for challenger_logits, incumbent_logits, run in zip(run_logits, incumbent, runs, strict=True):
+        rows = run.selection_rows
+        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows]
+        challenger, incumbent_score = (
+            _group_scores(logits, y, cells, heldout.n_cells, weight)["worst_group_accuracy"]
+            for logits in (challenger_logits, incumbent_logits)
+        )
+        run_leads.append(challenger - incumbent_score)
     return RunsVerdict(
         lead=score["worst_group_accuracy"]
         - balanced.scores[balanced.chosen]["worst_group_accuracy"],
         margin=worst_group_standard_error(run_logits, incumbent, runs, heldout),
         tail=discordant_rows_tail(run_logits, incumbent, runs, heldout),
+        weakest_run_lead=min(run_leads),
     )
 
 

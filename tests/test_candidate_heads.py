@@ -238,13 +238,14 @@ def test_the_runs_replace_the_balanced_head_only_when_they_lead_by_more_than_the
         assert verdict.margin == pytest.approx(np.sqrt(d.var() / 10 / 2), rel=1e-12)
 
 
-def _small_cell_contest(fixed_rows, broken_rows=(), cell_size=9):
+def _small_cell_contest(fixed_rows, broken_rows=(), cell_size=9, misses=4):
     """Four runs (two splits) judged on a worst cell of ``cell_size`` rows per run; the
-    challenger fixes the incumbent's misses ``fixed_rows`` of the first half and breaks
-    its rows ``broken_rows``.
+    incumbent misses the first ``misses`` rows of the cell in each half, the challenger
+    fixes the rows ``fixed_rows`` and breaks the rows ``broken_rows``.
 
-    Each split's two runs judge the two halves of the annotated rows, so every row is
-    judged once per split, as in the estimator's cross-fitting.
+    Row ``i`` is the first half's, ``per_run + i`` the second half's (``per_run`` is
+    ``cell_size + 60``). Each split's two runs judge the two halves of the annotated
+    rows, so every row is judged once per split, as in the estimator's cross-fitting.
     """
     torch = pytest.importorskip("torch")
     big = 60  # rows per run in the other cell, all right by both heads
@@ -255,7 +256,7 @@ def _small_cell_contest(fixed_rows, broken_rows=(), cell_size=9):
     halves = (torch.arange(per_run), torch.arange(per_run, 2 * per_run))
     runs = [_hsfm.RunRows(torch.arange(0), torch.ones(0), rows, rows) for rows in halves] * 2
     incumbent_correct = np.ones(2 * per_run, dtype=bool)
-    incumbent_correct[[0, 1, 2, 3, per_run, per_run + 1, per_run + 2, per_run + 3]] = False
+    incumbent_correct[np.r_[0:misses, per_run : per_run + misses]] = False
     challenger_correct = incumbent_correct.copy()
     challenger_correct[list(fixed_rows)] = True
     challenger_correct[list(broken_rows)] = False
@@ -286,6 +287,22 @@ def test_a_lead_of_three_rows_with_none_lost_replaces_the_simple_head():
     verdict = _small_cell_contest(fixed_rows=range(3))
     assert verdict.tail == pytest.approx(0.125) and verdict.lead > verdict.margin
     assert verdict.runs_win
+
+
+def test_a_lead_that_one_split_of_the_rows_contradicts_is_not_enough():
+    # eight rows fixed in the first half, one broken in the second: a clear lead overall,
+    # but the runs judged on the second half do worse than the simple head there
+    cell_size = 20
+    second_half = cell_size + 60
+    verdict = _small_cell_contest(
+        fixed_rows=range(8), broken_rows=[second_half + 15], cell_size=cell_size, misses=10
+    )
+    assert verdict.lead > verdict.margin and verdict.tail < _hsfm.ONE_STANDARD_ERROR_TAIL
+    assert verdict.weakest_run_lead == pytest.approx(-1 / cell_size)
+    assert not verdict.runs_win
+    # the same lead with the second half level: it replaces the simple head
+    verdict = _small_cell_contest(fixed_rows=range(8), cell_size=cell_size, misses=10)
+    assert verdict.weakest_run_lead == 0 and verdict.runs_win
 
 
 def test_rows_lost_elsewhere_in_the_cell_count_against_the_lead():
