@@ -178,13 +178,14 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         balanced candidate is refitted on every annotated row, its strength
         scaled to that many rows (as ``LogisticRegressionCV`` refits), and is
         the fitted head unless the runs' heads lead it in worst-group
-        accuracy by more than the standard error of that lead, and the rows
-        where the two disagree carry the lead beyond what luck gives one time
-        in six (an exact sign test on the balanced head's worst cell: a lead
-        of one or two rows is never enough): the one-standard-error rule, as
-        the runs chose their epochs on these rows (``selected_heads_``,
-        ``candidate_scores_``, ``balanced_l2_``, ``runs_margin_``). False:
-        the runs' heads.
+        accuracy by more than the standard error of that lead, the rows where
+        the two disagree carry the lead beyond what luck gives one time in six
+        (an exact sign test on the balanced head's worst cell: a lead of one or
+        two rows is never enough), and no run's head does worse than the
+        balanced head on that run's rows: the one-standard-error rule, made
+        robust to cells of a dozen rows, as the runs chose their epochs on
+        these rows (``selected_heads_``, ``candidate_scores_``,
+        ``balanced_l2_``, ``runs_margin_``). False: the runs' heads.
     compare_unedited : bool, default=True
         Each run also updates a second head, by the same steps, on its support
         as drawn (no edits), and keeps the epoch that scores best on its
@@ -323,10 +324,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         Ridge of the whitening the fit used; None: standardised features
         (resolved from ``"auto"``).
     whitening_scores_ : dict or None
-        With ``whitening_ridge="auto"``, where whitening was weighed: the score of each geometry
-        (``"standardised"``, ``"whitened"``), the mean over runs of the
-        unedited head's lowest held-out worst-group loss; lower is better.
-        None otherwise.
+        With ``whitening_ridge="auto"``, where whitening was weighed: the
+        score of each geometry (``"standardised"``, ``"whitened"``), the mean
+        over runs of the unedited head's lowest held-out worst-group loss;
+        lower is better. None otherwise.
     selected_heads_ : str
         What the fitted head is (``balanced_candidates``): ``"runs"`` (the
         mean of the HSFM runs' heads), ``"balanced_standardised"`` or
@@ -346,8 +347,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         How far the runs' heads had to lead the best balanced head in mean
         worst-group accuracy on the selection rows to be selected: the
         standard error of that lead (``balanced_candidates``; the rows that
-        carry it must also pass the sign test). None when no candidate was
-        weighed.
+        carry it must also pass the sign test, and no run may trail). None
+        when no candidate was weighed.
     device_ : str
         Device the model was fitted on.
     n_threads_ : int
