@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from sklearn_featmeta import MetaAugmentedHeadClassifier
-from sklearn_featmeta._meta_head import AUTO_WHITENING_RIDGE
+from sklearn_featmeta._meta_head import AUTO_WHITENING_RIDGE, MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN
 from sklearn_featmeta.metrics import worst_group_accuracy_score
 
 from .report import command_line, machine_line, replace_section
@@ -32,19 +32,24 @@ def choices(benchmarks, seeds, splits) -> dict:
         for seed in seeds:
             X, y, groups, X_test, y_test, groups_test = splits(name, seed)
             model = MetaAugmentedHeadClassifier(random_state=seed).fit(X, y, groups)
-            scores = model.whitening_scores_
+            # None where whitening was not weighed (too few pool rows per feature)
+            scores = model.whitening_scores_ or dict.fromkeys(("standardised", "whitened"))
             wga = worst_group_accuracy_score(y_test, model.predict(X_test), groups=groups_test)
-            rows[name].append(
-                (seed, model.whitening_ridge_ is not None, scores["standardised"],
-                 scores["whitened"], wga)
-            )  # fmt: skip
+            whitened = model.whitening_ridge_ is not None
+            rows[name].append((seed, whitened, scores["standardised"], scores["whitened"], wga))
             print(
-                f"{name:<18} seed {seed:>3}  {'whitened' if rows[name][-1][1] else 'standardised':<12}"
-                f"  scores {scores['standardised']:.4f} / {scores['whitened']:.4f}"
+                f"{name:<18} seed {seed:>3}  {'whitened' if whitened else 'standardised':<12}"
+                f"  scores {_scores(scores['standardised'], scores['whitened'])}"
                 f"  worst-group {wga:.3f}",
                 flush=True,
             )
     return rows
+
+
+def _scores(standardised: float | None, whitened: float | None) -> str:
+    if standardised is None:
+        return "not weighed"
+    return f"{standardised:.3f} / {whitened:.3f}"
 
 
 def markdown(rows: dict, command: str) -> str:
@@ -54,14 +59,15 @@ def markdown(rows: dict, command: str) -> str:
         "Geometry the defaults chose per seed (`whitening_ridge_`): "
         f"W = whitened (ridge {AUTO_WHITENING_RIDGE:g}), "
         "s = standardised; scores = mean over runs of the unedited heads' lowest held-out "
-        "worst-group loss (standardised / whitened; lower wins).",
+        "worst-group loss (standardised / whitened; lower wins); not weighed: fewer than "
+        f"{MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN} pool rows per feature.",
         "",
         "| benchmark | whitened | per seed |",
         "|---|---|---|",
     ]
     for name, entries in rows.items():
         per_seed = ", ".join(
-            f"{seed}: {'W' if whitened else 's'} ({standard:.3f} / {white:.3f})"
+            f"{seed}: {'W' if whitened else 's'} ({_scores(standard, white)})"
             for seed, whitened, standard, white, _ in entries
         )
         count = sum(entry[1] for entry in entries)

@@ -46,6 +46,12 @@ def test_geometry_report_on_synthetic_data():
     assert f"| synthetic | {int(whitened)} of 1 | 0: {'W' if whitened else 's'} (" in table
 
 
+def test_geometry_report_says_where_whitening_was_not_weighed():
+    rows = {"task": [(0, False, None, None, 0.5), (1, True, 0.9, 0.4, 0.6)]}
+    table = geometry.markdown(rows, "python -m benchmarks.geometry")
+    assert "| task | 1 of 2 | 0: s (not weighed), 1: W (0.900 / 0.400) |" in table
+
+
 def test_noise_report_on_synthetic_data():
     rows = noise.spreads(
         ["synthetic"], [0], [0, 1, 2], lambda name, seed: run._synthetic_splits(seed)
