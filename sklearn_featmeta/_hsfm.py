@@ -178,11 +178,11 @@ class _SoftmaxProblem:
     change to the rows' span (where rows are fewer than features) costs a
     factorisation that a path's few dozen passes over ``X`` do not repay.
 
-    ``factors`` (``(n_geometries, n_features)``): one problem per row of it, on ``X`` times that row,
-    solved as their sum. Their heads are independent, but every pass over
-    ``X`` (the cost) serves all of them, and L-BFGS on the sum takes about
-    as many steps as the slowest one alone. Heads come back in those
-    coordinates, one per geometry, stacked.
+    ``factors`` (``(n_geometries, n_features)``): one problem per row of it,
+    on ``X`` times that row, solved as their sum. Their heads are
+    independent, but every pass over ``X`` (the cost) serves all of them,
+    and L-BFGS on the sum takes about as many steps as the slowest one
+    alone. Heads come back in those coordinates, one per geometry, stacked.
     """
 
     def __init__(
@@ -282,23 +282,6 @@ def _product_over_row_blocks(
     return torch.addmm(blocks.sum(0), left[:, n_rows:], X[n_rows:])
 
 
-def softmax_regression_path(
-    X: np.ndarray, y: np.ndarray, row_weight: np.ndarray, n_classes: int, l2_path
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Softmax logistic regressions of ``(X, y)`` for every L2 strength of ``l2_path``.
-
-    The objective of :func:`fit_softmax_head` (``row_weight`` summing to
-    one), solved by :class:`_SoftmaxProblem`. Each fit warm-starts from the
-    previous one, so ``l2_path`` should run from strong to weak.
-    """
-    problem = _SoftmaxProblem(X, y, row_weight, n_classes)
-    start, heads = problem.zeros(), []
-    for l2 in l2_path:
-        head, _, start = problem.minimize(l2, start)
-        heads.append(head)
-    return heads
-
-
 def softmax_regression_paths(
     X: np.ndarray,
     y: np.ndarray,
@@ -307,12 +290,15 @@ def softmax_regression_paths(
     l2_path,
     factors: list[np.ndarray | None],
 ) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """:func:`softmax_regression_path` in several geometries: ``X`` times each of ``factors``.
+    """Softmax logistic regressions for every L2 strength of ``l2_path``, in several geometries.
 
-    None stands for ``X`` itself. Returns one path per geometry, its heads
-    in that geometry's coordinates. The geometries are solved together
-    (:class:`_SoftmaxProblem`'s ``factors``: each pass over ``X`` serves
-    all of them).
+    Geometry ``g`` is ``X`` times ``factors[g]`` (None: ``X`` itself). Each
+    fit minimises the objective of :func:`fit_softmax_head` (``row_weight``
+    summing to one) and warm-starts from the previous one, so ``l2_path``
+    should run from strong to weak. Returns one path per geometry, its
+    heads in that geometry's coordinates. The geometries are solved
+    together (:class:`_SoftmaxProblem`'s ``factors``: each pass over ``X``
+    serves all of them).
     """
     stacked = np.stack([np.ones(X.shape[1]) if f is None else f for f in factors])
     problem = _SoftmaxProblem(X, y, row_weight, n_classes, stacked)

@@ -20,7 +20,7 @@ def test_regression_path_solves_weighted_multinomial_logistic_regression(n_rows)
     sample_weight = rng.uniform(0.5, 2, size=n_rows)
     row_weight = sample_weight / sample_weight.sum()
     path = [10.0, 0.1, 0.003]
-    heads = _hsfm.softmax_regression_path(X, y, row_weight, 3, path)
+    (heads,) = _hsfm.softmax_regression_paths(X, y, row_weight, 3, path, [None])
 
     def objective(W, b, l2):
         logits = X @ W.T + b
@@ -47,8 +47,8 @@ def test_paths_in_several_geometries_are_each_geometrys_own_path(n_rows):
     path = [10.0, 0.1, 0.003]
     together = _hsfm.softmax_regression_paths(X, y, row_weight, 3, path, [None, factor])
     alone = [
-        _hsfm.softmax_regression_path(X, y, row_weight, 3, path),
-        _hsfm.softmax_regression_path(X * factor, y, row_weight, 3, path),
+        _hsfm.softmax_regression_paths(X, y, row_weight, 3, path, [None])[0],
+        _hsfm.softmax_regression_paths(X * factor, y, row_weight, 3, path, [None])[0],
     ]
 
     def objective(Z, W, b, l2):
