@@ -20,6 +20,7 @@ overhead.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -517,7 +518,11 @@ class HSFMSettings:
     they are whitened only where that scores better on held-out rows
     (:func:`_unedited_probe`). With ``balanced_candidates`` (cross-fitted
     runs only) group-balanced logistic regressions compete with the runs'
-    heads (:func:`best_balanced`).
+    heads (:func:`best_balanced`). With ``erm_floor`` (no row has a known
+    group, so the cells are the classes) the fitted head is the ERM head
+    refitted on every row, pool and held-out alike; the head the candidates
+    would have given is weighed against it for the record
+    (:func:`weigh_challenger`, ``HeadChoice.floor``).
     """
 
     support_size_per_class: int
@@ -539,6 +544,7 @@ class HSFMSettings:
     whitening_ridge: float | None
     choose_whitening: bool
     balanced_candidates: bool
+    erm_floor: bool
 
 
 @dataclass
@@ -764,7 +770,9 @@ class HeadChoice:
     refitted balanced head, for a balanced choice; ``run_logits``: the best
     balanced head's logits on every run's selection rows (what the runs'
     heads must beat); ``verdict``: how the runs' heads fared against it
-    (:func:`weigh_runs`).
+    (:func:`weigh_challenger`); ``floor``: how the head the candidates
+    gave fared against the ERM head, which is chosen without groups
+    (``erm_floor``: ``"erm"``, refitted on every row).
     """
 
     chosen: str = "runs"
@@ -772,7 +780,8 @@ class HeadChoice:
     balanced_l2: float | None = None
     head: tuple[torch.Tensor, torch.Tensor] | None = None
     run_logits: list[torch.Tensor] | None = None
-    verdict: RunsVerdict | None = None
+    verdict: Verdict | None = None
+    floor: Verdict | None = None
 
 
 def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
@@ -966,14 +975,16 @@ def discordant_rows_tail(
 
 
 @dataclass(frozen=True)
-class RunsVerdict:
-    """How the runs' heads fared against the best balanced head on the runs' selection rows.
+class Verdict:
+    """How a challenger head fared against an incumbent on the runs' selection rows.
 
-    ``lead``: their mean worst-group accuracy minus the balanced head's;
+    The challenger is the runs' heads against the best balanced head, or the
+    chosen head against the ERM head (``erm_floor``). ``lead``: its mean
+    worst-group accuracy minus the incumbent's;
     ``margin``: its standard error (:func:`worst_group_standard_error`);
     ``tail``: :func:`discordant_rows_tail`; ``weakest_run_lead``: the
-    smallest lead of one run's head over the balanced head, each on the
-    run's own selection rows.
+    smallest lead over the incumbent in one run, on the run's own selection
+    rows.
     """
 
     lead: float
@@ -982,17 +993,18 @@ class RunsVerdict:
     weakest_run_lead: float
 
     @property
-    def runs_win(self) -> bool:
+    def challenger_wins(self) -> bool:
         """The one-standard-error rule of cross-validated model selection, made robust.
 
-        The runs' heads chose their epochs on the very rows that score them
-        here, so a lead there is partly luck; they replace the simple head
-        only where they lead it by more than the standard error of the lead,
+        The runs' heads chose their epochs, and the balanced heads their
+        strength, on the very rows that score them here, so a lead there is
+        partly luck; a challenger replaces the simpler head only where it
+        leads it by more than the standard error of the lead,
         where the rows that carry the lead would be that many by luck less
         often than a one-standard-error lead would (exact where a cell's
-        rows are few, where the normal approximation is not), and where no
-        run's head does worse than the simple head on that run's rows (a
-        lead that one split of the rows contradicts is not one).
+        rows are few, where the normal approximation is not), and where in no
+        run it does worse than the simpler head on that run's rows (a lead
+        that one split of the rows contradicts is not one).
         """
         return (
             self.lead > self.margin
@@ -1001,16 +1013,14 @@ class RunsVerdict:
         )
 
 
-def weigh_runs(
-    run_logits: list[torch.Tensor],
-    score: dict[str, float],
-    balanced: HeadChoice,
+def weigh_challenger(
+    challenger: list[torch.Tensor],
+    incumbent: list[torch.Tensor],
     runs: list[RunRows],
     heldout: HeldoutRows,
-) -> RunsVerdict:
-    """The runs' heads (logits ``run_logits``, :func:`candidate_score` ``score``) against
-    the best balanced head ``balanced``, on the runs' selection rows."""
-    incumbent = balanced.run_logits
+) -> Verdict:
+    """A challenger head against an incumbent, by their logits on every run's selection rows."""
+    run_logits = challenger
     run_leads = []
     for challenger_logits, incumbent_logits, run in zip(run_logits, incumbent, runs, strict=True):
         rows = run.selection_rows
@@ -1020,9 +1030,8 @@ def weigh_runs(
             for logits in (challenger_logits, incumbent_logits)
         )
         run_leads.append(challenger - incumbent_score)
-    return RunsVerdict(
-        lead=score["worst_group_accuracy"]
-        - balanced.scores[balanced.chosen]["worst_group_accuracy"],
+    return Verdict(
+        lead=sum(run_leads) / len(run_leads),
         margin=worst_group_standard_error(run_logits, incumbent, runs, heldout),
         tail=discordant_rows_tail(run_logits, incumbent, runs, heldout),
         weakest_run_lead=min(run_leads),
@@ -1120,6 +1129,17 @@ def fit_hsfm(
             pool.X, pool.y, n_classes, l2=erm_l2, row_weight=pool_row_weight
         )
         initial_head = (W, b)
+    erm_everywhere = None
+    if settings.erm_floor:
+        # the head the fit keeps where nothing beats the ERM head: fitted before any whitening
+        every_weight = torch.cat([pool.weight, heldout.weight])
+        erm_everywhere = fit_softmax_head(
+            torch.cat([pool.X, heldout.X]),
+            torch.cat([pool.y, heldout.y]),
+            n_classes,
+            l2=erm_l2 * float(pool.weight.sum() / every_weight.sum()),
+            row_weight=every_weight / every_weight.sum(),
+        )[:2]
 
     def support_of(run, transform):
         support = _support(run, pool, heldout, settings)
@@ -1208,7 +1228,7 @@ def fit_hsfm(
             )
             del support
     choice = HeadChoice()
-    if balanced is not None:
+    if balanced is not None or settings.erm_floor:
         # the runs' heads and the data are in the same coordinates here: their logits are right
         every_row = _batched_logits(  # every run's head in one pass over the held-out rows
             heldout.X,
@@ -1218,12 +1238,25 @@ def fit_hsfm(
         run_logits = [
             logits[run.selection_rows] for logits, run in zip(every_row, runs, strict=True)
         ]
-        score = candidate_score(run_logits, runs, heldout)
-        balanced.scores = {"runs": score, **balanced.scores}
-        verdict = weigh_runs(run_logits, score, balanced, runs, heldout)
-        choice = HeadChoice(scores=balanced.scores) if verdict.runs_win else balanced
-        choice.verdict = verdict
-        choice.run_logits = None  # scored; not needed past the choice
+        choice.run_logits = run_logits
+        choice.scores = {"runs": candidate_score(run_logits, runs, heldout)}
+    if balanced is not None:
+        balanced.scores = {**choice.scores, **balanced.scores}
+        verdict = weigh_challenger(run_logits, balanced.run_logits, runs, heldout)
+        if verdict.challenger_wins:
+            balanced = HeadChoice(scores=balanced.scores, run_logits=run_logits)
+        choice, choice.verdict = balanced, verdict
+    if settings.erm_floor:
+        # Without groups the ERM head stays, whatever the held-out rows say: drawn from the
+        # training distribution, they reward leaning on a shortcut (docs/decisions.md). The
+        # head the candidates give is weighed against it for the record.
+        erm_logits = [
+            torch.addmm(run_head[1], heldout.X[run.selection_rows], run_head[0].T) for run in runs
+        ]
+        choice.floor = weigh_challenger(choice.run_logits, erm_logits, runs, heldout)
+        choice.scores["erm"] = candidate_score(erm_logits, runs, heldout)
+        choice = dataclasses.replace(choice, chosen="erm", balanced_l2=None, head=erm_everywhere)
+    choice.run_logits = None  # scored; not needed past the choice
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
         sizes = [len(r.support_edited) for r in results]  # one solve for every run's support

@@ -332,13 +332,18 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         What the fitted head is (``balanced_candidates``): ``"runs"`` (the
         mean of the HSFM runs' heads), ``"balanced_standardised"`` or
         ``"balanced_isotropic"`` (a group-balanced logistic regression on
-        every annotated row, in that geometry).
+        every annotated row, in that geometry), or, where no row has a known
+        group, ``"erm"``: the ERM head refitted on every row (held-out rows
+        from the training distribution cannot tell a head that leans on a
+        shortcut from one that does not; ``candidate_scores_`` still says
+        what the others scored there).
     candidate_scores_ : dict or None
         With ``balanced_candidates``: each candidate's scores on the runs'
         selection rows (``worst_group_accuracy``, the mean over runs, and
         ``worst_group_loss``, at the best temperature), the balanced ones at
-        their best L2 strength. None when no candidate was weighed (one run,
-        or support from the pool).
+        their best L2 strength, and ``"erm"`` where no group is known. None
+        when no candidate was weighed (one run, or support from the pool,
+        with some group known).
     balanced_l2_ : float or None
         L2 strength chosen for the balanced head (on a run's support, loss of
         total weight one; the refit scales it); None when the runs' heads
@@ -508,8 +513,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         groups : array-like of shape (n_samples,), default=None
             Spurious group of each row; ``-1``, ``None`` or NaN where unknown.
             Known rows are held out (hard set, model selection); unknown rows
-            form the training pool. None: selection by worst-class accuracy on
-            a stratified hold-out.
+            form the training pool. None (or no known group): the ERM head,
+            refitted on every row (about a standardised
+            ``LogisticRegression(C=2 * erm_C)`` for two classes); the other
+            candidates are scored by worst-class accuracy on a stratified
+            hold-out, for the record (``candidate_scores_``).
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weight of each row, in the ERM head's loss, the
             support and hard-set losses, the standardisation and the
@@ -567,7 +575,18 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             else:
                 mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
             cells, n_cells = cell_codes(y_encoded[heldout], heldout_groups)
-            data = _FitData(X, y_encoded, weights, pool, heldout, cells, n_cells, mean, scale)
+            data = _FitData(
+                X,
+                y_encoded,
+                weights,
+                pool,
+                heldout,
+                cells,
+                n_cells,
+                mean,
+                scale,
+                groups_known=group_codes is not None,
+            )
             runs = self._run_rows(data, rng)
             covariance_rows = self._covariance_rows(data, rng)
             self._warn_small_heldout(cells, n_cells, len(runs))
@@ -751,6 +770,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             balanced_candidates=self.balanced_candidates,
             whitening_ridge=self._whitening_ridge(data),
             choose_whitening=self.whitening_ridge == "auto",
+            erm_floor=not data.groups_known,
         )
 
     def _whitening_ridge(self, data: _FitData):
@@ -836,14 +856,21 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                     f"{name} {score['worst_group_accuracy']:.4f} / {score['worst_group_loss']:.4f}"
                     for name, score in result.choice.scores.items()
                 )
-                verdict = result.choice.verdict
                 print(
                     f"[{type(self).__name__}] fitted head: {result.choice.chosen} (candidates' "
-                    f"held-out worst-group accuracy / loss: {scores}; the runs led by "
-                    f"{verdict.lead:.4f} and needed a lead of {verdict.margin:.4f} in accuracy, "
-                    f"on rows luck gives with chance {verdict.tail:.3f}, below "
-                    f"{_hsfm.ONE_STANDARD_ERROR_TAIL:.3f})"
+                    f"held-out worst-group accuracy / loss: {scores})"
                 )
+                for verdict, contest in (
+                    (result.choice.verdict, "the runs against the best balanced head"),
+                    (result.choice.floor, "without groups the ERM head stays; the others' best"),
+                ):
+                    if verdict is not None:
+                        print(
+                            f"[{type(self).__name__}] {contest}: a lead of {verdict.lead:.4f} "
+                            f"where {verdict.margin:.4f} was needed, on rows luck gives with "
+                            f"chance {verdict.tail:.3f} (below {_hsfm.ONE_STANDARD_ERROR_TAIL:.3f} "
+                            f"needed), weakest run {verdict.weakest_run_lead:+.4f}"
+                        )
             best = ", ".join(
                 f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs
             )
@@ -952,6 +979,7 @@ class _FitData:
     n_cells: int
     mean: np.ndarray
     scale: np.ndarray
+    groups_known: bool  # some row has a known group (else the cells are the classes)
 
     @property
     def pool_size(self) -> float:

@@ -229,9 +229,8 @@ def test_the_runs_replace_the_balanced_head_only_when_they_lead_by_more_than_the
             correct[[offset + r for r in (9, 11, 13)[:broken]]] = False
         challenger = _logits_for(correct, y)
         logits = [challenger[rows] for rows in halves]
-        score = _hsfm.candidate_score(logits, runs, heldout)
-        verdict = _hsfm.weigh_runs(logits, score, balanced, runs, heldout)
-        assert verdict.runs_win is expected
+        verdict = _hsfm.weigh_challenger(logits, balanced.run_logits, runs, heldout)
+        assert verdict.challenger_wins is expected
         assert verdict.lead == pytest.approx((fixed - broken) / 10)
         # per run, ten rows of differences d in {-1, 0, 1}: var(d) / 10, over two runs
         d = np.array([1.0] * fixed + [-1.0] * broken + [0.0] * (10 - fixed - broken))
@@ -269,8 +268,7 @@ def _small_cell_contest(fixed_rows, broken_rows=(), cell_size=9, misses=4):
         "balanced_standardised": _hsfm.candidate_score(balanced.run_logits, runs, heldout)
     }
     logits = [challenger[run.selection_rows] for run in runs]
-    score = _hsfm.candidate_score(logits, runs, heldout)
-    return _hsfm.weigh_runs(logits, score, balanced, runs, heldout)
+    return _hsfm.weigh_challenger(logits, balanced.run_logits, runs, heldout)
 
 
 @pytest.mark.parametrize("n_fixed", [1, 2])
@@ -280,13 +278,13 @@ def test_a_lead_that_rests_on_one_or_two_rows_of_a_small_cell_is_not_enough(n_fi
     assert verdict.lead > verdict.margin
     # ... but n rows out of n disagreeing ones come up by luck with chance 2^-n
     assert verdict.tail == pytest.approx(0.5**n_fixed)
-    assert not verdict.runs_win
+    assert not verdict.challenger_wins
 
 
 def test_a_lead_of_three_rows_with_none_lost_replaces_the_simple_head():
     verdict = _small_cell_contest(fixed_rows=range(3))
     assert verdict.tail == pytest.approx(0.125) and verdict.lead > verdict.margin
-    assert verdict.runs_win
+    assert verdict.challenger_wins
 
 
 def test_a_lead_that_one_split_of_the_rows_contradicts_is_not_enough():
@@ -299,19 +297,19 @@ def test_a_lead_that_one_split_of_the_rows_contradicts_is_not_enough():
     )
     assert verdict.lead > verdict.margin and verdict.tail < _hsfm.ONE_STANDARD_ERROR_TAIL
     assert verdict.weakest_run_lead == pytest.approx(-1 / cell_size)
-    assert not verdict.runs_win
+    assert not verdict.challenger_wins
     # the same lead with the second half level: it replaces the simple head
     verdict = _small_cell_contest(fixed_rows=range(8), cell_size=cell_size, misses=10)
-    assert verdict.weakest_run_lead == 0 and verdict.runs_win
+    assert verdict.weakest_run_lead == 0 and verdict.challenger_wins
 
 
 def test_rows_lost_elsewhere_in_the_cell_count_against_the_lead():
     # four fixed, one broken: a lead of three rows, but 6 of 32 outcomes are as good
     verdict = _small_cell_contest(fixed_rows=range(4), broken_rows=[5])
     assert verdict.tail == pytest.approx(6 / 32)
-    assert not verdict.runs_win
+    assert not verdict.challenger_wins
     verdict = _small_cell_contest(fixed_rows=range(4), broken_rows=[])
-    assert verdict.tail == pytest.approx(1 / 16) and verdict.runs_win
+    assert verdict.tail == pytest.approx(1 / 16) and verdict.challenger_wins
 
 
 def test_discordant_rows_count_sample_weight_as_copies():
@@ -416,3 +414,44 @@ def test_balanced_candidates_are_not_weighed_for_pool_supports_or_a_single_run()
     with pytest.warns(UserWarning, match="held-out row"):
         single = MetaAugmentedHeadClassifier(**FAST).fit(X, y, few)
     assert single.best_epoch_.shape == (1,) and single.candidate_scores_ is None
+
+
+def test_without_groups_the_fit_is_the_erm_head_on_every_row():
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y, _ = make_spurious_embeddings(n_samples=1500, n_features=16, random_state=0)
+    model = MetaAugmentedHeadClassifier(random_state=0).fit(X, y)  # no groups at all
+    assert model.selected_heads_ == "erm" and model.balanced_l2_ is None
+    assert set(model.candidate_scores_) >= {"erm", "runs"}
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=2.0)).fit(X, y)
+    assert np.mean(model.predict(X) == reference.predict(X)) > 0.99
+    np.testing.assert_allclose(
+        np.corrcoef(model.decision_function(X), reference.decision_function(X))[0, 1],
+        1.0,
+        atol=1e-3,
+    )
+    # the same with groups given but none known
+    unknown = MetaAugmentedHeadClassifier(random_state=0)
+    with pytest.warns(UserWarning, match="No row of groups is known"):
+        unknown.fit(X, y, np.full(y.size, -1))
+    np.testing.assert_array_equal(unknown.coef_, model.coef_)
+
+
+def test_without_groups_a_head_that_wins_on_held_out_rows_does_not_replace_the_erm_head():
+    # 93% of rows in one class: a class-balanced head wins on held-out worst-class accuracy
+    # by a wide margin, but held-out rows drawn as the training rows are cannot say whether
+    # it leans on a shortcut: without groups the ERM head stays (docs/decisions.md)
+    rng = np.random.default_rng(0)
+    y = (rng.random(4000) < 0.07).astype(int)
+    X = rng.normal(size=(4000, 8)) + 1.2 * y[:, None] * np.r_[1.0, 1.0, np.zeros(6)]
+    model = MetaAugmentedHeadClassifier(random_state=0).fit(X, y)
+    scores = model.candidate_scores_
+    best_other = max(
+        (name for name in scores if name != "erm"),
+        key=lambda name: scores[name]["worst_group_accuracy"],
+    )
+    assert scores[best_other]["worst_group_accuracy"] > scores["erm"]["worst_group_accuracy"] + 0.1
+    assert model.selected_heads_ == "erm"
+    Z = (X - X.mean(0)) / X.std(0)
+    assert np.mean(model.predict(X) == LogisticRegression(C=2.0).fit(Z, y).predict(Z)) > 0.99

@@ -3,6 +3,8 @@
 import ast
 from pathlib import Path
 
+import numpy as np
+
 PACKAGE = Path(__file__).resolve().parents[1] / "sklearn_featmeta"
 MAX_PARAMETERS = 8  # besides keyword-only options with defaults
 
@@ -51,8 +53,27 @@ def test_core_settings_have_no_defaults_of_their_own():
     import dataclasses
 
     from sklearn_featmeta import MetaAugmentedHeadClassifier, _hsfm
+    from sklearn_featmeta._meta_head import _FitData
 
     fields = dataclasses.fields(_hsfm.HSFMSettings)
     assert all(field.default is dataclasses.MISSING for field in fields)
-    settings = MetaAugmentedHeadClassifier()._settings(_hsfm)
+    rows = np.arange(40)
+    data = _FitData(
+        X=np.zeros((40, 2)),
+        y=rows % 2,
+        weights=np.ones(40),
+        pool=rows[:30],
+        heldout=rows[30:],
+        cells=rows[30:] % 2,
+        n_cells=2,
+        mean=np.zeros(2),
+        scale=np.ones(2),
+        groups_known=True,
+    )
+    settings = MetaAugmentedHeadClassifier()._settings(_hsfm, data)
     assert settings.outer_steps == MetaAugmentedHeadClassifier().outer_steps
+    assert settings.erm_floor is False and settings.whitening_ridge is None  # 15 rows per feature
+    settings = MetaAugmentedHeadClassifier()._settings(
+        _hsfm, dataclasses.replace(data, groups_known=False, pool=rows[:32])
+    )
+    assert settings.erm_floor is True and settings.whitening_ridge == 0.1  # 16 rows per feature

@@ -295,8 +295,9 @@ def test_verbose_says_which_head_was_fitted_and_the_lead_the_runs_needed(data, c
     out = capsys.readouterr().out
     line = next(line for line in out.split("\n") if "fitted head:" in line)
     assert f"fitted head: {model.selected_heads_} " in line
-    assert f"a lead of {model.runs_margin_:.4f} in accuracy" in line
-    assert "on rows luck gives with chance " in line and "below 0.159)" in line
+    line = next(line for line in out.split("\n") if "the runs against the best" in line)
+    assert f"where {model.runs_margin_:.4f} was needed" in line
+    assert "on rows luck gives with chance " in line and "(below 0.159 needed)" in line
 
 
 def test_support_shortage_warning_counts_sample_weight_like_repeated_rows(data):
