@@ -1020,20 +1020,19 @@ def weigh_challenger(
     heldout: HeldoutRows,
 ) -> Verdict:
     """A challenger head against an incumbent, by their logits on every run's selection rows."""
-    run_logits = challenger
     run_leads = []
-    for challenger_logits, incumbent_logits, run in zip(run_logits, incumbent, runs, strict=True):
+    for pair, run in zip(zip(challenger, incumbent, strict=True), runs, strict=True):
         rows = run.selection_rows
         y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows]
-        challenger, incumbent_score = (
+        ours, theirs = (
             _group_scores(logits, y, cells, heldout.n_cells, weight)["worst_group_accuracy"]
-            for logits in (challenger_logits, incumbent_logits)
+            for logits in pair
         )
-        run_leads.append(challenger - incumbent_score)
+        run_leads.append(ours - theirs)
     return Verdict(
         lead=sum(run_leads) / len(run_leads),
-        margin=worst_group_standard_error(run_logits, incumbent, runs, heldout),
-        tail=discordant_rows_tail(run_logits, incumbent, runs, heldout),
+        margin=worst_group_standard_error(challenger, incumbent, runs, heldout),
+        tail=discordant_rows_tail(challenger, incumbent, runs, heldout),
         weakest_run_lead=min(run_leads),
     )
 
