@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils.class_weight import compute_sample_weight
 
 from sklearn_featmeta import MetaAugmentedHeadClassifier
@@ -111,6 +113,12 @@ def _fit_balanced_validation_lr(X, y, groups, seed):
     return LogisticRegression(max_iter=2000).fit(X[val], y[val], sample_weight=weights)
 
 
+def _fit_scaled_lr(X, y, groups, seed, class_weight=None):
+    """``StandardScaler`` + ``LogisticRegression`` on every row: what a user without groups has."""
+    model = LogisticRegression(max_iter=2000, class_weight=class_weight)
+    return make_pipeline(StandardScaler(), model).fit(X, y)
+
+
 def _fit_hsfm(params: dict) -> Callable:
     """``fit(X, y, groups, seed)`` of ``MetaAugmentedHeadClassifier(**params)``."""
     return lambda X, y, g, seed: MetaAugmentedHeadClassifier(random_state=seed, **params).fit(
@@ -159,6 +167,22 @@ def methods(benchmark: str, keys=DEFAULT_METHOD_KEYS) -> dict[str, Callable]:
     return {label: fit for key, label, fit in rows if key in keys}
 
 
+SCALED_LR_LABEL = "StandardScaler + LogisticRegression"
+CLASS_BALANCED_LR_LABEL = "StandardScaler + LogisticRegression(class_weight='balanced')"
+
+
+def methods_without_groups() -> dict[str, Callable]:
+    """Method name -> ``fit(X, y, groups, seed)`` for ``--no-groups``: ``groups`` is None."""
+    return {
+        SCALED_LR_LABEL: _fit_scaled_lr,
+        CLASS_BALANCED_LR_LABEL: lambda X, y, g, seed: _fit_scaled_lr(X, y, g, seed, "balanced"),
+        DFR_LABEL: lambda X, y, g, seed: DFRClassifier(random_state=seed).fit(X, y),
+        DEFAULTS_LABEL: lambda X, y, g, seed: MetaAugmentedHeadClassifier(random_state=seed).fit(
+            X, y
+        ),
+    }
+
+
 def _synthetic_splits(seed: int):
     """Tiny synthetic stand-in for the real data: the harness smoke test."""
     from sklearn_featmeta.datasets import make_spurious_embeddings
@@ -185,14 +209,21 @@ def _real_splits(name: str, seed: int, data_dir: Path, cache_dir: Path, text_enc
     return X, y, groups, embeddings["test"], benchmark.test.y, benchmark.test.groups
 
 
-def run(benchmarks, seeds, splits: Callable, keys=DEFAULT_METHOD_KEYS) -> dict:
-    """Fit every selected method on every benchmark and seed; per-seed numbers."""
+def run(benchmarks, seeds, splits: Callable, keys=DEFAULT_METHOD_KEYS, no_groups=False) -> dict:
+    """Fit every selected method on every benchmark and seed; per-seed numbers.
+
+    ``no_groups``: no group label reaches any fit (every row, ``groups=None``), and the
+    methods are :func:`methods_without_groups`; the test split is scored by its groups.
+    """
     results = {}
     for name in benchmarks:
         results[name] = {}
         for seed in seeds:
             X, y, groups, X_test, y_test, groups_test = splits(name, seed)
-            for method, fit in methods(name, keys).items():
+            if no_groups:
+                groups = None
+            table = methods_without_groups() if no_groups else methods(name, keys)
+            for method, fit in table.items():
                 start = time.perf_counter()
                 model = fit(X, y, groups, seed)
                 seconds = time.perf_counter() - start
@@ -272,7 +303,7 @@ def across_tasks(summary: dict) -> list[str]:
         )
     defaults = wga[methods_.index(DEFAULTS_LABEL)]
     lines += ["", "| defaults minus | mean | worst task | tasks at or above |", "|---|---|---|---|"]
-    for label in (DFR_LABEL, BALANCED_LR_LABEL):
+    for label in (DFR_LABEL, BALANCED_LR_LABEL, SCALED_LR_LABEL, CLASS_BALANCED_LR_LABEL):
         if label in methods_:
             gap = defaults - wga[methods_.index(label)]
             worst = int(gap.argmin())
@@ -418,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
         help="rows to run (default: all but edits, the rows without edits or hard set)",
     )
     parser.add_argument(
+        "--no-groups",
+        action="store_true",
+        help="no group label reaches any fit (fit(X, y) on every row); rows: the scaled "
+        "LogisticRegression, class-balanced, DFRClassifier(groups=None), the defaults",
+    )
+    parser.add_argument(
         "--section",
         type=section_name,
         default=DEFAULT_SECTION,
@@ -427,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = args.seeds[:1] if args.quick else args.seeds
     if args.half and args.section == DEFAULT_SECTION:
-        args.section = f"suite-{args.half}"
+        args.section = f"suite-{args.half}" + ("-no-groups" if args.no_groups else "")
 
     if args.synthetic:
         names = ["synthetic"]
@@ -438,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         names = SUITE_HALVES[args.half] if args.half else args.benchmarks
         splits = real_splits(args)
 
-    results = run(names, seeds, splits, args.methods)
+    results = run(names, seeds, splits, args.methods, no_groups=args.no_groups)
     summary = summarise(results)
     args.out.mkdir(parents=True, exist_ok=True)
     command = command_line("benchmarks.run", argv)

@@ -11,6 +11,7 @@ from benchmarks.data import Benchmark, Split, has_negation
 from benchmarks.embed import TextEncoder, _small_cnn, train_cnn_embeddings
 from benchmarks.report import machine_line, replace_section
 from benchmarks.threads import BENCHMARK_THREADS
+from sklearn_featmeta import MetaAugmentedHeadClassifier
 
 
 def test_run_harness_on_synthetic_data(tmp_path):
@@ -26,6 +27,25 @@ def test_run_harness_on_synthetic_data(tmp_path):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- begin: benchmarks -->" in text and "| DFRClassifier |" in text
     assert machine_line() in text
+
+
+def test_run_harness_without_groups(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    seen = []
+    real = MetaAugmentedHeadClassifier.fit
+
+    def spy(self, X, y, groups=None, sample_weight=None):
+        seen.append(groups)
+        return real(self, X, y, groups, sample_weight)
+
+    monkeypatch.setattr(MetaAugmentedHeadClassifier, "fit", spy)
+    argv = ["--synthetic", "--seeds", "0", "--no-groups", "--out", str(tmp_path)]
+    assert run.main([*argv, "--section", "no-groups"]) == 0
+    assert seen == [None]  # no group label reached the fit
+    per_seed = json.loads((tmp_path / "results-no-groups.json").read_text())["per_seed"]
+    assert list(per_seed["synthetic"]) == list(run.methods_without_groups())
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert f"| {run.SCALED_LR_LABEL} |" in text and f"| {run.DEFAULTS_LABEL} |" in text
 
 
 def test_machine_line_names_the_cpu_and_its_instruction_set():
