@@ -927,10 +927,13 @@ def worst_group_standard_error(
     annotated rows, so the splits count as one measurement: the variance of
     the mean over runs is the runs' mean variance over two.
     """
+    return _paired_standard_error(_worst_cell_outcomes(run_logits, incumbent_logits, runs, heldout))
+
+
+def _paired_standard_error(outcomes) -> float:
+    """:func:`worst_group_standard_error` of :func:`_worst_cell_outcomes`."""
     variances = []
-    for w, challenger, incumbent in _worst_cell_outcomes(
-        run_logits, incumbent_logits, runs, heldout
-    ):
+    for w, challenger, incumbent in outcomes:
         difference = challenger - incumbent
         centred = difference - (w * difference).sum() / w.sum()
         variances.append(float((w.square() * centred.square()).sum() / w.sum().square()))
@@ -959,15 +962,18 @@ def discordant_rows_tail(
     the standard error's normal approximation, on a cell of a dozen rows,
     calls it one standard error or more.
     """
+    return _sign_test_tail(_worst_cell_outcomes(run_logits, incumbent_logits, runs, heldout))
+
+
+def _sign_test_tail(outcomes) -> float:
+    """:func:`discordant_rows_tail` of :func:`_worst_cell_outcomes` (one entry per run)."""
     import scipy.special  # a dependency; only the choice needs it
 
     favourable = unfavourable = 0.0
-    for w, challenger, incumbent in _worst_cell_outcomes(
-        run_logits, incumbent_logits, runs, heldout
-    ):
+    for w, challenger, incumbent in outcomes:
         favourable += float((w * (challenger > incumbent)).sum())
         unfavourable += float((w * (challenger < incumbent)).sum())
-    n_splits = max(1.0, len(runs) / 2)
+    n_splits = max(1.0, len(outcomes) / 2)
     favourable, unfavourable = favourable / n_splits, unfavourable / n_splits
     if favourable <= 0:
         return 1.0
@@ -1029,10 +1035,11 @@ def weigh_challenger(
             for logits in pair
         )
         run_leads.append(ours - theirs)
+    outcomes = _worst_cell_outcomes(challenger, incumbent, runs, heldout)  # once for both
     return Verdict(
         lead=sum(run_leads) / len(run_leads),
-        margin=worst_group_standard_error(challenger, incumbent, runs, heldout),
-        tail=discordant_rows_tail(challenger, incumbent, runs, heldout),
+        margin=_paired_standard_error(outcomes),
+        tail=_sign_test_tail(outcomes),
         weakest_run_lead=min(run_leads),
     )
 
@@ -1244,7 +1251,8 @@ def fit_hsfm(
         verdict = weigh_challenger(run_logits, balanced.run_logits, runs, heldout)
         if verdict.challenger_wins:
             balanced = HeadChoice(scores=balanced.scores, run_logits=run_logits)
-        choice, choice.verdict = balanced, verdict
+        choice = balanced
+        choice.verdict = verdict
     if settings.erm_floor:
         # Without groups the ERM head stays, whatever the held-out rows say: drawn from the
         # training distribution, they reward leaning on a shortcut (docs/decisions.md). The
