@@ -20,7 +20,6 @@ overhead.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from ._softmax import SoftmaxProblem, product_over_row_blocks, softmax_regression_paths
 
 __all__ = [
     "HSFMSettings",
@@ -144,171 +145,15 @@ def fit_softmax_head(
     scikit-learn's multinomial ``LogisticRegression(C)`` objective with
     ``l2 = 1 / (C * n_samples)``. Solved by SciPy's L-BFGS-B (as
     ``LogisticRegression(solver="lbfgs")``) on the CPU, in ``X``'s dtype
-    (:class:`_SoftmaxProblem`); the head comes back on ``X``'s device.
+    (:class:`SoftmaxProblem`); the head comes back on ``X``'s device.
     Returns ``(W, b, converged)``; ``converged`` is False when L-BFGS stopped
     at ``max_iter`` iterations.
     """
     weight = _row_weights(X, row_weight).reshape(-1).double().cpu().numpy()
-    problem = _SoftmaxProblem(X.cpu().numpy(), y.cpu().numpy(), weight, n_classes)
+    problem = SoftmaxProblem(X.cpu().numpy(), y.cpu().numpy(), weight, n_classes)
     params, converged, _ = problem.minimize(l2, problem.zeros(), max_iter=max_iter, tol=tol)
     W, b = (torch.from_numpy(a).to(device=X.device, dtype=X.dtype) for a in params)
     return W.contiguous(), b.contiguous(), converged
-
-
-TORCH_PRODUCT_ENTRIES = 2**20
-"""From this many entries of ``X`` on, with more than one torch thread, a head fit's two
-products with ``X`` run in torch.
-
-The fit holds BLAS to one thread (:mod:`._threads`); torch has the fit's
-threads (``n_threads_``). Below this size, or on one thread, NumPy's
-smaller call overhead wins (measured: 4,000 x 384, one thread 1.7 ms per
-evaluation in NumPy, 2.3 ms in torch; two threads in torch 1.1 ms).
-"""
-
-
-class _SoftmaxProblem:
-    """A weighted softmax cross-entropy with an L2 penalty, for SciPy's L-BFGS-B, in NumPy.
-
-    Head fits are small or few, where torch's per-call overhead costs more
-    than the arithmetic; the two products with a large ``X`` go to torch
-    when it has threads (:data:`TORCH_PRODUCT_ENTRIES`). The products with ``X`` run in ``X``'s
-    dtype (float32 halves their memory traffic, the bulk of the cost), the
-    rest in float64, class-major (``(n_classes, n_rows)``: reductions over
-    the classes then run along rows, not over a short inner axis, which
-    NumPy does slowly). ``X`` is used as given, whatever its shape: a
-    change to the rows' span (where rows are fewer than features) costs a
-    factorisation that a path's few dozen passes over ``X`` do not repay.
-
-    ``factors`` (``(n_geometries, n_features)``): one problem per row of it,
-    on ``X`` times that row, solved as their sum. Their heads are
-    independent, but every pass over ``X`` (the cost) serves all of them,
-    and L-BFGS on the sum takes about as many steps as the slowest one
-    alone. Heads come back in those coordinates, one per geometry, stacked.
-    """
-
-    def __init__(
-        self,
-        X: np.ndarray,
-        y: np.ndarray,
-        row_weight: np.ndarray,
-        n_classes: int,
-        factors: np.ndarray | None = None,
-    ):
-        self.X = np.ascontiguousarray(X)
-        threaded = X.size >= TORCH_PRODUCT_ENTRIES and torch.get_num_threads() > 1
-        self.X_torch = torch.from_numpy(self.X) if threaded else None
-        self.Y = np.eye(n_classes)[:, y]  # one-hot, class-major
-        self.weight = row_weight
-        self.factors = None if factors is None else np.asarray(factors, dtype=np.float64)
-        n_geometries = 1 if factors is None else self.factors.shape[0]
-        self.shape = (n_geometries, n_classes, X.shape[1] + 1)
-
-    def zeros(self) -> np.ndarray:
-        return np.zeros(self.shape).ravel()
-
-    def _products(self, left: np.ndarray, right_of_X: bool) -> np.ndarray:
-        """``left @ X.T`` (logits, class-major) or ``left @ X`` (gradient), in ``X``'s dtype."""
-        left = left.astype(self.X.dtype)
-        if self.X_torch is None:
-            return left @ (self.X.T if right_of_X else self.X)
-        X, left = self.X_torch, torch.from_numpy(left)
-        if right_of_X:
-            # as (X left^T)^T: torch spreads that product over X's rows, on all its threads
-            return (X @ left.T).numpy().T
-        return _product_over_row_blocks(left, X).numpy()
-
-    def _loss_and_gradient(self, flat, l2):
-        Y, weight = self.Y, self.weight
-        n_geometries, n_classes, n_columns = self.shape
-        params = flat.reshape(self.shape)
-        W, b = params[:, :, :-1], params[:, :, -1]
-        # logits X (W f)^T of every geometry from one product with X
-        heads = W if self.factors is None else W * self.factors[:, None, :]
-        logits = self._products(heads.reshape(-1, n_columns - 1), right_of_X=True)
-        logits = logits.reshape(n_geometries, n_classes, -1) + b[:, :, None]
-        logits -= logits.max(1, keepdims=True)
-        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-        residual = (np.exp(log_p) - Y) * weight
-        # below the smallest normal number of X's dtype a residual is rounding: zeroed, the
-        # product with X never meets subnormal inputs (which x86 can process far slower)
-        residual[np.abs(residual) < np.finfo(self.X.dtype).tiny] = 0.0
-        gradient = np.empty(self.shape)
-        products = self._products(residual.reshape(-1, residual.shape[2]), right_of_X=False)
-        products = products.reshape(W.shape)
-        if self.factors is not None:
-            products *= self.factors[:, None, :]
-        gradient[:, :, :-1] = products + l2 * W
-        gradient[:, :, -1] = residual.sum(2)
-        return -(weight * Y * log_p).sum() + 0.5 * l2 * np.square(W).sum(), gradient.ravel()
-
-    def minimize(self, l2: float, start: np.ndarray, *, max_iter: int = 200, tol: float = 1e-5):
-        """``((W, b), converged, solution)`` from flat parameters ``start`` (``solution`` is flat).
-
-        ``W`` and ``b`` are one geometry's, or, with ``factors``, every
-        geometry's stacked (a leading axis).
-        """
-        import scipy.optimize  # a dependency; torch.optim's first step costs ~3 s of imports
-
-        result = scipy.optimize.minimize(
-            self._loss_and_gradient,
-            start,
-            args=(l2,),
-            jac=True,
-            method="L-BFGS-B",
-            options={"maxiter": max_iter, "gtol": tol, "ftol": 64 * np.finfo(self.X.dtype).eps},
-        )
-        params = result.x.reshape(self.shape)
-        W, b = params[:, :, :-1].copy(), params[:, :, -1].copy()
-        if self.factors is None:
-            W, b = W[0], b[0]
-        return (W, b), result.nit < max_iter, result.x
-
-
-def _product_over_row_blocks(
-    left: torch.Tensor, X: torch.Tensor, n_blocks: int = 8
-) -> torch.Tensor:
-    """``left @ X`` for a short ``left``, as a sum over blocks of ``X``'s rows.
-
-    Torch computes a product this thin on one thread; as a batch of blocks
-    (a batched product, then a sum in block order) it runs on all of them
-    (measured, 2 threads, 170,000 x 1024 in float32: 87 ms as one product,
-    57 ms in 8 blocks).
-    """
-    n_blocks = min(n_blocks, X.shape[0])
-    n_rows = X.shape[0] // n_blocks * n_blocks
-    blocks = torch.bmm(
-        left[:, :n_rows].reshape(left.shape[0], n_blocks, -1).transpose(0, 1),
-        X[:n_rows].reshape(n_blocks, -1, X.shape[1]),
-    )
-    return torch.addmm(blocks.sum(0), left[:, n_rows:], X[n_rows:])
-
-
-def softmax_regression_paths(
-    X: np.ndarray,
-    y: np.ndarray,
-    row_weight: np.ndarray,
-    n_classes: int,
-    l2_path,
-    factors: list[np.ndarray | None],
-) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """Softmax logistic regressions for every L2 strength of ``l2_path``, in several geometries.
-
-    Geometry ``g`` is ``X`` times ``factors[g]`` (None: ``X`` itself). Each
-    fit minimises the objective of :func:`fit_softmax_head` (``row_weight``
-    summing to one) and warm-starts from the previous one, so ``l2_path``
-    should run from strong to weak. Returns one path per geometry, its
-    heads in that geometry's coordinates. The geometries are solved
-    together (:class:`_SoftmaxProblem`'s ``factors``: each pass over ``X``
-    serves all of them).
-    """
-    stacked = np.stack([np.ones(X.shape[1]) if f is None else f for f in factors])
-    problem = _SoftmaxProblem(X, y, row_weight, n_classes, stacked)
-    start, paths = problem.zeros(), [[] for _ in factors]
-    for l2 in l2_path:
-        (W, b), _, start = problem.minimize(l2, start)
-        for geometry, path in enumerate(paths):
-            path.append((W[geometry], b[geometry]))
-    return paths
 
 
 # --------------------------------------------------------------------------- #
@@ -518,11 +363,8 @@ class HSFMSettings:
     they are whitened only where that scores better on held-out rows
     (:func:`_unedited_probe`). With ``balanced_candidates`` (cross-fitted
     runs only) group-balanced logistic regressions compete with the runs'
-    heads (:func:`best_balanced`). With ``erm_floor`` (no row has a known
-    group, so the cells are the classes) the fitted head is the ERM head
-    refitted on every row, pool and held-out alike; the head the candidates
-    would have given is weighed against it for the record
-    (:func:`weigh_challenger`, ``HeadChoice.floor``).
+    heads (:func:`best_balanced`). ``erm_class_factor`` (None: one) weighs
+    each class's pool rows in the ERM head's loss (``class_weight``).
     """
 
     support_size_per_class: int
@@ -544,7 +386,7 @@ class HSFMSettings:
     whitening_ridge: float | None
     choose_whitening: bool
     balanced_candidates: bool
-    erm_floor: bool
+    erm_class_factor: tuple[float, ...] | None
 
 
 @dataclass
@@ -770,9 +612,7 @@ class HeadChoice:
     refitted balanced head, for a balanced choice; ``run_logits``: the best
     balanced head's logits on every run's selection rows (what the runs'
     heads must beat); ``verdict``: how the runs' heads fared against it
-    (:func:`weigh_challenger`); ``floor``: how the head the candidates
-    gave fared against the ERM head, which is chosen without groups
-    (``erm_floor``: ``"erm"``, refitted on every row).
+    (:func:`weigh_challenger`).
     """
 
     chosen: str = "runs"
@@ -781,7 +621,6 @@ class HeadChoice:
     head: tuple[torch.Tensor, torch.Tensor] | None = None
     run_logits: list[torch.Tensor] | None = None
     verdict: Verdict | None = None
-    floor: Verdict | None = None
 
 
 def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
@@ -984,8 +823,8 @@ def _sign_test_tail(outcomes) -> float:
 class Verdict:
     """How a challenger head fared against an incumbent on the runs' selection rows.
 
-    The challenger is the runs' heads against the best balanced head, or the
-    chosen head against the ERM head (``erm_floor``). ``lead``: its mean
+    The challenger is the runs' heads, the incumbent the best balanced
+    head. ``lead``: its mean
     worst-group accuracy minus the incumbent's;
     ``margin``: its standard error (:func:`worst_group_standard_error`);
     ``tail``: :func:`discordant_rows_tail`; ``weakest_run_lead``: the
@@ -1063,7 +902,7 @@ def refit_balanced(
     l2 = choice.balanced_l2 * support_mass / float(heldout.weight.sum())
     factor = isotropic_factor if choice.chosen == "balanced_isotropic" else None
     X = heldout.X if factor is None else heldout.X * factor
-    problem = _SoftmaxProblem(
+    problem = SoftmaxProblem(
         X.cpu().numpy(), heldout.y.cpu().numpy(), row_weight.double().cpu().numpy(), n_classes
     )
     (W, b), _, _ = problem.minimize(l2, problem.zeros())
@@ -1131,21 +970,15 @@ def fit_hsfm(
             )
     erm_converged = True
     if initial_head is None:
+        erm_weight = pool_row_weight
+        if settings.erm_class_factor is not None:
+            factor = torch.tensor(settings.erm_class_factor, dtype=pool.weight.dtype)
+            erm_weight = pool.weight * factor.to(pool.weight.device)[pool.y]
+            erm_weight = erm_weight / erm_weight.sum()
         W, b, erm_converged = fit_softmax_head(
-            pool.X, pool.y, n_classes, l2=erm_l2, row_weight=pool_row_weight
+            pool.X, pool.y, n_classes, l2=erm_l2, row_weight=erm_weight
         )
         initial_head = (W, b)
-    erm_everywhere = None
-    if settings.erm_floor:
-        # the head the fit keeps where nothing beats the ERM head: fitted before any whitening
-        every_weight = torch.cat([pool.weight, heldout.weight])
-        erm_everywhere = fit_softmax_head(
-            torch.cat([pool.X, heldout.X]),
-            torch.cat([pool.y, heldout.y]),
-            n_classes,
-            l2=erm_l2 * float(pool.weight.sum() / every_weight.sum()),
-            row_weight=every_weight / every_weight.sum(),
-        )[:2]
 
     def support_of(run, transform):
         support = _support(run, pool, heldout, settings)
@@ -1234,7 +1067,7 @@ def fit_hsfm(
             )
             del support
     choice = HeadChoice()
-    if balanced is not None or settings.erm_floor:
+    if balanced is not None:
         # the runs' heads and the data are in the same coordinates here: their logits are right
         every_row = _batched_logits(  # every run's head in one pass over the held-out rows
             heldout.X,
@@ -1253,16 +1086,6 @@ def fit_hsfm(
             balanced = HeadChoice(scores=balanced.scores, run_logits=run_logits)
         choice = balanced
         choice.verdict = verdict
-    if settings.erm_floor:
-        # Without groups the ERM head stays, whatever the held-out rows say: drawn from the
-        # training distribution, they reward leaning on a shortcut (docs/decisions.md). The
-        # head the candidates give is weighed against it for the record.
-        erm_logits = [
-            torch.addmm(run_head[1], heldout.X[run.selection_rows], run_head[0].T) for run in runs
-        ]
-        choice.floor = weigh_challenger(choice.run_logits, erm_logits, runs, heldout)
-        choice.scores["erm"] = candidate_score(erm_logits, runs, heldout)
-        choice = dataclasses.replace(choice, chosen="erm", balanced_l2=None, head=erm_everywhere)
     choice.run_logits = None  # scored; not needed past the choice
     if whitening is not None:
         # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
@@ -1700,7 +1523,7 @@ def _update_heads(S, Y, weight, W, b, optimizer, settings) -> None:
                 logits = torch.baddbmm(b_group[:, None, :], S_group, W_group.transpose(1, 2))
             residual = (torch.log_softmax(logits, 2).exp() - Y_group) * weight_group
             if lone:
-                grad_W = _product_over_row_blocks(residual[0].T, S_group[0])[None]
+                grad_W = product_over_row_blocks(residual[0].T, S_group[0])[None]
             else:
                 grad_W = torch.bmm(residual.transpose(1, 2), S_group)
             if settings.weight_decay:

@@ -17,6 +17,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
@@ -28,6 +29,7 @@ from ._groups import (
     drop_zero_weights,
     encode_groups,
     split_pool_and_heldout,
+    stratified_split,
     take_by_weight,
 )
 from ._linear import (
@@ -251,7 +253,29 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         Inverse L2 strength of the initial ERM head, a multinomial (softmax)
         logistic regression on the standardised training pool. With three or
         more classes it is ``LogisticRegression(C=erm_C)``; with two, the
-        softmax head's two rows make it ``LogisticRegression(C=2 * erm_C)``.
+        softmax head's two rows make it ``LogisticRegression(C=2 * erm_C)``. Without group labels the ERM head is
+        ``LogisticRegression(C=erm_C, class_weight=class_weight)`` on the
+        standardised rows, for any number of classes.
+    class_weight : dict, "balanced" or None, default=None
+        Weight of each class's rows in the ERM head's loss, as
+        ``LogisticRegression``'s: ``{class: weight}``, ``"balanced"``
+        (inversely proportional to the class's total sample weight) or None
+        (one). Also the class weights of the reweighted head (without group
+        labels; None there: classes weighed equally, as AFR does). No effect on
+        the group-balanced heads, which weigh every (class, group) cell equally.
+    reweight_gamma : float, default=1.0
+        Without group labels (``fit(X, y)``, or no known group): how strongly
+        the reweighted head weighs up the rows an out-of-fold ERM head gets
+        wrong or is unsure of: weight ``exp(-reweight_gamma * p)``, ``p`` the
+        row's out-of-fold probability of its own class (AFR, Qiu et al. 2023);
+        two folds, drawn by row content. 0: no reweighted head. Ignored when
+        some group is known.
+    reweight_tolerance : float or None, default=0.01
+        Without group labels: the most cross-fitted class-balanced accuracy
+        (on the two folds) the reweighted head may give up against the ERM
+        head and still be the fitted head; otherwise the ERM head is. None:
+        the reweighted head whatever it costs (for a search that chooses
+        ``reweight_gamma`` with group labels, README "No group labels?").
     standardize : bool, default=True
         Standardise the features with the training pool's (weighted) mean and
         standard deviation before fitting, so that the fit is the same for
@@ -409,6 +433,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             Interval(Real, MIN_WHITENING_RIDGE, None, closed="left"),
         ],
         "erm_C": [Interval(Real, 0, None, closed="neither")],
+        "class_weight": [None, dict, StrOptions({"balanced"})],
+        "reweight_gamma": [Interval(Real, 0, None, closed="left")],
+        "reweight_tolerance": [None, Interval(Real, 0, 1, closed="both")],
         "standardize": ["boolean"],
         "initial_head": [None, tuple],
         "device": [str],
@@ -442,6 +469,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         head_l2=0.0,
         whitening_ridge="auto",
         erm_C=1.0,
+        class_weight=None,
+        reweight_gamma=1.0,
+        reweight_tolerance=0.01,
         standardize=True,
         initial_head=None,
         device="auto",
@@ -471,6 +501,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.head_l2 = head_l2
         self.whitening_ridge = whitening_ridge
         self.erm_C = erm_C
+        self.class_weight = class_weight
+        self.reweight_gamma = reweight_gamma
+        self.reweight_tolerance = reweight_tolerance
         self.standardize = standardize
         self.initial_head = initial_head
         self.device = device
@@ -513,11 +546,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         groups : array-like of shape (n_samples,), default=None
             Spurious group of each row; ``-1``, ``None`` or NaN where unknown.
             Known rows are held out (hard set, model selection); unknown rows
-            form the training pool. None (or no known group): the ERM head,
-            refitted on every row (about a standardised
-            ``LogisticRegression(C=2 * erm_C)`` for two classes); the other
-            candidates are scored by worst-class accuracy on a stratified
-            hold-out, for the record (``candidate_scores_``).
+            form the training pool. None (or no known group): the ERM head on
+            every row (a standardised ``LogisticRegression(C=erm_C)``), or the
+            reweighted head where it stays within ``reweight_tolerance`` of it
+            (``reweight_gamma``); no HSFM run is made.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weight of each row, in the ERM head's loss, the
             support and hard-set losses, the standardisation and the
@@ -552,13 +584,15 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             if (group_codes < 0).all():
                 warnings.warn(
                     "No row of groups is known (all -1 / None / NaN): fitting as with "
-                    "groups=None, selecting by worst-class accuracy on a hold-out.",
+                    "groups=None (the ERM head, or the reweighted head where it stays close).",
                     UserWarning,
                     stacklevel=3,
                 )
                 group_codes = None
 
         rng = check_random_state(self.random_state)
+        if group_codes is None:
+            return self._fit_without_groups(X, y_encoded, weights, rng)
         pool, heldout, heldout_groups = split_pool_and_heldout(
             X, y_encoded, group_codes, weights, self.validation_fraction, rng
         )
@@ -585,7 +619,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 n_cells,
                 mean,
                 scale,
-                groups_known=group_codes is not None,
+                class_factor=self._class_factor(y_encoded, weights, self.class_weight),
             )
             runs = self._run_rows(data, rng)
             covariance_rows = self._covariance_rows(data, rng)
@@ -599,6 +633,93 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         support_rows = heldout if result.support_from_heldout else pool
         self._store_result(result, X, support_rows, mean, scale, device)
         self._warn_degenerate(X[heldout], y_encoded[heldout])
+        return self
+
+    def _class_factor(self, y, weights, class_weight) -> np.ndarray:
+        """Weight of each class's rows (``class_weight`` resolved as LogisticRegression does)."""
+        if class_weight is None:
+            return np.ones(self.classes_.shape[0])
+        return compute_class_weight(
+            class_weight, classes=self.classes_, y=self.classes_[y], sample_weight=weights
+        )
+
+    def _fit_without_groups(self, X, y, weights, rng) -> MetaAugmentedHeadClassifier:
+        """``fit`` where no row has a known group: :func:`._groupfree.fit_without_groups`.
+
+        The ERM head on every row, or the reweighted head where it stays
+        within ``reweight_tolerance`` of it; no pool / held-out split, no run.
+        """
+        from . import _groupfree, _hsfm
+
+        start = time.perf_counter()
+        n_classes = self.classes_.shape[0]
+        every_row = np.arange(X.shape[0])
+        device = _hsfm.resolve_device(self.device)  # an unavailable device is an error here too
+        self.n_threads_ = auto_threads(X.size) if self.n_threads is None else self.n_threads
+        with fit_threads(self.n_threads_):
+            if self.standardize:
+                mean, scale = weighted_moments(X, every_row, weights, self.n_threads_)
+            else:
+                mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
+            hashes = content_hashes(X, every_row, mean, scale, self.n_threads_)
+            second_fold = stratified_split(y, draw_keys(hashes, rng), weights, 0.5)
+            if any(np.unique(y[second_fold == side]).size < n_classes for side in (False, True)):
+                second_fold = None  # too few rows of a class for out-of-fold predictions
+            X_standardized = standardized(X, every_row, mean, scale, X.dtype, self.n_threads_)
+            if self.initial_head is not None:
+                head = self._initial_head_in_softmax_form(X.shape[1], n_classes)
+                head = (head[0] * scale, head[1] + head[0] @ mean)
+                result = _groupfree.GroupFreeResult(head, head, "initial_head")
+            else:
+                reweighted_class_weight = self.class_weight or "balanced"
+                result = _groupfree.fit_without_groups(
+                    X_standardized,
+                    y,
+                    weights,
+                    n_classes,
+                    erm_class_factor=self._class_factor(y, weights, self.class_weight),
+                    reweighted_class_factor=self._class_factor(y, weights, reweighted_class_weight),
+                    second_fold=second_fold,
+                    settings=_groupfree.GroupFreeSettings(
+                        l2_per_weight=1.0 / self.erm_C,
+                        gamma=self.reweight_gamma,
+                        tolerance=self.reweight_tolerance,
+                    ),
+                )
+        if not result.converged:
+            warnings.warn(
+                "L-BFGS stopped at its iteration limit before the head converged; lower "
+                "erm_C (more regularisation) or standardise the features.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        self.coef_, self.intercept_ = softmax_to_fitted_head(*result.head, mean, scale)
+        self.initial_coef_, self.initial_intercept_ = softmax_to_fitted_head(
+            *result.erm_head, mean, scale
+        )
+        self.selected_heads_ = result.chosen
+        self.candidate_scores_ = result.scores or None
+        # no run was made: the run attributes are empty, the choices of the runs' fit None
+        self.history_ = {}
+        self.best_epoch_ = np.zeros(0, dtype=np.int64)
+        self.kept_edits_ = np.zeros(0, dtype=bool)
+        self.n_iter_ = 0
+        self.inner_lr_ = None
+        self.whitening_ridge_ = self.whitening_scores_ = None
+        self.balanced_l2_ = self.runs_margin_ = None
+        self.device_ = "cpu" if device.type == "cpu" else f"cpu (the {device} was not needed)"
+        if self.verbose:
+            scores = ""
+            if result.scores:
+                scores = " (cross-fitted class-balanced accuracy: " + ", ".join(
+                    f"{name} {score['balanced_accuracy']:.4f}"
+                    for name, score in result.scores.items()
+                )
+                scores += f"; tolerance {self.reweight_tolerance})"
+            print(
+                f"[{type(self).__name__}] no known group, {X.shape[0]} rows: fitted head "
+                f"{result.chosen}{scores}, in {time.perf_counter() - start:.2f}s"
+            )
         return self
 
     def _run_rows(self, data: _FitData, rng):
@@ -770,7 +891,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             balanced_candidates=self.balanced_candidates,
             whitening_ridge=self._whitening_ridge(data),
             choose_whitening=self.whitening_ridge == "auto",
-            erm_floor=not data.groups_known,
+            erm_class_factor=None if self.class_weight is None else tuple(data.class_factor),
         )
 
     def _whitening_ridge(self, data: _FitData):
@@ -830,7 +951,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             ],
             settings,
             n_classes=n_classes,
-            erm_l2=1.0 / (self.erm_C * data.weights[pool].sum()),
+            erm_l2=1.0 / (self.erm_C * (data.weights * data.class_factor[y])[pool].sum()),
             initial_head=None if initial_head is None else tuple(map(tensor, initial_head)),
             isotropic_factor=tensor(isotropic_factor(data.scale)) if self.standardize else None,
             covariance_rows=(
@@ -860,17 +981,15 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                     f"[{type(self).__name__}] fitted head: {result.choice.chosen} (candidates' "
                     f"held-out worst-group accuracy / loss: {scores})"
                 )
-                for verdict, contest in (
-                    (result.choice.verdict, "the runs against the best balanced head"),
-                    (result.choice.floor, "without groups the ERM head stays; the others' best"),
-                ):
-                    if verdict is not None:
-                        print(
-                            f"[{type(self).__name__}] {contest}: a lead of {verdict.lead:.4f} "
-                            f"where {verdict.margin:.4f} was needed, on rows luck gives with "
-                            f"chance {verdict.tail:.3f} (below {_hsfm.ONE_STANDARD_ERROR_TAIL:.3f} "
-                            f"needed), weakest run {verdict.weakest_run_lead:+.4f}"
-                        )
+                verdict = result.choice.verdict
+                if verdict is not None:
+                    print(
+                        f"[{type(self).__name__}] the runs against the best balanced head: a "
+                        f"lead of {verdict.lead:.4f} where {verdict.margin:.4f} was needed, on "
+                        f"rows luck gives with chance {verdict.tail:.3f} (below "
+                        f"{_hsfm.ONE_STANDARD_ERROR_TAIL:.3f} needed), weakest run "
+                        f"{verdict.weakest_run_lead:+.4f}"
+                    )
             best = ", ".join(
                 f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs
             )
@@ -979,7 +1098,7 @@ class _FitData:
     n_cells: int
     mean: np.ndarray
     scale: np.ndarray
-    groups_known: bool  # some row has a known group (else the cells are the classes)
+    class_factor: np.ndarray  # weight of each class's rows in the ERM head's loss (class_weight)
 
     @property
     def pool_size(self) -> float:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from sklearn_featmeta import MetaAugmentedHeadClassifier, _hsfm
+from sklearn_featmeta import MetaAugmentedHeadClassifier, _hsfm, _softmax
 from sklearn_featmeta._preprocessing import isotropic_factor
 from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score
@@ -20,7 +20,7 @@ def test_regression_path_solves_weighted_multinomial_logistic_regression(n_rows)
     sample_weight = rng.uniform(0.5, 2, size=n_rows)
     row_weight = sample_weight / sample_weight.sum()
     path = [10.0, 0.1, 0.003]
-    (heads,) = _hsfm.softmax_regression_paths(X, y, row_weight, 3, path, [None])
+    (heads,) = _softmax.softmax_regression_paths(X, y, row_weight, 3, path, [None])
 
     def objective(W, b, l2):
         logits = X @ W.T + b
@@ -45,10 +45,10 @@ def test_paths_in_several_geometries_are_each_geometrys_own_path(n_rows):
     row_weight /= row_weight.sum()
     factor = rng.uniform(0.3, 2.0, size=20)
     path = [10.0, 0.1, 0.003]
-    together = _hsfm.softmax_regression_paths(X, y, row_weight, 3, path, [None, factor])
+    together = _softmax.softmax_regression_paths(X, y, row_weight, 3, path, [None, factor])
     alone = [
-        _hsfm.softmax_regression_paths(X, y, row_weight, 3, path, [None])[0],
-        _hsfm.softmax_regression_paths(X * factor, y, row_weight, 3, path, [None])[0],
+        _softmax.softmax_regression_paths(X, y, row_weight, 3, path, [None])[0],
+        _softmax.softmax_regression_paths(X * factor, y, row_weight, 3, path, [None])[0],
     ]
 
     def objective(Z, W, b, l2):
@@ -73,14 +73,14 @@ def test_threaded_products_give_the_same_loss_and_gradient(monkeypatch, n_rows):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(n_rows, 7)).astype(np.float32)
     y, row_weight = np.arange(n_rows) % 3, np.full(n_rows, 1.0 / n_rows)
-    numpy_problem = _hsfm._SoftmaxProblem(X, y, row_weight, 3)
+    numpy_problem = _softmax.SoftmaxProblem(X, y, row_weight, 3)
     flat = rng.normal(size=numpy_problem.zeros().size)
     assert numpy_problem.X_torch is None
-    monkeypatch.setattr(_hsfm, "TORCH_PRODUCT_ENTRIES", 1)
+    monkeypatch.setattr(_softmax, "TORCH_PRODUCT_ENTRIES", 1)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        torch_problem = _hsfm._SoftmaxProblem(X, y, row_weight, 3)
+        torch_problem = _softmax.SoftmaxProblem(X, y, row_weight, 3)
         assert torch_problem.X_torch is not None
         loss, gradient = torch_problem._loss_and_gradient(flat, 0.1)
     finally:
@@ -414,44 +414,3 @@ def test_balanced_candidates_are_not_weighed_for_pool_supports_or_a_single_run()
     with pytest.warns(UserWarning, match="held-out row"):
         single = MetaAugmentedHeadClassifier(**FAST).fit(X, y, few)
     assert single.best_epoch_.shape == (1,) and single.candidate_scores_ is None
-
-
-def test_without_groups_the_fit_is_the_erm_head_on_every_row():
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    X, y, _ = make_spurious_embeddings(n_samples=1500, n_features=16, random_state=0)
-    model = MetaAugmentedHeadClassifier(random_state=0).fit(X, y)  # no groups at all
-    assert model.selected_heads_ == "erm" and model.balanced_l2_ is None
-    assert set(model.candidate_scores_) >= {"erm", "runs"}
-    reference = make_pipeline(StandardScaler(), LogisticRegression(C=2.0)).fit(X, y)
-    assert np.mean(model.predict(X) == reference.predict(X)) > 0.99
-    np.testing.assert_allclose(
-        np.corrcoef(model.decision_function(X), reference.decision_function(X))[0, 1],
-        1.0,
-        atol=1e-3,
-    )
-    # the same with groups given but none known
-    unknown = MetaAugmentedHeadClassifier(random_state=0)
-    with pytest.warns(UserWarning, match="No row of groups is known"):
-        unknown.fit(X, y, np.full(y.size, -1))
-    np.testing.assert_array_equal(unknown.coef_, model.coef_)
-
-
-def test_without_groups_a_head_that_wins_on_held_out_rows_does_not_replace_the_erm_head():
-    # 93% of rows in one class: a class-balanced head wins on held-out worst-class accuracy
-    # by a wide margin, but held-out rows drawn as the training rows are cannot say whether
-    # it leans on a shortcut: without groups the ERM head stays (docs/decisions.md)
-    rng = np.random.default_rng(0)
-    y = (rng.random(4000) < 0.07).astype(int)
-    X = rng.normal(size=(4000, 8)) + 1.2 * y[:, None] * np.r_[1.0, 1.0, np.zeros(6)]
-    model = MetaAugmentedHeadClassifier(random_state=0).fit(X, y)
-    scores = model.candidate_scores_
-    best_other = max(
-        (name for name in scores if name != "erm"),
-        key=lambda name: scores[name]["worst_group_accuracy"],
-    )
-    assert scores[best_other]["worst_group_accuracy"] > scores["erm"]["worst_group_accuracy"] + 0.1
-    assert model.selected_heads_ == "erm"
-    Z = (X - X.mean(0)) / X.std(0)
-    assert np.mean(model.predict(X) == LogisticRegression(C=2.0).fit(Z, y).predict(Z)) > 0.99

@@ -68,12 +68,14 @@ def test_core_settings_have_no_defaults_of_their_own():
         n_cells=2,
         mean=np.zeros(2),
         scale=np.ones(2),
-        groups_known=True,
+        class_factor=np.ones(2),
     )
     settings = MetaAugmentedHeadClassifier()._settings(_hsfm, data)
     assert settings.outer_steps == MetaAugmentedHeadClassifier().outer_steps
-    assert settings.erm_floor is False and settings.whitening_ridge is None  # 15 rows per feature
+    assert (
+        settings.erm_class_factor is None and settings.whitening_ridge is None
+    )  # 15 rows per feature
     settings = MetaAugmentedHeadClassifier()._settings(
-        _hsfm, dataclasses.replace(data, groups_known=False, pool=rows[:32])
+        _hsfm, dataclasses.replace(data, pool=rows[:32])
     )
-    assert settings.erm_floor is True and settings.whitening_ridge == 0.1  # 16 rows per feature
+    assert settings.whitening_ridge == 0.1  # 16 rows per feature

@@ -24,7 +24,7 @@ PAPER_CORE = {
     "whitening_ridge": None,
     "choose_whitening": False,
     "balanced_candidates": False,
-    "erm_floor": False,
+    "erm_class_factor": None,
 }
 
 

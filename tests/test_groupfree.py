@@ -1,0 +1,164 @@
+"""fit(X, y) without group labels: the ERM head, or the reweighted head where it stays close."""
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils._param_validation import InvalidParameterError
+
+from sklearn_featmeta import MetaAugmentedHeadClassifier, _groupfree
+from sklearn_featmeta.datasets import make_spurious_embeddings
+
+
+def _three_classes(n=1500, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, size=n)
+    X = rng.normal(size=(n, 6)) * rng.uniform(0.5, 4, size=6) + np.eye(3, 6)[y] * 1.5
+    return X, y
+
+
+@pytest.mark.parametrize("class_weight", [None, "balanced", {0: 1.0, 1: 3.0, 2: 0.5}])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_without_reweighting_the_head_is_standardised_logistic_regression(class_weight, n_classes):
+    X, y = _three_classes()
+    if n_classes == 2:
+        y = (y == 0).astype(int)
+        class_weight = {0: 1.0, 1: 3.0} if isinstance(class_weight, dict) else class_weight
+    model = MetaAugmentedHeadClassifier(
+        reweight_gamma=0, class_weight=class_weight, erm_C=0.3, random_state=0
+    ).fit(X, y)
+    reference = make_pipeline(
+        StandardScaler(), LogisticRegression(C=0.3, class_weight=class_weight, tol=1e-8)
+    ).fit(X, y)
+    assert model.selected_heads_ == "erm" and model.candidate_scores_ is None
+    np.testing.assert_allclose(
+        model.decision_function(X), reference.decision_function(X), atol=1e-2
+    )
+    np.testing.assert_array_equal(model.coef_, model.initial_coef_)
+    assert model.coef_.shape == reference[-1].coef_.shape
+
+
+def test_the_reweighted_head_is_kept_exactly_when_its_cost_is_within_the_tolerance():
+    X, y, _ = make_spurious_embeddings(n_samples=1500, n_features=16, random_state=0)
+    free = MetaAugmentedHeadClassifier(reweight_tolerance=None, random_state=0).fit(X, y)
+    assert free.selected_heads_ == "reweighted"
+    scores = free.candidate_scores_
+    cost = scores["erm"]["balanced_accuracy"] - scores["reweighted"]["balanced_accuracy"]
+    erm = MetaAugmentedHeadClassifier(reweight_gamma=0, random_state=0).fit(X, y)
+    for tolerance, chosen in ((max(cost, 0) + 1e-9, "reweighted"), (cost - 1e-9, "erm")):
+        if tolerance < 0:
+            continue
+        model = MetaAugmentedHeadClassifier(reweight_tolerance=tolerance, random_state=0)
+        model.fit(X, y)
+        assert model.selected_heads_ == chosen and model.candidate_scores_ == scores
+        expected = free.coef_ if chosen == "reweighted" else free.initial_coef_
+        np.testing.assert_array_equal(model.coef_, expected)
+    # the ERM head is the same whether or not a reweighted head was weighed (within L-BFGS's tol)
+    np.testing.assert_allclose(free.initial_coef_, erm.coef_, rtol=1e-2, atol=1e-3)
+    assert not np.allclose(free.coef_, erm.coef_, rtol=1e-2, atol=1e-3)
+
+
+def test_a_head_that_weighs_up_noise_is_not_chosen():
+    # 12% of the labels flipped at random: the rows the ERM head gets wrong are noise, and a
+    # head that weighs them up hard loses accuracy on held-out rows of both classes
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, size=3000)
+    X = rng.normal(size=(3000, 8)) + 1.5 * y[:, None] * np.r_[1.0, np.zeros(7)]
+    flipped = rng.random(3000) < 0.12
+    y[flipped] = 1 - y[flipped]
+    model = MetaAugmentedHeadClassifier(reweight_gamma=8.0, random_state=0).fit(X, y)
+    scores = model.candidate_scores_
+    assert scores["reweighted"]["balanced_accuracy"] < scores["erm"]["balanced_accuracy"] - 0.01
+    assert model.selected_heads_ == "erm"
+    np.testing.assert_array_equal(model.coef_, model.initial_coef_)
+
+
+def test_the_scores_are_out_of_fold():
+    # more features than rows: the ERM head fits every row it saw, so in-sample scores would
+    # be perfect and every row would weigh the same
+    rng = np.random.default_rng(0)
+    y = np.arange(80) % 2
+    X = rng.normal(size=(80, 200))
+    X[:, 0] += y
+    model = MetaAugmentedHeadClassifier(erm_C=100.0, random_state=0).fit(X, y)
+    assert (model.predict(X) == y).all()
+    assert model.candidate_scores_["erm"]["balanced_accuracy"] < 0.95
+
+
+def test_hard_row_weights_weigh_up_unsure_rows_and_keep_the_total():
+    p_true = np.array([0.9, 0.1, 0.5, 0.5])
+    y = np.array([0, 0, 1, 1])
+    weight = _groupfree.hard_row_weights(p_true, y, np.ones(4), np.array([1.0, 2.0]), gamma=2.0)
+    np.testing.assert_allclose(weight.sum(), 4.0)
+    np.testing.assert_allclose(weight[1] / weight[0], np.exp(1.6))
+    np.testing.assert_allclose(weight[2] / weight[0], 2 * np.exp(0.8))
+
+
+def test_the_fit_follows_the_rows_not_their_order_or_copies():
+    X, y, _ = make_spurious_embeddings(n_samples=900, n_features=8, random_state=1)
+    model = MetaAugmentedHeadClassifier(reweight_tolerance=None, random_state=3).fit(X, y)
+    order = np.random.default_rng(0).permutation(y.size)
+    shuffled = MetaAugmentedHeadClassifier(reweight_tolerance=None, random_state=3)
+    np.testing.assert_allclose(shuffled.fit(X[order], y[order]).coef_, model.coef_, rtol=1e-5)
+    # an integer sample weight is that many copies of the row
+    copies = np.r_[np.ones(450, dtype=int), np.full(450, 2)]
+    weighted = MetaAugmentedHeadClassifier(reweight_tolerance=None, random_state=3)
+    weighted.fit(X, y, sample_weight=copies)
+    repeated = MetaAugmentedHeadClassifier(reweight_tolerance=None, random_state=3)
+    repeated.fit(np.repeat(X, copies, axis=0), np.repeat(y, copies))
+    np.testing.assert_allclose(weighted.coef_, repeated.coef_, rtol=1e-4, atol=1e-6)
+
+
+def test_groups_with_none_known_fit_as_without_groups():
+    X, y, _ = make_spurious_embeddings(n_samples=900, n_features=8, random_state=0)
+    model = MetaAugmentedHeadClassifier(random_state=0).fit(X, y)
+    unknown = MetaAugmentedHeadClassifier(random_state=0)
+    with pytest.warns(UserWarning, match="No row of groups is known"):
+        unknown.fit(X, y, np.full(y.size, -1))
+    np.testing.assert_array_equal(unknown.coef_, model.coef_)
+    assert model.history_ == {} and model.best_epoch_.shape == (0,)
+    assert not hasattr(model, "support_init_")
+
+
+def test_a_model_fitted_without_groups_is_small():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6000, 384)).astype(np.float32)
+    y = (X[:, 0] + rng.normal(size=6000) > 0).astype(int)
+    model = MetaAugmentedHeadClassifier(random_state=0).fit(X, y)
+    assert len(pickle.dumps(model)) < 64 * 1024
+
+
+def test_class_weight_weighs_the_erm_head_of_a_fit_with_groups():
+    X, y, groups = make_spurious_embeddings(
+        n_samples=1200, n_features=8, known_group_fraction=0.3, random_state=0
+    )
+    y = np.where((y == 1) & (np.arange(y.size) % 3 > 0), 0, y)  # class 1 now rare
+    pool = groups == -1
+    kwargs = {"n_repeats": 1, "max_epochs": 1, "random_state": 0}
+    plain = MetaAugmentedHeadClassifier(**kwargs).fit(X, y, groups)
+    balanced = MetaAugmentedHeadClassifier(class_weight="balanced", **kwargs).fit(X, y, groups)
+    Z = StandardScaler().fit(X[pool]).transform(X)
+    # the softmax head's two rows: LogisticRegression(C=2 * erm_C) for two classes
+    reference = LogisticRegression(C=2.0, class_weight="balanced").fit(Z[pool], y[pool])
+    initial = X @ balanced.initial_coef_.T + balanced.initial_intercept_
+    assert np.mean((initial.ravel() > 0) == reference.predict(Z).astype(bool)) > 0.99
+    assert np.mean(X @ plain.initial_coef_.T + plain.initial_intercept_ > 0) < np.mean(initial > 0)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"reweight_gamma": -1.0},
+        {"reweight_tolerance": 1.5},
+        {"reweight_tolerance": -0.1},
+        {"class_weight": "even"},
+        {"class_weight": [1.0, 2.0]},
+    ],
+)
+def test_group_free_parameters_are_validated(params):
+    X, y, _ = make_spurious_embeddings(n_samples=200, n_features=4, random_state=0)
+    with pytest.raises(InvalidParameterError):
+        MetaAugmentedHeadClassifier(**params).fit(X, y)
