@@ -183,6 +183,60 @@ def methods_without_groups() -> dict[str, Callable]:
     }
 
 
+# Regime (b): group labels only choose knobs. The knobs and their grids, fixed in advance.
+LR_C_GRID = [0.01, 0.1, 1.0, 10.0]
+GROUP_FREE_GRID = {"reweight_gamma": [0.0, 1.0, 2.0, 4.0, 8.0], "erm_C": [0.1, 1.0]}
+
+
+def _chosen_with_groups(make_estimator: Callable, grid: dict) -> Callable:
+    """``fit(X, y, groups, seed)``: ``GridSearchCV`` scored by worst-group accuracy, where
+    ``groups`` reach only the scorer and the splitter (two folds that keep every group
+    in both); the refit on every row sees none. ``make_estimator(seed)`` builds the
+    estimator (routing on); one whose ``fit`` takes ``groups`` declines them."""
+    from sklearn import config_context
+    from sklearn.model_selection import GridSearchCV
+
+    from sklearn_featmeta.metrics import worst_group_scorer
+    from sklearn_featmeta.model_selection import SubgroupStratifiedKFold
+
+    def fit(X, y, groups, seed):
+        with config_context(enable_metadata_routing=True):
+            search = GridSearchCV(
+                make_estimator(seed),
+                grid,
+                scoring=worst_group_scorer,
+                cv=SubgroupStratifiedKFold(n_splits=2, shuffle=True, random_state=seed),
+            )
+            return search.fit(X, y, groups=groups)
+
+    return fit
+
+
+def methods_choosing_with_groups() -> dict[str, Callable]:
+    """Method name -> ``fit(X, y, groups, seed)`` for ``--groups-only-choose`` (regime (b)):
+    group labels of the annotated rows choose the knobs, no fit sees them; the plain
+    scaled LogisticRegression (nothing chosen) is the reference."""
+
+    def scaled_lr(class_weight=None):
+        return lambda seed: make_pipeline(
+            StandardScaler(), LogisticRegression(max_iter=2000, class_weight=class_weight)
+        )
+
+    def group_free(seed):
+        estimator = MetaAugmentedHeadClassifier(reweight_tolerance=None, random_state=seed)
+        return estimator.set_fit_request(groups=False)
+
+    C_grid = {"logisticregression__C": LR_C_GRID}
+    return {
+        SCALED_LR_LABEL: _fit_scaled_lr,
+        f"{SCALED_LR_LABEL}, C chosen": _chosen_with_groups(scaled_lr(), C_grid),
+        f"{CLASS_BALANCED_LR_LABEL}, C chosen": _chosen_with_groups(scaled_lr("balanced"), C_grid),
+        # DFRClassifier(groups=None) has no knob to choose: its row is regime (a)'s
+        "MetaAugmentedHeadClassifier(reweight_tolerance=None), reweight_gamma and erm_C "
+        "chosen": _chosen_with_groups(group_free, GROUP_FREE_GRID),
+    }
+
+
 def _synthetic_splits(seed: int):
     """Tiny synthetic stand-in for the real data: the harness smoke test."""
     from sklearn_featmeta.datasets import make_spurious_embeddings
@@ -209,20 +263,32 @@ def _real_splits(name: str, seed: int, data_dir: Path, cache_dir: Path, text_enc
     return X, y, groups, embeddings["test"], benchmark.test.y, benchmark.test.groups
 
 
-def run(benchmarks, seeds, splits: Callable, keys=DEFAULT_METHOD_KEYS, no_groups=False) -> dict:
+REGIMES = ("annotated", "none", "choose")
+"""Group labels: on the annotated rows (c), nowhere (a, ``--no-groups``), only to choose
+knobs (b, ``--groups-only-choose``)."""
+
+
+def run(benchmarks, seeds, splits: Callable, keys=DEFAULT_METHOD_KEYS, regime="annotated") -> dict:
     """Fit every selected method on every benchmark and seed; per-seed numbers.
 
-    ``no_groups``: no group label reaches any fit (every row, ``groups=None``), and the
-    methods are :func:`methods_without_groups`; the test split is scored by its groups.
+    ``regime`` (:data:`REGIMES`): ``"none"``: no group label reaches any fit (every
+    row, ``groups=None``), the methods are :func:`methods_without_groups`;
+    ``"choose"``: :func:`methods_choosing_with_groups`. The test split is always
+    scored by its groups.
     """
     results = {}
     for name in benchmarks:
         results[name] = {}
         for seed in seeds:
             X, y, groups, X_test, y_test, groups_test = splits(name, seed)
-            if no_groups:
+            if regime == "none":
                 groups = None
-            table = methods_without_groups() if no_groups else methods(name, keys)
+            if regime == "annotated":
+                table = methods(name, keys)
+            elif regime == "none":
+                table = methods_without_groups()
+            else:
+                table = methods_choosing_with_groups()
             for method, fit in table.items():
                 start = time.perf_counter()
                 model = fit(X, y, groups, seed)
@@ -455,6 +521,12 @@ def main(argv: list[str] | None = None) -> int:
         "LogisticRegression, class-balanced, DFRClassifier(groups=None), the defaults",
     )
     parser.add_argument(
+        "--groups-only-choose",
+        action="store_true",
+        help="group labels of the annotated rows only choose knobs (GridSearchCV scored by "
+        "worst-group accuracy, groups routed to the scorer and splitter); no fit sees them",
+    )
+    parser.add_argument(
         "--section",
         type=section_name,
         default=DEFAULT_SECTION,
@@ -464,7 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = args.seeds[:1] if args.quick else args.seeds
     if args.half and args.section == DEFAULT_SECTION:
-        args.section = f"suite-{args.half}" + ("-no-groups" if args.no_groups else "")
+        suffix = "-no-groups" if args.no_groups else ""
+        args.section = f"suite-{args.half}{suffix}" + (
+            "-groups-choose" if args.groups_only_choose else ""
+        )
 
     if args.synthetic:
         names = ["synthetic"]
@@ -475,7 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         names = SUITE_HALVES[args.half] if args.half else args.benchmarks
         splits = real_splits(args)
 
-    results = run(names, seeds, splits, args.methods, no_groups=args.no_groups)
+    if args.no_groups and args.groups_only_choose:
+        parser.error("--no-groups and --groups-only-choose are two regimes: choose one")
+    regime = "none" if args.no_groups else "choose" if args.groups_only_choose else "annotated"
+    results = run(names, seeds, splits, args.methods, regime=regime)
     summary = summarise(results)
     args.out.mkdir(parents=True, exist_ok=True)
     command = command_line("benchmarks.run", argv)

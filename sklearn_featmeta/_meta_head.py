@@ -270,7 +270,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         row's out-of-fold probability of its own class (AFR, Qiu et al. 2023);
         two folds, drawn by row content. 0: no reweighted head. Ignored when
         some group is known.
-    reweight_tolerance : float or None, default=0.01
+    reweight_tolerance : float or None, default=0.015
         Without group labels: the most cross-fitted class-balanced accuracy
         (on the two folds) the reweighted head may give up against the ERM
         head and still be the fitted head; otherwise the ERM head is. None:
@@ -471,7 +471,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         erm_C=1.0,
         class_weight=None,
         reweight_gamma=1.0,
-        reweight_tolerance=0.01,
+        reweight_tolerance=0.015,
         standardize=True,
         initial_head=None,
         device="auto",
