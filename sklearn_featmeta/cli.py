@@ -217,6 +217,13 @@ def _cmd_fit(args) -> None:
     estimator.set_params(verbose=args.verbose)
     estimator.fit(X, y, groups)
     joblib.dump(estimator, args.output)
+    if estimator.best_epoch_.size == 0:  # no known group: no run, the group-free head
+        print(
+            f"fitted on {X.shape[0]} rows x {X.shape[1]} features without group labels: "
+            f"{estimator.selected_heads_} head"
+        )
+        print(f"saved {args.output}")
+        return
     runs = zip(estimator.best_epoch_, estimator.kept_edits_, strict=True)
     kept = [
         _kept_epoch(estimator.history_, run, best, edited)
@@ -279,7 +286,8 @@ def _cmd_explain(args) -> None:
     estimator = _load_model(args.model)
     if not hasattr(estimator, "support_edited_"):
         raise CommandError(
-            f"{args.model}: not a fitted MetaAugmentedHeadClassifier (no support set)"
+            f"{args.model}: no support set to explain (not a MetaAugmentedHeadClassifier, "
+            "or one fitted without group labels)"
         )
     print("Support-set edits per class\n")
     print(edit_summary(estimator))

@@ -48,6 +48,26 @@ def test_run_harness_without_groups(tmp_path, monkeypatch):
     assert f"| {run.SCALED_LR_LABEL} |" in text and f"| {run.DEFAULTS_LABEL} |" in text
 
 
+def test_run_harness_with_groups_only_to_choose(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    seen = []
+    real = MetaAugmentedHeadClassifier.fit
+
+    def spy(self, X, y, groups=None, sample_weight=None):
+        seen.append(groups)
+        return real(self, X, y, groups, sample_weight)
+
+    monkeypatch.setattr(MetaAugmentedHeadClassifier, "fit", spy)
+    argv = ["--synthetic", "--seeds", "0", "--groups-only-choose", "--out", str(tmp_path)]
+    assert run.main([*argv, "--section", "choose"]) == 0
+    # every fit of the search (10 settings x 2 folds) and its refit: no group label
+    assert len(seen) == 21 and all(groups is None for groups in seen)
+    per_seed = json.loads((tmp_path / "results-choose.json").read_text())["per_seed"]
+    assert list(per_seed["synthetic"]) == list(run.methods_choosing_with_groups())
+    with pytest.raises(SystemExit):  # two regimes at once
+        run.main([*argv, "--no-groups"])
+
+
 def test_machine_line_names_the_cpu_and_its_instruction_set():
     """Fits differ in their last bits between CPUs, so every section says which one ran."""
     torch = pytest.importorskip("torch")
