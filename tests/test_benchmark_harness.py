@@ -29,7 +29,9 @@ def test_run_harness_on_synthetic_data(tmp_path):
     assert machine_line() in text
 
 
-def test_run_harness_without_groups(tmp_path, monkeypatch):
+@pytest.fixture
+def fit_groups_seen(monkeypatch):
+    """The ``groups`` every ``MetaAugmentedHeadClassifier.fit`` call received, in order."""
     pytest.importorskip("matplotlib")
     seen = []
     real = MetaAugmentedHeadClassifier.fit
@@ -39,6 +41,11 @@ def test_run_harness_without_groups(tmp_path, monkeypatch):
         return real(self, X, y, groups, sample_weight)
 
     monkeypatch.setattr(MetaAugmentedHeadClassifier, "fit", spy)
+    return seen
+
+
+def test_run_harness_without_groups(tmp_path, fit_groups_seen):
+    seen = fit_groups_seen
     argv = ["--synthetic", "--seeds", "0", "--no-groups", "--out", str(tmp_path)]
     assert run.main([*argv, "--section", "no-groups"]) == 0
     assert seen == [None]  # no group label reached the fit
@@ -48,16 +55,8 @@ def test_run_harness_without_groups(tmp_path, monkeypatch):
     assert f"| {run.SCALED_LR_LABEL} |" in text and f"| {run.DEFAULTS_LABEL} |" in text
 
 
-def test_run_harness_with_groups_only_to_choose(tmp_path, monkeypatch):
-    pytest.importorskip("matplotlib")
-    seen = []
-    real = MetaAugmentedHeadClassifier.fit
-
-    def spy(self, X, y, groups=None, sample_weight=None):
-        seen.append(groups)
-        return real(self, X, y, groups, sample_weight)
-
-    monkeypatch.setattr(MetaAugmentedHeadClassifier, "fit", spy)
+def test_run_harness_with_groups_only_to_choose(tmp_path, fit_groups_seen):
+    seen = fit_groups_seen
     argv = ["--synthetic", "--seeds", "0", "--groups-only-choose", "--out", str(tmp_path)]
     assert run.main([*argv, "--section", "choose"]) == 0
     # every fit of the search (10 settings x 2 folds) and its refit: no group label
