@@ -242,9 +242,12 @@ def test_one_annotated_row_per_class_warns(data):
 def test_three_classes_of_four_rows_warn():
     X = np.random.RandomState(0).standard_normal((12, 3))
     y = np.repeat([0, 1, 2], 4)
-    with pytest.warns(UserWarning, match="held-out row"):
-        model = MetaAugmentedHeadClassifier(**SMALL).fit(X, y)
+    with pytest.warns(UserWarning, match="held-out row"):  # every group known: rows held out
+        model = MetaAugmentedHeadClassifier(**SMALL).fit(X, y, np.zeros(12))
     assert model.predict_proba(X).shape == (12, 3)
+    # without groups nothing is held out: the group-free head, two rows per class per fold
+    model = MetaAugmentedHeadClassifier(**SMALL).fit(X, y)
+    assert model.predict_proba(X).shape == (12, 3) and model.candidate_scores_ is not None
 
 
 def test_convergence_warnings(monkeypatch):
