@@ -319,6 +319,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         The initial (ERM or given) head, same shapes.
     support_init_ : ndarray of shape (n_support, n_features)
         Support set before editing: rows of ``X`` (of every run, concatenated).
+        Only with support edits (``outer_steps > 0``), as the next two: the
+        record of what was edited (:mod:`sklearn_featmeta.explain`).
     support_edited_ : ndarray of shape (n_support, n_features)
         Support set after editing, at each run's selected epoch, in raw
         feature space (a run that kept its unedited head: its initial support).
@@ -1044,24 +1046,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             numpy(result.initial_weight), numpy(result.initial_bias), mean, scale
         )
         runs = result.runs
-        support_rows = np.concatenate(
-            [support_source_rows[r.support_index.cpu().numpy()] for r in runs]
-        )
-        # in X's dtype, as computed: with many annotated rows these are the largest attributes
-        self.support_init_ = X[support_rows]  # exact rows, no round trip
-        # in X's dtype and in place: eight runs' supports in float64 would double the peak memory
-        edited = np.concatenate([r.support_edited.detach().cpu().numpy() for r in runs])
-        edited *= scale.astype(edited.dtype)
-        edited += mean.astype(edited.dtype)
-        # a run that kept no edits (none are made without outer_steps) has its support as drawn,
-        # not after a round trip through whitening (rounding that would read as edits)
-        edits_kept = [self.outer_steps > 0 and r.kept_edits for r in runs]
-        unedited = np.repeat(np.logical_not(edits_kept), [len(r.support_index) for r in runs])
-        edited[unedited] = self.support_init_[unedited]
-        self.support_edited_ = edited
-        self.support_labels_ = self.classes_[
-            np.concatenate([r.support_labels.cpu().numpy() for r in runs])
-        ]
+        if self.outer_steps > 0:  # the supports are the fit's record only where they were edited
+            self._store_supports(runs, X, support_source_rows, mean, scale)
         self.history_ = {
             "run": np.concatenate([np.full(r.epochs_made, i) for i, r in enumerate(runs)]),
             "epoch": np.concatenate([np.arange(1, r.epochs_made + 1) for r in runs]),
@@ -1083,6 +1069,27 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         verdict = result.choice.verdict
         self.runs_margin_ = None if verdict is None else verdict.margin
         self.device_ = str(device)
+
+    def _store_supports(self, runs, X, support_source_rows, mean, scale):
+        """``support_init_``, ``support_edited_`` and ``support_labels_`` of every run."""
+        support_rows = np.concatenate(
+            [support_source_rows[r.support_index.cpu().numpy()] for r in runs]
+        )
+        # in X's dtype, as computed: with many annotated rows these are the largest attributes
+        self.support_init_ = X[support_rows]  # exact rows, no round trip
+        # in X's dtype and in place: eight runs' supports in float64 would double the peak memory
+        edited = np.concatenate([r.support_edited.detach().cpu().numpy() for r in runs])
+        edited *= scale.astype(edited.dtype)
+        edited += mean.astype(edited.dtype)
+        # a run that kept no edits has its support as drawn,
+        # not after a round trip through whitening (rounding that would read as edits)
+        edits_kept = [r.kept_edits for r in runs]
+        unedited = np.repeat(np.logical_not(edits_kept), [len(r.support_index) for r in runs])
+        edited[unedited] = self.support_init_[unedited]
+        self.support_edited_ = edited
+        self.support_labels_ = self.classes_[
+            np.concatenate([r.support_labels.cpu().numpy() for r in runs])
+        ]
 
 
 @dataclass

@@ -287,7 +287,7 @@ def _cmd_explain(args) -> None:
     if not hasattr(estimator, "support_edited_"):
         raise CommandError(
             f"{args.model}: no support set to explain (not a MetaAugmentedHeadClassifier, "
-            "or one fitted without group labels)"
+            "or one fitted without support edits: outer_steps=0 or no group labels)"
         )
     print("Support-set edits per class\n")
     print(edit_summary(estimator))

@@ -33,10 +33,12 @@ __all__ = [
 def has_edits(estimator) -> bool:
     """Whether a fitted ``MetaAugmentedHeadClassifier`` kept any support edit to explain.
 
-    False with ``outer_steps=0`` (the default makes none), and where every
-    run kept its unedited head (``kept_edits_``).
+    False with ``outer_steps=0`` (the default makes none and stores no
+    support), and where every run kept its unedited head (``kept_edits_``).
     """
-    check_is_fitted(estimator, ["support_init_", "support_edited_", "support_labels_"])
+    check_is_fitted(estimator)
+    if not hasattr(estimator, "support_edited_"):  # no edits made: no support is stored
+        return False
     return not np.array_equal(estimator.support_init_, estimator.support_edited_)
 
 

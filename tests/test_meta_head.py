@@ -815,3 +815,18 @@ def test_a_preset_without_standardisation_fits_raw_features(spurious):
     # on raw features the scale of X changes the fit (on standardised ones it cannot)
     assert not np.allclose(3.0 * scaled.coef_, raw.coef_, rtol=1e-3)
     assert np.isfinite(raw.coef_).all()
+
+
+@pytest.mark.parametrize("annotated", [True, False])
+def test_a_default_model_is_small(annotated):
+    """Head, choice and scores; no support (stored only with edits): 6,000 x 384 under 64 KB."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(6000, 384)).astype(np.float32)
+    y = (X[:, 0] + rng.normal(size=6000) > 0).astype(int)
+    groups = np.where(rng.random(6000) < 0.15, (X[:, 1] > 0).astype(int), -1)
+    model = MetaAugmentedHeadClassifier(random_state=0)
+    model.fit(X, y, groups if annotated else None)
+    assert len(pickle.dumps(model)) < 64 * 1024
+    assert model.selected_heads_ is not None and model.candidate_scores_ is not None
