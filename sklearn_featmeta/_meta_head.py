@@ -1,7 +1,7 @@
 """MetaAugmentedHeadClassifier: the scikit-learn face of HSFM.
 
 Validation, the pool / held-out split and the fitted attributes live here; the
-numerics live in :mod:`sklearn_featmeta._hsfm` (imported inside ``fit`` so that
+numerics live in :mod:`sklearn_featmeta._core` (imported inside ``fit`` so that
 a fitted model predicts and unpickles without torch).
 """
 
@@ -600,7 +600,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         )
         groups_split_rows = group_codes is not None and (group_codes < 0).any()
         self._check_split(y_encoded, weights, pool, heldout, groups_split_rows)
-        from . import _hsfm  # torch stays out of prediction and unpickling
+        from . import _core  # torch stays out of prediction and unpickling
 
         self.n_threads_ = (
             auto_threads(pool.size * X.shape[1]) if self.n_threads is None else self.n_threads
@@ -630,8 +630,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             if initial_head is not None:  # to standardised coordinates
                 initial_head = (initial_head[0] * scale, initial_head[1] + initial_head[0] @ mean)
 
-            device = _hsfm.resolve_device(self.device)
-            result = self._run_core(_hsfm, data, runs, covariance_rows, device, initial_head)
+            device = _core.resolve_device(self.device)
+            result = self._run_core(_core, data, runs, covariance_rows, device, initial_head)
         support_rows = heldout if result.support_from_heldout else pool
         self._store_result(result, X, support_rows, mean, scale, device)
         self._warn_degenerate(X[heldout], y_encoded[heldout])
@@ -651,12 +651,12 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         The ERM head on every row, or the reweighted head where it stays
         within ``reweight_tolerance`` of it; no pool / held-out split, no run.
         """
-        from . import _groupfree, _hsfm
+        from . import _core, _groupfree
 
         start = time.perf_counter()
         n_classes = self.classes_.shape[0]
         every_row = np.arange(X.shape[0])
-        device = _hsfm.resolve_device(self.device)  # an unavailable device is an error here too
+        device = _core.resolve_device(self.device)  # an unavailable device is an error here too
         self.n_threads_ = auto_threads(X.size) if self.n_threads is None else self.n_threads
         with fit_threads(self.n_threads_):
             if self.standardize:
@@ -872,8 +872,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             coef, intercept = binary_to_softmax_head(coef, intercept)
         return coef, intercept
 
-    def _settings(self, _hsfm, data: _FitData):
-        return _hsfm.HSFMSettings(
+    def _settings(self, _core, data: _FitData):
+        return _core.HSFMSettings(
             support_size_per_class=self.support_size_per_class,
             inner_steps=self.inner_steps,
             inner_lr=None if self.inner_lr == "auto" else self.inner_lr,
@@ -907,8 +907,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         enough_rows = data.pool_size >= MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN * data.X.shape[1]
         return AUTO_WHITENING_RIDGE if enough_rows else None
 
-    def _run_core(self, _hsfm, data: _FitData, runs, covariance_rows, device, initial_head):
-        torch = _hsfm.torch
+    def _run_core(self, _core, data: _FitData, runs, covariance_rows, device, initial_head):
+        import torch
+
         dtype = torch.float64 if data.X.dtype == np.float64 else torch.float32
         X, y, pool, heldout = data.X, data.y, data.pool, data.heldout
         cells, n_cells, n_classes = data.cells, data.n_cells, self.classes_.shape[0]
@@ -926,19 +927,19 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             return tensor(standardized(X, index, data.mean, data.scale, X.dtype, self.n_threads_))
 
         start = time.perf_counter()
-        settings = self._settings(_hsfm, data)
-        progress = _Progress(self, len(runs), _hsfm.runs_in_one_batch(settings))
+        settings = self._settings(_core, data)
+        progress = _Progress(self, len(runs), _core.runs_in_one_batch(settings))
         if self.verbose:
             print(
                 f"[{type(self).__name__}] {pool.size} training rows, {heldout.size} held-out "
                 f"rows in {n_cells} groups, {X.shape[1]} features, {len(runs)} run(s), "
                 f"device {device}"
             )
-        result = _hsfm.fit_hsfm(
-            _hsfm.Rows(
+        result = _core.fit_hsfm(
+            _core.Rows(
                 standardized_rows(pool), tensor(y[pool], torch.int64), tensor(data.weights[pool])
             ),
-            _hsfm.HeldoutRows(
+            _core.HeldoutRows(
                 standardized_rows(heldout),
                 tensor(y[heldout], torch.int64),
                 tensor(data.weights[heldout]),
@@ -948,7 +949,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 n_hard_set_cells=n_hard_cells,
             ),
             [
-                _hsfm.RunRows(rows(index), tensor(mass), rows(shaping), rows(selection))
+                _core.RunRows(rows(index), tensor(mass), rows(shaping), rows(selection))
                 for index, mass, shaping, selection in runs
             ],
             settings,
@@ -989,7 +990,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                         f"[{type(self).__name__}] the runs against the best balanced head: a "
                         f"lead of {verdict.lead:.4f} where {verdict.margin:.4f} was needed, on "
                         f"rows luck gives with chance {verdict.tail:.3f} (below "
-                        f"{_hsfm.ONE_STANDARD_ERROR_TAIL:.3f} needed), weakest run "
+                        f"{_core.ONE_STANDARD_ERROR_TAIL:.3f} needed), weakest run "
                         f"{verdict.weakest_run_lead:+.4f}"
                     )
             best = ", ".join(
@@ -1117,7 +1118,7 @@ class _Progress:
     """``verbose`` output: a line updated in place each epoch (every epoch on its own line at 2+).
 
     Runs with edits go one after another: a line per run. Batched runs (no
-    edits, :func:`._hsfm.runs_in_one_batch`) step at once: one line, each run's
+    edits, :func:`._core.runs_in_one_batch`) step at once: one line, each run's
     latest score.
     """
 

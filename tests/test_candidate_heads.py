@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from sklearn_featmeta import MetaAugmentedHeadClassifier, _hsfm, _softmax
+from sklearn_featmeta import MetaAugmentedHeadClassifier, _softmax
+from sklearn_featmeta._core import _candidates, _scores, _types
 from sklearn_featmeta._preprocessing import isotropic_factor
 from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score
@@ -110,13 +111,14 @@ def test_selected_heads_are_the_best_candidate_by_its_cross_fitted_score():
     scores = model.candidate_scores_
     assert set(scores) == {"runs", "balanced_standardised", "balanced_isotropic"}
     best_balanced = min(
-        ["balanced_standardised", "balanced_isotropic"], key=lambda name: _hsfm._rank(scores[name])
+        ["balanced_standardised", "balanced_isotropic"],
+        key=lambda name: _candidates._rank(scores[name]),
     )
     lead = scores["runs"]["worst_group_accuracy"] - scores[best_balanced]["worst_group_accuracy"]
     assert model.runs_margin_ >= 0
     assert model.selected_heads_ == ("runs" if lead > model.runs_margin_ else best_balanced)
     assert (model.selected_heads_ == "runs") == (model.balanced_l2_ is None)
-    assert model.balanced_l2_ is None or model.balanced_l2_ in _hsfm.BALANCED_L2_PATH
+    assert model.balanced_l2_ is None or model.balanced_l2_ in _candidates.BALANCED_L2_PATH
 
 
 def test_without_candidates_or_epochs_the_fit_is_the_initial_head():
@@ -149,7 +151,7 @@ def test_the_fit_falls_back_on_a_balanced_head_where_the_runs_cannot_move():
 def _cell_rows(y, cells):
     torch = pytest.importorskip("torch")
     n = len(y)
-    return _hsfm.HeldoutRows(
+    return _types.HeldoutRows(
         torch.zeros(n, 1, dtype=torch.float64),
         torch.tensor(y),
         torch.ones(n, dtype=torch.float64),
@@ -174,14 +176,14 @@ def test_worst_group_standard_error_is_the_paired_error_on_the_incumbents_worst_
     cells = np.repeat([0, 1, 2], 20)
     heldout = _cell_rows(y, cells)
     runs = [
-        _hsfm.RunRows(torch.arange(0), torch.ones(0), rows, rows)
+        _types.RunRows(torch.arange(0), torch.ones(0), rows, rows)
         for rows in (torch.arange(0, 60, 2), torch.arange(1, 60, 2))
     ]
     incumbent_correct = rng.random(60) < np.where(cells == 1, 0.5, 0.9)  # cell 1 is worst
     challenger_correct = rng.random(60) < 0.7
     incumbent = _logits_for(incumbent_correct, y)
     challenger = _logits_for(challenger_correct, y)
-    se = _hsfm.worst_group_standard_error(
+    se = _candidates.worst_group_standard_error(
         [challenger[r.selection_rows] for r in runs],
         [incumbent[r.selection_rows] for r in runs],
         runs,
@@ -196,7 +198,7 @@ def test_worst_group_standard_error_is_the_paired_error_on_the_incumbents_worst_
         variances.append(d.var() / d.size)  # unit weights: the population variance over n
     assert se == pytest.approx(np.sqrt(np.mean(variances) / 2), rel=1e-12)
     assert se > 0
-    same = _hsfm.worst_group_standard_error(
+    same = _candidates.worst_group_standard_error(
         [incumbent[r.selection_rows] for r in runs],
         [incumbent[r.selection_rows] for r in runs],
         runs,
@@ -211,15 +213,15 @@ def test_the_runs_replace_the_balanced_head_only_when_they_lead_by_more_than_the
     cells = y.copy()  # two runs of 20 rows, ten in each cell
     heldout = _cell_rows(y, cells)
     halves = (torch.arange(20), torch.arange(20, 40))
-    runs = [_hsfm.RunRows(torch.arange(0), torch.ones(0), rows, rows) for rows in halves]
+    runs = [_types.RunRows(torch.arange(0), torch.ones(0), rows, rows) for rows in halves]
     incumbent_correct = np.ones(40, dtype=bool)
     incumbent_correct[[1, 3, 5, 7, 21, 23, 25, 27]] = False  # cell 1 at 60% in each run
     incumbent = _logits_for(incumbent_correct, y)
-    balanced = _hsfm.HeadChoice(
+    balanced = _candidates.HeadChoice(
         chosen="balanced_standardised", run_logits=[incumbent[rows] for rows in halves]
     )
     balanced.scores = {
-        "balanced_standardised": _hsfm.candidate_score(balanced.run_logits, runs, heldout)
+        "balanced_standardised": _candidates.candidate_score(balanced.run_logits, runs, heldout)
     }
     # (rows of cell 1 fixed, rows broken) per run -> whether the runs' heads win
     for fixed, broken, expected in ((2, 1, False), (4, 0, True), (1, 1, False)):
@@ -229,7 +231,7 @@ def test_the_runs_replace_the_balanced_head_only_when_they_lead_by_more_than_the
             correct[[offset + r for r in (9, 11, 13)[:broken]]] = False
         challenger = _logits_for(correct, y)
         logits = [challenger[rows] for rows in halves]
-        verdict = _hsfm.weigh_challenger(logits, balanced.run_logits, runs, heldout)
+        verdict = _candidates.weigh_challenger(logits, balanced.run_logits, runs, heldout)
         assert verdict.challenger_wins is expected
         assert verdict.lead == pytest.approx((fixed - broken) / 10)
         # per run, ten rows of differences d in {-1, 0, 1}: var(d) / 10, over two runs
@@ -253,7 +255,7 @@ def _small_cell_contest(fixed_rows, broken_rows=(), cell_size=9, misses=4):
     cells = y.copy()
     heldout = _cell_rows(y, cells)
     halves = (torch.arange(per_run), torch.arange(per_run, 2 * per_run))
-    runs = [_hsfm.RunRows(torch.arange(0), torch.ones(0), rows, rows) for rows in halves] * 2
+    runs = [_types.RunRows(torch.arange(0), torch.ones(0), rows, rows) for rows in halves] * 2
     incumbent_correct = np.ones(2 * per_run, dtype=bool)
     incumbent_correct[np.r_[0:misses, per_run : per_run + misses]] = False
     challenger_correct = incumbent_correct.copy()
@@ -261,14 +263,14 @@ def _small_cell_contest(fixed_rows, broken_rows=(), cell_size=9, misses=4):
     challenger_correct[list(broken_rows)] = False
     incumbent = _logits_for(incumbent_correct, y)
     challenger = _logits_for(challenger_correct, y)
-    balanced = _hsfm.HeadChoice(
+    balanced = _candidates.HeadChoice(
         chosen="balanced_standardised", run_logits=[incumbent[run.selection_rows] for run in runs]
     )
     balanced.scores = {
-        "balanced_standardised": _hsfm.candidate_score(balanced.run_logits, runs, heldout)
+        "balanced_standardised": _candidates.candidate_score(balanced.run_logits, runs, heldout)
     }
     logits = [challenger[run.selection_rows] for run in runs]
-    return _hsfm.weigh_challenger(logits, balanced.run_logits, runs, heldout)
+    return _candidates.weigh_challenger(logits, balanced.run_logits, runs, heldout)
 
 
 @pytest.mark.parametrize("n_fixed", [1, 2])
@@ -295,7 +297,7 @@ def test_a_lead_that_one_split_of_the_rows_contradicts_is_not_enough():
     verdict = _small_cell_contest(
         fixed_rows=range(8), broken_rows=[second_half + 15], cell_size=cell_size, misses=10
     )
-    assert verdict.lead > verdict.margin and verdict.tail < _hsfm.ONE_STANDARD_ERROR_TAIL
+    assert verdict.lead > verdict.margin and verdict.tail < _candidates.ONE_STANDARD_ERROR_TAIL
     assert verdict.weakest_run_lead == pytest.approx(-1 / cell_size)
     assert not verdict.challenger_wins
     # the same lead with the second half level: it replaces the simple head
@@ -317,13 +319,13 @@ def test_discordant_rows_count_sample_weight_as_copies():
     y = np.array([0, 0, 0, 1, 1, 1])
     heldout = _cell_rows(y, y)
     heldout.weight = torch.tensor([3.0, 1, 1, 1, 1, 1], dtype=torch.float64)
-    run = _hsfm.RunRows(torch.arange(0), torch.ones(0), slice(None), slice(None))
+    run = _types.RunRows(torch.arange(0), torch.ones(0), slice(None), slice(None))
     incumbent = _logits_for(np.array([False, True, False, True, True, True]), y)
     challenger = _logits_for(np.array([True, True, False, True, True, True]), y)
     # one run: row 0 of weight 3 is three rows the challenger alone gets right
-    tail = _hsfm.discordant_rows_tail([challenger], [incumbent], [run], heldout)
+    tail = _candidates.discordant_rows_tail([challenger], [incumbent], [run], heldout)
     assert tail == pytest.approx(0.125)
-    assert _hsfm.discordant_rows_tail([incumbent], [incumbent], [run], heldout) == 1.0
+    assert _candidates.discordant_rows_tail([incumbent], [incumbent], [run], heldout) == 1.0
 
 
 def test_candidate_score_ignores_the_scale_of_the_logits():
@@ -333,7 +335,7 @@ def test_candidate_score_ignores_the_scale_of_the_logits():
     # informative but noisy logits: the best temperature lies inside the grid
     signal = torch.nn.functional.one_hot(y, 2).to(torch.float64)
     logits = 2 * signal + torch.randn(40, 2, generator=generator, dtype=torch.float64)
-    heldout = _hsfm.HeldoutRows(
+    heldout = _types.HeldoutRows(
         torch.zeros(40, 1, dtype=torch.float64),
         y,
         torch.ones(40, dtype=torch.float64),
@@ -342,24 +344,24 @@ def test_candidate_score_ignores_the_scale_of_the_logits():
         hard_set_cells=y,
         n_hard_set_cells=2,
     )
-    run = _hsfm.RunRows(torch.arange(0), torch.ones(0), slice(None), slice(None))
-    score = _hsfm.candidate_score([logits], [run], heldout)
-    doubled = _hsfm.candidate_score([logits * 2.0], [run], heldout)
+    run = _types.RunRows(torch.arange(0), torch.ones(0), slice(None), slice(None))
+    score = _candidates.candidate_score([logits], [run], heldout)
+    doubled = _candidates.candidate_score([logits * 2.0], [run], heldout)
     assert doubled["worst_group_loss"] == pytest.approx(score["worst_group_loss"])
     assert doubled["worst_group_accuracy"] == score["worst_group_accuracy"]
-    plain = _hsfm._group_scores(logits, y, y, 2)
+    plain = _scores._group_scores(logits, y, y, 2)
     assert score["worst_group_loss"] <= plain["worst_group_loss"]
     assert score["worst_group_accuracy"] == plain["worst_group_accuracy"]
     # the vectorised loss is the smallest worst-group loss over the temperatures
     looped = min(
-        _hsfm._group_scores(logits / t, y, y, 2)["worst_group_loss"]
-        for t in _hsfm.CALIBRATION_TEMPERATURES
+        _scores._group_scores(logits / t, y, y, 2)["worst_group_loss"]
+        for t in _candidates.CALIBRATION_TEMPERATURES
     )
     assert score["worst_group_loss"] == pytest.approx(looped, rel=1e-12)
     # a nearly flat head scores about log 2 on every group, but loses on accuracy
-    flat = _hsfm.candidate_score([logits * 1e-6 + torch.tensor([1e-3, 0.0])], [run], heldout)
+    flat = _candidates.candidate_score([logits * 1e-6 + torch.tensor([1e-3, 0.0])], [run], heldout)
     assert flat["worst_group_accuracy"] == 0.0
-    assert _hsfm._rank(score) < _hsfm._rank(flat)
+    assert _candidates._rank(score) < _candidates._rank(flat)
 
 
 def test_defaults_do_not_fall_below_a_group_balanced_logistic_regression():

@@ -52,10 +52,11 @@ def test_core_settings_have_no_defaults_of_their_own():
     """Defaults live on the estimator only: every HSFMSettings field is filled from it."""
     import dataclasses
 
-    from sklearn_featmeta import MetaAugmentedHeadClassifier, _hsfm
+    from sklearn_featmeta import MetaAugmentedHeadClassifier, _core
+    from sklearn_featmeta._core import _types
     from sklearn_featmeta._meta_head import _FitData
 
-    fields = dataclasses.fields(_hsfm.HSFMSettings)
+    fields = dataclasses.fields(_types.HSFMSettings)
     assert all(field.default is dataclasses.MISSING for field in fields)
     rows = np.arange(40)
     data = _FitData(
@@ -70,12 +71,12 @@ def test_core_settings_have_no_defaults_of_their_own():
         scale=np.ones(2),
         class_factor=np.ones(2),
     )
-    settings = MetaAugmentedHeadClassifier()._settings(_hsfm, data)
+    settings = MetaAugmentedHeadClassifier()._settings(_core, data)
     assert settings.outer_steps == MetaAugmentedHeadClassifier().outer_steps
     assert (
         settings.erm_class_factor is None and settings.whitening_ridge is None
     )  # 15 rows per feature
     settings = MetaAugmentedHeadClassifier()._settings(
-        _hsfm, dataclasses.replace(data, pool=rows[:32])
+        _core, dataclasses.replace(data, pool=rows[:32])
     )
     assert settings.whitening_ridge == 0.1  # 16 rows per feature

@@ -457,7 +457,7 @@ def test_fit_leaves_torch_global_state_alone(spurious):
 def test_n_threads_limits_torch_and_blas_threads_during_fit(spurious, monkeypatch):
     torch = pytest.importorskip("torch")
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    from sklearn_featmeta import _hsfm
+    from sklearn_featmeta import _core
 
     def thread_counts():
         pools = threadpoolctl.threadpool_info()
@@ -465,13 +465,13 @@ def test_n_threads_limits_torch_and_blas_threads_during_fit(spurious, monkeypatc
         return torch.get_num_threads(), blas
 
     seen = []
-    fit_hsfm = _hsfm.fit_hsfm
+    fit_hsfm = _core.fit_hsfm
 
     def recording_fit_hsfm(*args, **kwargs):
         seen.append(thread_counts())
         return fit_hsfm(*args, **kwargs)
 
-    monkeypatch.setattr(_hsfm, "fit_hsfm", recording_fit_hsfm)
+    monkeypatch.setattr(_core, "fit_hsfm", recording_fit_hsfm)
     before = thread_counts()
     MetaAugmentedHeadClassifier(**FAST, n_threads=1).fit(*spurious)
     assert seen == [(1, {1})]
@@ -784,13 +784,13 @@ def test_auto_whitening_with_the_papers_pool_support(anisotropic):
 
 
 def test_no_edits_is_the_early_stopped_head_update_without_hypergradients(spurious, monkeypatch):
-    from sklearn_featmeta import _hsfm
+    from sklearn_featmeta._core import _bilevel
 
     X, y, groups = spurious
     calls = []
-    real = _hsfm.support_hypergradient
+    real = _bilevel.support_hypergradient
     monkeypatch.setattr(
-        _hsfm, "support_hypergradient", lambda *a, **k: calls.append(1) or real(*a, **k)
+        _bilevel, "support_hypergradient", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     plain = MetaAugmentedHeadClassifier(**{**FAST, "outer_steps": 0}).fit(X, y, groups)
     assert not calls and np.isnan(plain.history_["outer_loss"]).all()

@@ -251,13 +251,13 @@ def test_three_classes_of_four_rows_warn():
 
 
 def test_convergence_warnings(monkeypatch):
-    from sklearn_featmeta import _hsfm
+    from sklearn_featmeta._core import _fit, _losses
 
     X, y, groups = make_spurious_embeddings(n_samples=400, n_features=6, random_state=0)
     # an ERM head whose L-BFGS runs out of iterations (one iteration allowed)
-    real = _hsfm.fit_softmax_head
+    real = _losses.fit_softmax_head
     with monkeypatch.context() as patch:
-        patch.setattr(_hsfm, "fit_softmax_head", lambda *a, **k: real(*a, **k, max_iter=1))
+        patch.setattr(_fit, "fit_softmax_head", lambda *a, **k: real(*a, **k, max_iter=1))
         with pytest.warns(ConvergenceWarning, match="L-BFGS stopped"):
             MetaAugmentedHeadClassifier(**SMALL).fit(X, y, groups)
     # a head that creeps: every epoch improves, and max_epochs stops it
@@ -324,7 +324,8 @@ def test_whitening_covariance_sample_follows_row_content(data, monkeypatch):
     The budget is forced to zero so that a small pool is sampled (eight rows per
     feature): the sample must still treat a row of weight k as k copies, in any order.
     """
-    from sklearn_featmeta import _hsfm, _meta_head
+    from sklearn_featmeta import _meta_head
+    from sklearn_featmeta._core import _fit, _geometry
 
     X, y, groups = data
     # the runs' mean head, whose coordinates the whitening shapes (not a balanced candidate)
@@ -332,13 +333,13 @@ def test_whitening_covariance_sample_follows_row_content(data, monkeypatch):
     full = _quiet_fit(MetaAugmentedHeadClassifier(**params), X, y, groups)
     monkeypatch.setattr(_meta_head, "WHITENING_COVARIANCE_BUDGET", 0)
     rows_seen = []
-    whitening_transform = _hsfm.whitening_transform
+    whitening_transform = _geometry.whitening_transform
 
     def spy(X_rows, *args, **kwargs):
         rows_seen.append(X_rows.shape[0])
         return whitening_transform(X_rows, *args, **kwargs)
 
-    monkeypatch.setattr(_hsfm, "whitening_transform", spy)
+    monkeypatch.setattr(_fit, "whitening_transform", spy)
     sampled = _quiet_fit(MetaAugmentedHeadClassifier(**params), X, y, groups)
     assert abs(rows_seen[-1] - 8 * X.shape[1]) <= 1  # one row may be taken in part
     assert not np.allclose(sampled.coef_, full.coef_)

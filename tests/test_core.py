@@ -7,7 +7,17 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from sklearn_featmeta import _hsfm
+from sklearn_featmeta._core import (
+    _bilevel,
+    _device,
+    _fit,
+    _geometry,
+    _losses,
+    _runs,
+    _scores,
+    _supports,
+    _types,
+)
 
 # What the core does where a test does not say: the paper's choices (the estimator's own
 # defaults live on MetaAugmentedHeadClassifier; HSFMSettings has none).
@@ -29,7 +39,7 @@ PAPER_CORE = {
 
 
 def _core_settings(**fields):
-    return _hsfm.HSFMSettings(**{**PAPER_CORE, **fields})
+    return _types.HSFMSettings(**{**PAPER_CORE, **fields})
 
 
 def _problem(n_support=7, n_hard=9, n_features=5, n_classes=3, seed=0, dtype=torch.float64):
@@ -53,15 +63,19 @@ def _finite_difference_gradient(S, Y_support, H, Y_hard, W, b, eps=1e-6, **kwarg
             plus, minus = S.clone(), S.clone()
             plus[i, j] += eps
             minus[i, j] -= eps
-            loss_plus, _ = _hsfm.support_hypergradient(plus, Y_support, H, Y_hard, W, b, **kwargs)
-            loss_minus, _ = _hsfm.support_hypergradient(minus, Y_support, H, Y_hard, W, b, **kwargs)
+            loss_plus, _ = _bilevel.support_hypergradient(
+                plus, Y_support, H, Y_hard, W, b, **kwargs
+            )
+            loss_minus, _ = _bilevel.support_hypergradient(
+                minus, Y_support, H, Y_hard, W, b, **kwargs
+            )
             numeric[i, j] = (loss_plus - loss_minus) / (2 * eps)
     return numeric
 
 
 def test_softmax_head_gradient_matches_autograd():
     S, Y, _, _, W, b = _problem()
-    loss, grad_W, grad_b = _hsfm.softmax_head_gradient(S, Y, W, b)
+    loss, grad_W, grad_b = _losses.softmax_head_gradient(S, Y, W, b)
     W_ = W.clone().requires_grad_(True)
     b_ = b.clone().requires_grad_(True)
     reference = torch.nn.functional.cross_entropy(S @ W_.T + b_, Y.argmax(1))
@@ -78,7 +92,7 @@ def test_hypergradient_matches_finite_differences(n_classes, inner_steps, inner_
     """d(outer loss)/d(support) in float64 against central differences."""
     S, Y_support, H, Y_hard, W, b = _problem(n_classes=n_classes, seed=n_classes)
     kwargs = {"inner_lr": inner_lr, "inner_steps": inner_steps}
-    _, grad_S = _hsfm.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
+    _, grad_S = _bilevel.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
     numeric = _finite_difference_gradient(S, Y_support, H, Y_hard, W, b, **kwargs)
     assert grad_S.abs().max() > 1e-4  # the check is not vacuous
     torch.testing.assert_close(grad_S, numeric, rtol=1e-6, atol=1e-8)
@@ -91,8 +105,8 @@ def test_closed_form_hypergradient_matches_autograd_oracle(n_classes):
         n_support=40, n_hard=30, n_features=12, n_classes=n_classes, seed=7
     )
     kwargs = {"inner_lr": 0.3, "inner_steps": 10}
-    loss, grad = _hsfm.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
-    loss_ref, grad_ref = _hsfm.support_hypergradient_autograd(
+    loss, grad = _bilevel.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
+    loss_ref, grad_ref = _bilevel.support_hypergradient_autograd(
         S, Y_support, H, Y_hard, W, b, **kwargs
     )
     torch.testing.assert_close(loss, loss_ref, rtol=1e-10, atol=1e-12)
@@ -105,8 +119,8 @@ def test_closed_form_hypergradient_matches_oracle_in_float32():
         n_support=64, n_hard=64, n_features=32, n_classes=2, seed=3, dtype=torch.float32
     )
     kwargs = {"inner_lr": 0.5, "inner_steps": 15}
-    _, grad = _hsfm.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
-    _, grad_ref = _hsfm.support_hypergradient_autograd(S, Y_support, H, Y_hard, W, b, **kwargs)
+    _, grad = _bilevel.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
+    _, grad_ref = _bilevel.support_hypergradient_autograd(S, Y_support, H, Y_hard, W, b, **kwargs)
     torch.testing.assert_close(grad, grad_ref, rtol=1e-4, atol=1e-6)
 
 
@@ -115,7 +129,7 @@ def test_erm_head_matches_multinomial_logistic_regression():
     X = rng.standard_normal((300, 6))
     y = (X[:, 0] + 0.5 * X[:, 1] + 0.3 * rng.standard_normal(300) > 0).astype(int) + (X[:, 2] > 1)
     C = 0.5
-    W, b, converged = _hsfm.fit_softmax_head(
+    W, b, converged = _losses.fit_softmax_head(
         torch.from_numpy(X), torch.from_numpy(y), 3, l2=1.0 / (C * X.shape[0]), tol=1e-10
     )
     assert converged
@@ -132,7 +146,7 @@ def test_select_hard_set_takes_top_losses_per_cell():
     cells = torch.randint(0, 5, (200,), generator=g)
     cells[cells == 4] = 3  # cell 4 is empty
     cells[:2] = 4  # ... now holds two rows only
-    chosen, taken = _hsfm.select_hard_set(losses, cells, 6, size_per_cell=10)
+    chosen, taken = _bilevel.select_hard_set(losses, cells, 6, size_per_cell=10)
     assert (taken == 1).all()
     expected = []
     for cell in range(6):
@@ -150,9 +164,9 @@ def test_weighted_hard_set_takes_rows_as_their_copies_would_be():
     losses = torch.rand(40, generator=g, dtype=torch.float64)
     cells = torch.randint(0, 3, (40,), generator=g)
     weight = torch.randint(0, 4, (40,), generator=g).double()
-    chosen, taken = _hsfm.select_hard_set(losses, cells, 3, size_per_cell=5, weight=weight)
+    chosen, taken = _bilevel.select_hard_set(losses, cells, 3, size_per_cell=5, weight=weight)
     copies = torch.repeat_interleave(torch.arange(40), weight.long())
-    copied, _ = _hsfm.select_hard_set(losses[copies], cells[copies], 3, size_per_cell=5)
+    copied, _ = _bilevel.select_hard_set(losses[copies], cells[copies], 3, size_per_cell=5)
     expected = torch.bincount(copies[copied], minlength=40).double()
     got = torch.zeros(40, dtype=torch.float64).index_add_(0, chosen, taken)
     torch.testing.assert_close(got, expected)
@@ -162,14 +176,14 @@ def test_weighted_hard_set_takes_rows_as_their_copies_would_be():
 def test_erm_head_reports_when_lbfgs_stops_at_its_iteration_limit():
     X = torch.randn(200, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y = (X[:, 0] > 0).long()
-    assert not _hsfm.fit_softmax_head(X, y, 2, l2=1e-6, max_iter=2)[2]
-    assert _hsfm.fit_softmax_head(X, y, 2, l2=1e-2)[2]
+    assert not _losses.fit_softmax_head(X, y, 2, l2=1e-6, max_iter=2)[2]
+    assert _losses.fit_softmax_head(X, y, 2, l2=1e-2)[2]
 
 
 def test_auto_inner_lr_is_inverse_lipschitz_bound():
     g = torch.Generator().manual_seed(0)
     S = 3.0 * torch.randn(40, 8, generator=g, dtype=torch.float64) + 2.0
-    lr = _hsfm.inner_lr_from_lipschitz(S)
+    lr = _supports.inner_lr_from_lipschitz(S)
     S_aug = torch.cat([S, torch.ones(40, 1, dtype=S.dtype)], 1)
     exact = torch.linalg.matrix_norm(S_aug, ord=2) ** 2 / (2 * 40)
     assert lr == pytest.approx(1.0 / float(exact), rel=1e-6)
@@ -178,14 +192,14 @@ def test_auto_inner_lr_is_inverse_lipschitz_bound():
     W, b = torch.zeros(3, 8, dtype=S.dtype), torch.zeros(3, dtype=S.dtype)
     previous = np.inf
     for _ in range(50):
-        loss, grad_W, grad_b = _hsfm.softmax_head_gradient(S, Y, W, b)
+        loss, grad_W, grad_b = _losses.softmax_head_gradient(S, Y, W, b)
         assert float(loss) <= previous + 1e-12
         previous = float(loss)
         W, b = W - lr * grad_W, b - lr * grad_b
 
 
 def _fit_problem(seed=0):
-    """The rows ``_fit`` uses: 80 training rows, then 40 held-out rows (group = class)."""
+    """The rows ``_fit_one_run`` uses: 80 training rows, then 40 held-out rows (group = class)."""
     X = torch.randn(120, 6, generator=torch.Generator().manual_seed(seed))
     return X, (X[:, 0] > 0).long()
 
@@ -195,26 +209,26 @@ def _pool_run(pool_y, size_per_class, seed):
     permutation = torch.randperm(pool_y.numel(), generator=torch.Generator().manual_seed(seed))
     index = torch.cat([permutation[pool_y[permutation] == k][:size_per_class] for k in (0, 1)])
     every_row = slice(None)
-    return _hsfm.RunRows(index, torch.ones(index.numel()), every_row, every_row)
+    return _types.RunRows(index, torch.ones(index.numel()), every_row, every_row)
 
 
 def _heldout(X, y, cells, n_cells):
     """Held-out rows whose hard set is mined per (class, group) cell, with unit weights."""
     weight = torch.ones(y.numel(), dtype=X.dtype)
-    return _hsfm.HeldoutRows(X, y, weight, cells, n_cells, cells, n_cells)
+    return _types.HeldoutRows(X, y, weight, cells, n_cells, cells, n_cells)
 
 
-def _fit(settings, seed=0, **kwargs):
+def _fit_one_run(settings, seed=0, **kwargs):
     X, y = _fit_problem(seed)
-    pool = _hsfm.Rows(X[:80].clone(), y[:80], torch.ones(80))
+    pool = _types.Rows(X[:80].clone(), y[:80], torch.ones(80))
     run = _pool_run(y[:80], settings.support_size_per_class, seed)
     heldout = _heldout(X[80:].clone(), y[80:], y[80:], 2)
-    return _hsfm.fit_hsfm(pool, heldout, [run], settings, n_classes=2, erm_l2=1e-2, **kwargs)
+    return _fit.fit_hsfm(pool, heldout, [run], settings, n_classes=2, erm_l2=1e-2, **kwargs)
 
 
 def test_divergence_stops_and_keeps_finite_head(monkeypatch):
     """A non-finite outer loss in epoch 3 stops training and keeps the best earlier epoch."""
-    real = _hsfm.support_hypergradient
+    real = _bilevel.support_hypergradient
     calls = {"n": 0}
 
     def failing_in_epoch_3(*args, **kwargs):
@@ -224,12 +238,12 @@ def test_divergence_stops_and_keeps_finite_head(monkeypatch):
             grad = grad * float("nan")
         return loss, grad
 
-    monkeypatch.setattr(_hsfm, "support_hypergradient", failing_in_epoch_3)
+    monkeypatch.setattr(_bilevel, "support_hypergradient", failing_in_epoch_3)
     settings = _core_settings(
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
         outer_steps=2, hard_set_size=10, n_epochs=6,
     )  # fmt: skip
-    (run,) = _fit(settings).runs
+    (run,) = _fit_one_run(settings).runs
     assert run.diverged
     assert len(run.history["outer_loss"]) == 2
     assert run.best_epoch in (1, 2)
@@ -243,7 +257,7 @@ def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
         outer_steps=2, hard_set_size=10, n_epochs=8,
     )  # fmt: skip
     records = []
-    (result,) = _fit(settings, on_epoch=records.append).runs
+    (result,) = _fit_one_run(settings, on_epoch=records.append).runs
     worst = np.array(result.history["worst_group_accuracy"])
     loss = np.array(result.history["heldout_loss"])
     candidates = np.flatnonzero(worst == worst.max())
@@ -258,7 +272,7 @@ def test_early_stopping():
         outer_steps=1, hard_set_size=10, n_epochs=1, head_lr=1e-9, max_epochs=50,
         n_iter_no_change=3,
     )  # fmt: skip
-    (result,) = _fit(settings).runs
+    (result,) = _fit_one_run(settings).runs
     assert len(result.history["outer_loss"]) == result.best_epoch + 3 < 50
 
 
@@ -272,10 +286,10 @@ def _improving_settings(**epochs):
 
 def test_run_still_improving_continues_past_n_epochs_up_to_max_epochs():
     zero_head = (torch.zeros(2, 6), torch.zeros(2))  # far from the held-out optimum
-    (fixed,) = _fit(_improving_settings(n_epochs=3), initial_head=zero_head).runs
+    (fixed,) = _fit_one_run(_improving_settings(n_epochs=3), initial_head=zero_head).runs
     assert len(fixed.history["outer_loss"]) == fixed.best_epoch == 3  # max_epochs=None: exactly 3
     extending = _improving_settings(n_epochs=3, max_epochs=7, n_iter_no_change=2)
-    (extended,) = _fit(extending, initial_head=zero_head).runs
+    (extended,) = _fit_one_run(extending, initial_head=zero_head).runs
     assert len(extended.history["outer_loss"]) == extended.best_epoch == 7
     losses = extended.history["worst_group_loss"]
     assert losses[:3] == fixed.history["worst_group_loss"]  # the same first epochs
@@ -290,23 +304,23 @@ def test_run_past_n_epochs_stops_n_iter_no_change_after_its_best(n_epochs):
         selection_metric="worst_group_loss", compare_unedited=True,
     )  # fmt: skip
     for seed in range(3):
-        (result,) = _fit(settings, seed=seed).runs
+        (result,) = _fit_one_run(settings, seed=seed).runs
         made = len(result.history["outer_loss"])
         assert made == min(30, max(n_epochs, result.best_epoch + 2))
         assert made >= n_epochs
 
 
 def test_resolve_device():
-    assert _hsfm.resolve_device("cpu").type == "cpu"
-    assert _hsfm.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert _device.resolve_device("cpu").type == "cpu"
+    assert _device.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="not a valid device"):
-        _hsfm.resolve_device("gpu please")
+        _device.resolve_device("gpu please")
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
-            _hsfm.resolve_device("cuda:0")
+            _device.resolve_device("cuda:0")
     else:
         with pytest.raises(ValueError, match="CUDA device"):
-            _hsfm.resolve_device(f"cuda:{torch.cuda.device_count()}")
+            _device.resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
 def test_weighted_support_hypergradient_matches_oracle_and_finite_differences():
@@ -314,8 +328,8 @@ def test_weighted_support_hypergradient_matches_oracle_and_finite_differences():
     weight = torch.linspace(1.0, 3.0, 8, dtype=S.dtype)
     weight = weight / weight.sum()
     kwargs = {"inner_lr": 0.6, "inner_steps": 5, "support_weight": weight}
-    loss, grad = _hsfm.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
-    loss_ref, grad_ref = _hsfm.support_hypergradient_autograd(
+    loss, grad = _bilevel.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
+    loss_ref, grad_ref = _bilevel.support_hypergradient_autograd(
         S, Y_support, H, Y_hard, W, b, **kwargs
     )
     torch.testing.assert_close(loss, loss_ref, rtol=1e-10, atol=1e-12)
@@ -325,16 +339,16 @@ def test_weighted_support_hypergradient_matches_oracle_and_finite_differences():
     plus[i, j] += eps
     minus[i, j] -= eps
     numeric = (
-        _hsfm.support_hypergradient(plus, Y_support, H, Y_hard, W, b, **kwargs)[0]
-        - _hsfm.support_hypergradient(minus, Y_support, H, Y_hard, W, b, **kwargs)[0]
+        _bilevel.support_hypergradient(plus, Y_support, H, Y_hard, W, b, **kwargs)[0]
+        - _bilevel.support_hypergradient(minus, Y_support, H, Y_hard, W, b, **kwargs)[0]
     ) / (2 * eps)
     assert float(grad[i, j]) == pytest.approx(float(numeric), rel=1e-6)
     # uniform weights are the plain mean
     uniform = torch.full((8,), 1 / 8, dtype=S.dtype)
-    _, grad_uniform = _hsfm.support_hypergradient(
+    _, grad_uniform = _bilevel.support_hypergradient(
         S, Y_support, H, Y_hard, W, b, inner_lr=0.6, inner_steps=5, support_weight=uniform
     )
-    _, grad_mean = _hsfm.support_hypergradient(
+    _, grad_mean = _bilevel.support_hypergradient(
         S, Y_support, H, Y_hard, W, b, inner_lr=0.6, inner_steps=5
     )
     torch.testing.assert_close(grad_uniform, grad_mean)
@@ -355,11 +369,11 @@ def test_annotated_support_is_cross_fitted():
     for split in folds:
         first, second = torch.nonzero(split == 0)[:, 0], torch.nonzero(split == 1)[:, 0]
         for shaping, selection in ((second, first), (first, second)):
-            runs.append(_hsfm.RunRows(shaping, torch.ones(shaping.numel()), shaping, selection))
+            runs.append(_types.RunRows(shaping, torch.ones(shaping.numel()), shaping, selection))
     pool_X = X[:200].clone()
-    pool = _hsfm.Rows(pool_X, y[:200], torch.ones(200))
+    pool = _types.Rows(pool_X, y[:200], torch.ones(200))
     heldout = _heldout(X[200:].clone(), y[200:], heldout_cells, 4)
-    result = _hsfm.fit_hsfm(pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2)
+    result = _fit.fit_hsfm(pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2)
     assert result.support_from_heldout and len(result.runs) == 4
     assert pool_X.numel() == 0  # released for the runs
     selections = [set(run.selection_index.tolist()) for run in result.runs]
@@ -380,7 +394,7 @@ def test_group_scores():
     y = torch.tensor([0, 0, 1, 1, 0])
     groups = torch.tensor([0, 0, 1, 1, 2])
     losses = torch.nn.functional.cross_entropy(logits, y, reduction="none")
-    scores = _hsfm._group_scores(logits, y, groups, n_groups=4)  # group 3 is empty
+    scores = _scores._group_scores(logits, y, groups, n_groups=4)  # group 3 is empty
     assert scores["worst_group_accuracy"] == pytest.approx(0.5)
     assert scores["average_accuracy"] == pytest.approx(3 / 5)
     assert scores["heldout_loss"] == pytest.approx(float(losses.mean()))
@@ -394,19 +408,21 @@ def test_best_epoch_is_the_lowest_worst_group_loss():
         support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
         outer_steps=2, hard_set_size=10, n_epochs=8, selection_metric="worst_group_loss",
     )  # fmt: skip
-    (result,) = _fit(settings).runs
+    (result,) = _fit_one_run(settings).runs
     loss = np.array(result.history["worst_group_loss"])
     assert result.best_epoch == np.argmin(loss) + 1
     # the criteria disagree on this problem, so the setting is what chose the epoch
-    accuracy_run = _fit(dataclasses.replace(settings, selection_metric="worst_group_accuracy"))
+    accuracy_run = _fit_one_run(
+        dataclasses.replace(settings, selection_metric="worst_group_accuracy")
+    )
     assert accuracy_run.runs[0].best_epoch != result.best_epoch
 
 
 def test_weight_decay_hypergradient_matches_oracle_and_finite_differences():
     S, Y_support, H, Y_hard, W, b = _problem(n_support=6, n_features=4, n_classes=3, seed=5)
     kwargs = {"inner_lr": 0.5, "inner_steps": 6, "weight_decay": 0.3}
-    loss, grad = _hsfm.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
-    loss_ref, grad_ref = _hsfm.support_hypergradient_autograd(
+    loss, grad = _bilevel.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
+    loss_ref, grad_ref = _bilevel.support_hypergradient_autograd(
         S, Y_support, H, Y_hard, W, b, **kwargs
     )
     torch.testing.assert_close(loss, loss_ref, rtol=1e-10, atol=1e-12)
@@ -414,7 +430,7 @@ def test_weight_decay_hypergradient_matches_oracle_and_finite_differences():
     numeric = _finite_difference_gradient(S, Y_support, H, Y_hard, W, b, **kwargs)
     torch.testing.assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
     # the decay changes the answer (the check is not vacuous)
-    _, grad_plain = _hsfm.support_hypergradient(
+    _, grad_plain = _bilevel.support_hypergradient(
         S, Y_support, H, Y_hard, W, b, inner_lr=0.5, inner_steps=6
     )
     assert (grad - grad_plain).abs().max() > 1e-3
@@ -422,8 +438,8 @@ def test_weight_decay_hypergradient_matches_oracle_and_finite_differences():
 
 def test_weight_decay_raises_the_lipschitz_bound():
     S = torch.randn(50, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    plain = _hsfm.inner_lr_from_lipschitz(S)
-    decayed = _hsfm.inner_lr_from_lipschitz(S, weight_decay=0.5)
+    plain = _supports.inner_lr_from_lipschitz(S)
+    decayed = _supports.inner_lr_from_lipschitz(S, weight_decay=0.5)
     assert 1 / decayed == pytest.approx(1 / plain + 0.5)
 
 
@@ -431,7 +447,7 @@ def _plain_descent(S, labels, W, b, lr, steps):
     Y = torch.nn.functional.one_hot(labels, W.shape[0]).to(S.dtype)
     W, b = W.clone(), b.clone()
     for _ in range(steps):
-        _, grad_W, grad_b = _hsfm.softmax_head_gradient(S, Y, W, b)
+        _, grad_W, grad_b = _losses.softmax_head_gradient(S, Y, W, b)
         W, b = W - lr * grad_W, b - lr * grad_b
     return W, b
 
@@ -448,7 +464,7 @@ def _compared_settings(outer_lr, n_epochs):
 def test_unedited_head_is_kept_where_the_edits_do_worse():
     settings = _compared_settings(outer_lr=3.0, n_epochs=6)
     zero_head = (torch.zeros(2, 6), torch.zeros(2))  # far from the held-out optimum: training helps
-    result = _fit(settings, initial_head=zero_head)
+    result = _fit_one_run(settings, initial_head=zero_head)
     (run,) = result.runs
     assert not run.kept_edits and run.best_epoch > 0
     # the kept head is plain gradient descent on the support as drawn, for the kept epochs
@@ -461,16 +477,18 @@ def test_unedited_head_is_kept_where_the_edits_do_worse():
     # the history scores that unedited head too, next to the edited one
     X, y = _fit_problem()
     heldout = X[80:]  # the core works in the coordinates it is given
-    scores = _hsfm._group_scores(heldout @ W.T + b, y[80:], y[80:], 2)
-    assert set(scores) == set(_hsfm._SCORES)
+    scores = _scores._group_scores(heldout @ W.T + b, y[80:], y[80:], 2)
+    assert set(scores) == set(_scores._SCORES)
     unedited = run.history["unedited_worst_group_loss"]
     assert unedited[run.best_epoch - 1] == pytest.approx(scores["worst_group_loss"], rel=1e-5)
     assert unedited[run.best_epoch - 1] == min(unedited) < min(run.history["worst_group_loss"])
     # without the comparison the edits are kept, though they score worse than not editing
-    (edited,) = _fit(
+    (edited,) = _fit_one_run(
         dataclasses.replace(settings, compare_unedited=False), initial_head=zero_head
     ).runs
-    (control,) = _fit(dataclasses.replace(settings, outer_lr=1e-12), initial_head=zero_head).runs
+    (control,) = _fit_one_run(
+        dataclasses.replace(settings, outer_lr=1e-12), initial_head=zero_head
+    ).runs
     assert edited.kept_edits
     assert min(edited.history["worst_group_loss"]) > min(control.history["worst_group_loss"])
 
@@ -478,11 +496,11 @@ def test_unedited_head_is_kept_where_the_edits_do_worse():
 def test_start_head_is_kept_where_no_epoch_beats_it():
     """Epoch 0 competes: a run whose every update scores worse keeps its start head."""
     X, y = _fit_problem()
-    heldout_scores = _hsfm._group_scores
+    heldout_scores = _scores._group_scores
     settings = _compared_settings(outer_lr=3.0, n_epochs=3)
     # the held-out optimum as start: every update moves away from it on the selection rows
-    best = _hsfm.fit_softmax_head(X[80:], y[80:], 2, l2=1e-4)[:2]
-    (run,) = _fit(settings, initial_head=best).runs
+    best = _losses.fit_softmax_head(X[80:], y[80:], 2, l2=1e-4)[:2]
+    (run,) = _fit_one_run(settings, initial_head=best).runs
     assert run.best_epoch == 0 and not run.kept_edits
     torch.testing.assert_close(run.weight, best[0])
     start_loss = heldout_scores(X[80:] @ best[0].T + best[1], y[80:], y[80:], 2)["worst_group_loss"]
@@ -493,8 +511,8 @@ def test_start_head_is_kept_where_no_epoch_beats_it():
 
 def test_edited_head_is_kept_where_the_edits_do_better():
     settings = _compared_settings(outer_lr=0.5, n_epochs=8)
-    (run,) = _fit(settings).runs
-    (control,) = _fit(dataclasses.replace(settings, outer_lr=1e-12)).runs
+    (run,) = _fit_one_run(settings).runs
+    (control,) = _fit_one_run(dataclasses.replace(settings, outer_lr=1e-12)).runs
     assert run.kept_edits
     assert min(run.history["worst_group_loss"]) < min(control.history["worst_group_loss"])
 
@@ -506,7 +524,7 @@ def test_eigh_in_place_matches_torch_and_overwrites_its_input_on_cpu(dtype):
     symmetric = (A @ A.T).to(dtype)
     expected_values, expected_vectors = torch.linalg.eigh(symmetric)
     storage = symmetric.data_ptr()
-    values, vectors = _hsfm._eigh_in_place(symmetric)
+    values, vectors = _geometry._eigh_in_place(symmetric)
     assert vectors.dtype == dtype and vectors.data_ptr() == storage  # no (d, d) copy
     tolerance = {"rtol": 1e-4, "atol": 1e-3} if dtype == torch.float32 else {}
     torch.testing.assert_close(values, expected_values, **tolerance)
@@ -524,17 +542,17 @@ def test_whitening_transform_whitens_up_to_the_ridge():
     mixing = torch.randn(6, 6, dtype=torch.float64, generator=generator)
     X = torch.randn(5000, 6, dtype=torch.float64, generator=generator) @ mixing
     X -= X.mean(0)
-    T = _hsfm.whitening_transform(X, ridge=1e-9)
+    T = _geometry.whitening_transform(X, ridge=1e-9)
     torch.testing.assert_close(T, T.T)
     rows = torch.randn(3, 6, dtype=torch.float64, generator=generator)
-    torch.testing.assert_close(_hsfm._unwhiten(rows, T) @ T, rows)  # rows T^-1
+    torch.testing.assert_close(_geometry._unwhiten(rows, T) @ T, rows)  # rows T^-1
     variances = torch.linalg.eigvalsh(X.T @ X / X.shape[0])
     whitened = X @ T
     covariance = whitened.T @ whitened / X.shape[0]
     # every direction ends with the mean variance of the input
     torch.testing.assert_close(covariance, variances.mean() * torch.eye(6, dtype=torch.float64))
     # a ridge leaves low-variance directions closer to where they were
-    T_ridge = _hsfm.whitening_transform(X, ridge=1.0)
+    T_ridge = _geometry.whitening_transform(X, ridge=1.0)
     ridged = torch.linalg.eigvalsh((X @ T_ridge).T @ (X @ T_ridge) / X.shape[0])
     assert ridged.max() / ridged.min() > 1.5
     assert ridged.max() / ridged.min() < variances.max() / variances.min()
@@ -547,13 +565,13 @@ def _cross_fitted_problem(seed=0):
     y = (X[:, 0] + 0.5 * torch.randn(160, dtype=torch.float64, generator=g) > 0).long()
     cells = y * 2 + (X[:, 1] > 0.3).long()
     weight = 1.0 + torch.rand(160, dtype=torch.float64, generator=g)  # sample weights
-    heldout = _hsfm.HeldoutRows(X, y, weight, cells, 4, cells, 4)
+    heldout = _types.HeldoutRows(X, y, weight, cells, 4, cells, 4)
     runs = []
     for _ in range(2):  # two splits
         order = torch.randperm(160, generator=g)
         for shaping, selection in ((order[:70], order[70:]), (order[70:], order[:70])):
             support = shaping[: 40 + 10 * len(runs)]  # supports of 40 to 70 rows
-            runs.append(_hsfm.RunRows(support, weight[support], shaping, selection))
+            runs.append(_types.RunRows(support, weight[support], shaping, selection))
     return heldout, runs
 
 
@@ -584,15 +602,15 @@ def test_batched_runs_match_the_run_by_run_loop(fields):
     """Without edits, the runs as one batched program are the runs one by one (float64)."""
     heldout, runs = _cross_fitted_problem()
     settings = _no_edit_settings(**fields)
-    supports = [_hsfm._support(run, None, heldout, settings) for run in runs]
-    inner_lr, head_lr = _hsfm._step_sizes(supports[0], settings)
+    supports = [_supports._support(run, None, heldout, settings) for run in runs]
+    inner_lr, head_lr = _supports._step_sizes(supports[0], settings)
     head = (0.1 * torch.ones(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     records = []
-    batched = _hsfm._head_update_runs(
+    batched = _runs._head_update_runs(
         supports, runs, heldout, head, 2, settings, head_lr, records.append
     )
     one_by_one = [
-        _hsfm._bilevel_run(support, run, heldout, head, 2, settings, (inner_lr, head_lr), None)
+        _bilevel._bilevel_run(support, run, heldout, head, 2, settings, (inner_lr, head_lr), None)
         for support, run in zip(supports, runs, strict=True)
     ]
     if "max_epochs" in fields:  # runs that stop at different epochs: the masking is exercised
@@ -618,18 +636,18 @@ def test_runs_stepping_in_cache_groups_are_the_runs_stepping_together(monkeypatc
     """Groups of runs that fit in a cache (here: one run, two runs) make the same steps."""
     heldout, runs = _cross_fitted_problem(seed=3)
     settings = _no_edit_settings(n_epochs=1, max_epochs=30, n_iter_no_change=2, head_update="adam")
-    supports = [_hsfm._support(run, None, heldout, settings) for run in runs]
-    head_lr = _hsfm._step_sizes(supports[0], settings)[1]
+    supports = [_supports._support(run, None, heldout, settings) for run in runs]
+    head_lr = _supports._step_sizes(supports[0], settings)[1]
     head = (0.1 * torch.ones(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
-    support_bytes = _hsfm._stacked_supports(supports, 2)[0][0].numel() * 8
+    support_bytes = _runs._stacked_supports(supports, 2)[0][0].numel() * 8
     previous = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
         fits = []
-        for budget in (_hsfm.CACHED_SUPPORT_BYTES, support_bytes, 2 * support_bytes):
-            monkeypatch.setattr(_hsfm, "CACHED_SUPPORT_BYTES", budget)
+        for budget in (_runs.CACHED_SUPPORT_BYTES, support_bytes, 2 * support_bytes):
+            monkeypatch.setattr(_runs, "CACHED_SUPPORT_BYTES", budget)
             fits.append(
-                _hsfm._head_update_runs(supports, runs, heldout, head, 2, settings, head_lr, None)
+                _runs._head_update_runs(supports, runs, heldout, head, 2, settings, head_lr, None)
             )
     finally:
         torch.set_num_threads(previous)
@@ -650,20 +668,20 @@ def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
     settings = _no_edit_settings(inner_steps=2, n_epochs=5)
 
     def support_of(run, transform):
-        return _hsfm._support(run, None, heldout, settings)
+        return _supports._support(run, None, heldout, settings)
 
     head = _zero_head()
     calls = []
 
     def step_sizes(first_support, standardised):
         calls.append(standardised)
-        return _hsfm._step_sizes(first_support, settings)
+        return _supports._step_sizes(first_support, settings)
 
-    probe = _hsfm._unedited_probe(support_of, runs, heldout, head, 2, settings, None, step_sizes)
+    probe = _runs._unedited_probe(support_of, runs, heldout, head, 2, settings, None, step_sizes)
     assert calls == [True]
-    steps = _hsfm._step_sizes(support_of(runs[0], None), settings)
+    steps = _supports._step_sizes(support_of(runs[0], None), settings)
     best = [
-        min(_hsfm._bilevel_run(support_of(run, None), run, heldout, head, 2, settings, steps,
+        min(_bilevel._bilevel_run(support_of(run, None), run, heldout, head, 2, settings, steps,
                                None).history["worst_group_loss"])
         for run in runs
     ]  # fmt: skip
@@ -674,13 +692,13 @@ def test_a_diverging_run_of_the_batch_stops_alone():
     """A run whose logits overflow stops with its best finite epoch; the others go on."""
     heldout, runs = _cross_fitted_problem(seed=2)
     settings = _no_edit_settings(inner_steps=1)
-    supports = [_hsfm._support(run, None, heldout, settings) for run in runs]
+    supports = [_supports._support(run, None, heldout, settings) for run in runs]
     # the second run's support is scaled up: the same step makes its logits overflow
     rows, *rest = supports[1]
     supports[1] = (rows * 1e155, *rest)
     head = _zero_head()
-    head_lr = _hsfm._step_sizes(supports[0], settings)[1]
-    result = _hsfm._head_update_runs(supports, runs, heldout, head, 2, settings, head_lr, None)
+    head_lr = _supports._step_sizes(supports[0], settings)[1]
+    result = _runs._head_update_runs(supports, runs, heldout, head, 2, settings, head_lr, None)
     assert [run.diverged for run in result] == [False, True, False, False]
     assert all(len(run.history["outer_loss"]) == 6 for run in result if not run.diverged)
     assert all(torch.isfinite(run.weight).all() for run in result)

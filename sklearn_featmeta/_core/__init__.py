@@ -1,0 +1,34 @@
+"""The core: the numerics of a fit, in rooms. Never imports scikit-learn.
+
+The default path of a fit (:func:`fit_hsfm`, ``_fit``) is: the ERM head
+(``_losses``), the group-balanced candidate heads and the rule that weighs the
+runs' heads against them (``_candidates``), the optional whitening
+(``_geometry``), and the runs' head updates batched in one program (``_runs``,
+on supports from ``_supports``, scored by ``_scores``, stepped by
+``_optimizers``). The paper's opt-in support edits (``outer_steps > 0``) live in
+``_bilevel``. Settings, rows and results are dataclasses (``_types``); where
+a fit computes, ``_device``. ``fit(X, y)`` without any known group does not
+come here (``sklearn_featmeta._groupfree``).
+
+Notation. A head is ``(W, b)`` with ``W`` of shape (n_classes, n_features);
+logits are ``X @ W.T + b``. The support set ``S`` (rows of feature space) is
+what the paper's outer problem edits.
+"""
+
+from ._candidates import ONE_STANDARD_ERROR_TAIL
+from ._device import resolve_device
+from ._fit import fit_hsfm
+from ._runs import runs_in_one_batch
+from ._types import HeldoutRows, HSFMResult, HSFMSettings, Rows, RunRows
+
+__all__ = [
+    "ONE_STANDARD_ERROR_TAIL",
+    "HSFMResult",
+    "HSFMSettings",
+    "HeldoutRows",
+    "Rows",
+    "RunRows",
+    "fit_hsfm",
+    "resolve_device",
+    "runs_in_one_batch",
+]

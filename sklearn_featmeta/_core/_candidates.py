@@ -1,0 +1,342 @@
+"""Candidate heads: group-balanced logistic regressions, how they are scored, and the rule
+that lets the runs' heads replace the best of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._softmax import SoftmaxProblem, softmax_regression_paths
+from ._scores import _group_scores
+from ._supports import _cell_balanced
+from ._types import HeldoutRows, RunRows
+
+BALANCED_L2_PATH = (100.0, 10.0, 1.0, 0.1, 0.01, 0.001)
+"""L2 strengths of the balanced heads (on a support loss of total weight one), strong to weak.
+
+The best strength can lie far out in either direction (unit-norm text
+embeddings of 1536 dimensions want a strong one on isotropic features), so
+the path spans five decades, a fit per decade (as ``LogisticRegressionCV``'s
+grid); fitted strong to weak, each fit warm-starts the next.
+"""
+
+
+CALIBRATION_TEMPERATURES = tuple(float(2.0**exponent) for exponent in np.arange(-3, 3.01, 0.5))
+"""Temperatures a candidate's logits are divided by before its loss is compared (the best counts)."""
+
+
+@dataclass
+class HeadChoice:
+    """Which heads the fit averages, chosen by cross-fitted held-out scores.
+
+    ``chosen``: ``"runs"`` (the mean of the HSFM runs' heads) or
+    ``"balanced_standardised"`` / ``"balanced_isotropic"`` (a group-balanced
+    logistic regression in that geometry, its strength chosen on the runs'
+    supports and refitted on every annotated row, :func:`refit_balanced`).
+    ``scores``: each candidate's :func:`candidate_score` on the runs'
+    selection rows, the balanced ones at their best L2 strength.
+    ``balanced_l2``: that strength (on a run's support); ``head``: the
+    refitted balanced head, for a balanced choice; ``run_logits``: the best
+    balanced head's logits on every run's selection rows (what the runs'
+    heads must beat); ``verdict``: how the runs' heads fared against it
+    (:func:`weigh_challenger`).
+    """
+
+    chosen: str = "runs"
+    scores: dict[str, float] | None = None
+    balanced_l2: float | None = None
+    head: tuple[torch.Tensor, torch.Tensor] | None = None
+    run_logits: list[torch.Tensor] | None = None
+    verdict: Verdict | None = None
+
+
+def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
+    """How well heads do on their runs' selection rows: what candidates are compared by.
+
+    ``run_logits``: for every run, its head's logits on the run's selection
+    rows. ``worst_group_accuracy``: the mean over runs; candidates are
+    ranked by it first, as the paper and DFR select. Ties are broken by
+    ``worst_group_loss``: the mean over runs of the worst-group cross-entropy
+    at the best of :data:`CALIBRATION_TEMPERATURES` (shared by the runs), so
+    that a penalised fit and an early-stopped, more confident head are
+    compared by their ranking rather than their scale. The loss alone would
+    prefer a nearly flat head (about ``log(n_classes)`` on every group) to
+    an informative one that still misses much of a small group.
+    """
+    temperatures = torch.tensor(CALIBRATION_TEMPERATURES, dtype=run_logits[0].dtype)
+    loss, accuracy = torch.zeros_like(temperatures), 0.0
+    for logits, run in zip(run_logits, runs, strict=True):
+        rows = run.selection_rows
+        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows]
+        accuracy += _group_scores(logits, y, cells, heldout.n_cells, weight)["worst_group_accuracy"]
+        scaled = logits[None] / temperatures.to(logits.device)[:, None, None]
+        losses = torch.logsumexp(scaled, 2) - scaled[:, torch.arange(y.shape[0]), y]
+        # per (temperature, cell) weighted mean loss, by one product with the cells' indicators
+        members = torch.nn.functional.one_hot(cells, heldout.n_cells).to(logits.dtype)
+        members *= weight[:, None]
+        cell_weight = members.sum(0)
+        cell_losses = (losses @ members)[:, cell_weight > 0] / cell_weight[cell_weight > 0]
+        loss += cell_losses.max(1).values.cpu()
+    return {
+        "worst_group_accuracy": accuracy / len(runs),
+        "worst_group_loss": float(loss.min()) / len(runs),
+    }
+
+
+def _rank(score: dict[str, float]) -> tuple[float, float]:
+    """Sort key of a :func:`candidate_score`: smaller is better."""
+    return (-score["worst_group_accuracy"], score["worst_group_loss"])
+
+
+def balanced_paths(
+    support_of: Callable,
+    runs: list[RunRows],
+    heldout: HeldoutRows,
+    n_classes: int,
+    isotropic_factor: torch.Tensor | None = None,
+) -> dict[str, list[list[torch.Tensor]]]:
+    """Logits of every run's group-balanced logistic regressions, per L2 strength and geometry.
+
+    For every run a softmax logistic regression on the run's support, its
+    (class, group) cells weighted equally (the runs' support loss), for
+    every strength of :data:`BALANCED_L2_PATH`, on standardised features and
+    on isotropic ones (standardised features times ``isotropic_factor``: the
+    data's relative feature scales under one global scale, the geometry of
+    the raw embeddings). Returns, per geometry, ``logits[run][step]``: the
+    head's logits on the run's selection rows, rows its fit did not see (the
+    heads themselves are not kept: the chosen one is refitted on every
+    annotated row, :func:`refit_balanced`).
+    """
+    geometries = {"balanced_standardised": None}
+    if isotropic_factor is not None:
+        geometries["balanced_isotropic"] = isotropic_factor
+    factors = [None if f is None else f.cpu().numpy() for f in geometries.values()]
+    paths = {name: [] for name in geometries}
+    for run in runs:
+        S, labels, _, weight, _ = support_of(run, None)
+        # every geometry's path from the one support: they share its passes
+        fits = softmax_regression_paths(
+            S.cpu().numpy(),
+            labels.cpu().numpy(),
+            weight.double().cpu().numpy(),
+            n_classes,
+            BALANCED_L2_PATH,
+            factors,
+        )
+        weights, biases = [], []
+        for factor, heads in zip(geometries.values(), fits, strict=True):
+            for W, b in heads:
+                W, b = (torch.from_numpy(a).to(S) for a in (W, b))
+                weights.append(W if factor is None else W * factor)  # standardised coordinates
+                biases.append(b)
+        # every head of the run in one pass over the held-out rows, then its selection rows
+        logits = torch.addmm(torch.cat(biases), heldout.X, torch.cat(weights).T)
+        logits = logits[run.selection_rows].split(n_classes, dim=1)
+        for number, name in enumerate(geometries):
+            steps = len(BALANCED_L2_PATH)
+            paths[name].append(list(logits[number * steps : (number + 1) * steps]))
+    return paths
+
+
+def best_balanced(paths: dict[str, list[list[torch.Tensor]]], runs, heldout) -> HeadChoice:
+    """The balanced geometry and L2 strength with the best score on the runs' selection rows.
+
+    Every candidate is scored on the same selection rows of the same runs
+    (:func:`candidate_score`), rows none of them was fitted on.
+    """
+    choice = HeadChoice(scores={})
+    for name, run_logits in paths.items():
+        step_scores = [
+            candidate_score([logits[step] for logits in run_logits], runs, heldout)
+            for step in range(len(BALANCED_L2_PATH))
+        ]
+        step = min(range(len(step_scores)), key=lambda i: _rank(step_scores[i]))
+        choice.scores[name] = step_scores[step]
+        if choice.chosen == "runs" or _rank(step_scores[step]) < _rank(
+            choice.scores[choice.chosen]
+        ):
+            choice.chosen, choice.balanced_l2 = name, BALANCED_L2_PATH[step]
+            choice.run_logits = [logits[step] for logits in run_logits]
+    return choice
+
+
+def _worst_cell_outcomes(run_logits, incumbent_logits, runs, heldout: HeldoutRows):
+    """Per run, on the incumbent's worst (class, group) cell of the run's selection rows:
+    ``(weight, challenger_correct, incumbent_correct)`` of its rows (float64)."""
+    outcomes = []
+    for challenger, incumbent, run in zip(run_logits, incumbent_logits, runs, strict=True):
+        rows = run.selection_rows
+        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows].double()
+        incumbent_correct = (incumbent.argmax(1) == y).double()
+        totals = torch.bincount(cells, weights=weight, minlength=heldout.n_cells)
+        hits = torch.bincount(cells, weights=incumbent_correct * weight, minlength=heldout.n_cells)
+        accuracy = torch.where(totals > 0, hits / totals.clamp(min=1e-300), torch.inf)
+        in_cell = cells == int(accuracy.argmin())
+        challenger_correct = (challenger.argmax(1) == y).double()
+        outcomes.append((weight[in_cell], challenger_correct[in_cell], incumbent_correct[in_cell]))
+    return outcomes
+
+
+def worst_group_standard_error(
+    run_logits: list[torch.Tensor],
+    incumbent_logits: list[torch.Tensor],
+    runs: list[RunRows],
+    heldout: HeldoutRows,
+) -> float:
+    """Standard error of a challenger's worst-group accuracy minus an incumbent's, over runs.
+
+    Paired, on the rows both heads are scored on: in every run, on the
+    incumbent's worst (class, group) cell of the run's selection rows, the
+    weighted mean of ``correct(challenger) - correct(incumbent)`` per row has
+    the variance ``sum w^2 (d - mean d)^2 / (sum w)^2``. The two runs of a
+    split are scored on disjoint rows, but every split re-uses the same
+    annotated rows, so the splits count as one measurement: the variance of
+    the mean over runs is the runs' mean variance over two.
+    """
+    return _paired_standard_error(_worst_cell_outcomes(run_logits, incumbent_logits, runs, heldout))
+
+
+def _paired_standard_error(outcomes) -> float:
+    """:func:`worst_group_standard_error` of :func:`_worst_cell_outcomes`."""
+    variances = []
+    for w, challenger, incumbent in outcomes:
+        difference = challenger - incumbent
+        centred = difference - (w * difference).sum() / w.sum()
+        variances.append(float((w.square() * centred.square()).sum() / w.sum().square()))
+    return math.sqrt(sum(variances) / len(variances) / 2)
+
+
+ONE_STANDARD_ERROR_TAIL = 0.5 * math.erfc(1 / math.sqrt(2))
+"""One-sided tail of a normal beyond one standard deviation (about 0.159)."""
+
+
+def discordant_rows_tail(
+    run_logits: list[torch.Tensor],
+    incumbent_logits: list[torch.Tensor],
+    runs: list[RunRows],
+    heldout: HeldoutRows,
+) -> float:
+    """Chance of the challenger's lead on the rows where the two heads disagree, were it luck.
+
+    On the incumbent's worst cell of each run's selection rows (as
+    :func:`worst_group_standard_error`), ``b`` rows are right by the
+    challenger only and ``c`` by the incumbent only (sample weights as
+    copies; summed over runs and divided by the splits, which re-use the same
+    rows). The exact one-sided sign test: the chance that ``b + c`` fair coins
+    give ``b`` or more heads, ``I_(1/2)(b, c + 1)``; 1 when ``b`` is 0. A lead
+    of one or two rows is at best 0.5 or 0.25 whatever the cell's size, where
+    the standard error's normal approximation, on a cell of a dozen rows,
+    calls it one standard error or more.
+    """
+    return _sign_test_tail(_worst_cell_outcomes(run_logits, incumbent_logits, runs, heldout))
+
+
+def _sign_test_tail(outcomes) -> float:
+    """:func:`discordant_rows_tail` of :func:`_worst_cell_outcomes` (one entry per run)."""
+    import scipy.special  # a dependency; only the choice needs it
+
+    favourable = unfavourable = 0.0
+    for w, challenger, incumbent in outcomes:
+        favourable += float((w * (challenger > incumbent)).sum())
+        unfavourable += float((w * (challenger < incumbent)).sum())
+    n_splits = max(1.0, len(outcomes) / 2)
+    favourable, unfavourable = favourable / n_splits, unfavourable / n_splits
+    if favourable <= 0:
+        return 1.0
+    return float(scipy.special.betainc(favourable, unfavourable + 1.0, 0.5))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a challenger head fared against an incumbent on the runs' selection rows.
+
+    The challenger is the runs' heads, the incumbent the best balanced
+    head. ``lead``: its mean
+    worst-group accuracy minus the incumbent's;
+    ``margin``: its standard error (:func:`worst_group_standard_error`);
+    ``tail``: :func:`discordant_rows_tail`; ``weakest_run_lead``: the
+    smallest lead over the incumbent in one run, on the run's own selection
+    rows.
+    """
+
+    lead: float
+    margin: float
+    tail: float
+    weakest_run_lead: float
+
+    @property
+    def challenger_wins(self) -> bool:
+        """The one-standard-error rule of cross-validated model selection, made robust.
+
+        The runs' heads chose their epochs, and the balanced heads their
+        strength, on the very rows that score them here, so a lead there is
+        partly luck; a challenger replaces the simpler head only where it
+        leads it by more than the standard error of the lead,
+        where the rows that carry the lead would be that many by luck less
+        often than a one-standard-error lead would (exact where a cell's
+        rows are few, where the normal approximation is not), and where in no
+        run it does worse than the simpler head on that run's rows (a lead
+        that one split of the rows contradicts is not one).
+        """
+        return (
+            self.lead > self.margin
+            and self.tail < ONE_STANDARD_ERROR_TAIL
+            and self.weakest_run_lead >= 0
+        )
+
+
+def weigh_challenger(
+    challenger: list[torch.Tensor],
+    incumbent: list[torch.Tensor],
+    runs: list[RunRows],
+    heldout: HeldoutRows,
+) -> Verdict:
+    """A challenger head against an incumbent, by their logits on every run's selection rows."""
+    run_leads = []
+    for pair, run in zip(zip(challenger, incumbent, strict=True), runs, strict=True):
+        rows = run.selection_rows
+        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows]
+        ours, theirs = (
+            _group_scores(logits, y, cells, heldout.n_cells, weight)["worst_group_accuracy"]
+            for logits in pair
+        )
+        run_leads.append(ours - theirs)
+    outcomes = _worst_cell_outcomes(challenger, incumbent, runs, heldout)  # once for both
+    return Verdict(
+        lead=sum(run_leads) / len(run_leads),
+        margin=_paired_standard_error(outcomes),
+        tail=_sign_test_tail(outcomes),
+        weakest_run_lead=min(run_leads),
+    )
+
+
+def refit_balanced(
+    choice: HeadChoice,
+    runs: list[RunRows],
+    heldout: HeldoutRows,
+    n_classes: int,
+    isotropic_factor: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen balanced head, refitted on every annotated row (standardised coordinates).
+
+    As ``LogisticRegressionCV`` refits: the strength was chosen for a run's
+    support, about half the annotated rows; the penalty is scaled by the
+    ratio of that support's sample weight to all the annotated rows', the
+    same strength per row of data. Every (class, group) cell weighs the same.
+    """
+    row_weight = _cell_balanced(heldout.weight, heldout.cells, heldout.n_cells)
+    support_mass = sum(float(run.support_mass.sum()) for run in runs) / len(runs)
+    l2 = choice.balanced_l2 * support_mass / float(heldout.weight.sum())
+    factor = isotropic_factor if choice.chosen == "balanced_isotropic" else None
+    X = heldout.X if factor is None else heldout.X * factor
+    problem = SoftmaxProblem(
+        X.cpu().numpy(), heldout.y.cpu().numpy(), row_weight.double().cpu().numpy(), n_classes
+    )
+    (W, b), _, _ = problem.minimize(l2, problem.zeros())
+    W, b = (torch.from_numpy(a).to(heldout.X) for a in (W, b))
+    return (W if factor is None else W * factor), b

@@ -1,0 +1,153 @@
+"""What the core takes and returns: settings, rows, runs and results (dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # the choice's type; _candidates builds on these types
+    from ._candidates import HeadChoice
+
+
+@dataclass(frozen=True)
+class HSFMSettings:
+    """Hyper-parameters of one HSFM run, in the core's terms.
+
+    No field has a default: the estimator's parameters are the one place
+    where defaults live (``MetaAugmentedHeadClassifier._settings`` fills
+    every field). ``inner_lr=None`` sets the inner step to ``1 / L`` from the
+    initial support set (:func:`inner_lr_from_lipschitz`). The head update is
+    ``inner_steps`` steps of plain gradient descent (``head_update="gradient"``:
+    the very map the support set was optimised through) or of Adam
+    (``"adam"``, the paper), with step ``head_lr`` (None: the inner step).
+    Every run makes ``n_epochs`` epochs (the paper); with ``max_epochs`` it
+    continues past them, up to ``max_epochs``, until ``n_iter_no_change``
+    epochs in a row have not improved its selection score.
+    ``selection_metric`` picks the kept epoch: the best held-out worst-group
+    accuracy, ties broken by the lower loss (the paper), or the lowest
+    worst-group mean cross-entropy (a smoother criterion on small groups).
+    With ``compare_unedited`` a run also updates a second head on its
+    unedited support, by the same steps, and the kept epoch may be of either
+    head, or the start head itself (epoch 0): the edits stay only where they
+    beat not editing on held-out rows.
+    ``weight_decay`` adds ``weight_decay / 2 * ||W||^2`` (not the bias) to the
+    support loss of both the inner loop and the head update (0 in the paper).
+    ``whitening_ridge`` (None in the paper) whitens the standardised features
+    before the runs (:func:`whitening_transform`); with ``choose_whitening``
+    they are whitened only where that scores better on held-out rows
+    (:func:`_unedited_probe`). With ``balanced_candidates`` (cross-fitted
+    runs only) group-balanced logistic regressions compete with the runs'
+    heads (:func:`best_balanced`). ``erm_class_factor`` (None: one) weighs
+    each class's pool rows in the ERM head's loss (``class_weight``).
+    """
+
+    support_size_per_class: int
+    inner_steps: int
+    inner_lr: float | None
+    outer_lr: float
+    outer_steps: int
+    hard_set_size: int
+    n_epochs: int
+    head_update: str
+    support_source: str
+    head_lr: float | None
+    max_grad_norm: float
+    max_epochs: int | None
+    n_iter_no_change: int
+    weight_decay: float
+    selection_metric: str
+    compare_unedited: bool
+    whitening_ridge: float | None
+    choose_whitening: bool
+    balanced_candidates: bool
+    erm_class_factor: tuple[float, ...] | None
+
+
+@dataclass
+class Rows:
+    """Rows the core works on: features, class codes and sample weights (one per row)."""
+
+    X: torch.Tensor
+    y: torch.Tensor
+    weight: torch.Tensor
+
+
+@dataclass
+class HeldoutRows(Rows):
+    """The held-out (annotated) rows, with the groups that score them and mine the hard set.
+
+    ``cells``: the (class, group) cell of every row, ``0 .. n_cells - 1``, the
+    groups of the worst-group scores that choose the kept epoch.
+    ``hard_set_cells``: the partition the hard set is mined in (the
+    ``hard_set_size`` highest-loss rows of each part).
+    """
+
+    cells: torch.Tensor
+    n_cells: int
+    hard_set_cells: torch.Tensor
+    n_hard_set_cells: int
+
+
+@dataclass(frozen=True)
+class RunRows:
+    """Which rows one run uses: drawn by the caller (the core draws nothing at random).
+
+    ``support_index`` indexes the held-out rows (``support_source="annotated"``)
+    or the pool (``"pool"``); ``support_mass`` is the sample weight taken from
+    each support row. ``shaping_rows`` (hard set) and ``selection_rows`` (the
+    kept epoch) index the held-out rows: index tensors, or a slice for all.
+    """
+
+    support_index: torch.Tensor
+    support_mass: torch.Tensor
+    shaping_rows: torch.Tensor | slice
+    selection_rows: torch.Tensor | slice
+
+
+@dataclass
+class RunResult:
+    """One bilevel run: the selected head and support, in standardised space."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    support_edited: torch.Tensor
+    support_labels: torch.Tensor
+    support_index: torch.Tensor  # rows of the support's source (pool or held-out)
+    selection_index: torch.Tensor  # held-out rows that chose the epoch
+    best_epoch: int
+    history: dict[str, list[float]]
+    diverged: bool
+    kept_edits: bool = True  # False: the head of the unedited support was kept
+    still_improving: bool = False  # its best epoch was its last, at max_epochs
+
+    @property
+    def epochs_made(self) -> int:
+        """Epochs the run completed (``n_epochs`` to ``max_epochs``; fewer if it diverged)."""
+        return len(self.history["outer_loss"])
+
+
+@dataclass
+class HSFMResult:
+    """What :func:`fit_hsfm` returns; heads and supports in the coordinates it was given.
+
+    ``weight`` and ``bias`` are the mean of the runs' selected heads.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    initial_weight: torch.Tensor
+    initial_bias: torch.Tensor
+    inner_lr: float
+    head_lr: float
+    runs: list[RunResult]
+    support_from_heldout: bool
+    whitened: bool = False
+    probe_scores: dict[str, float] | None = None  # with choose_whitening: geometry -> score
+    erm_converged: bool = True
+    choice: HeadChoice | None = None
+
+    @property
+    def diverged(self) -> bool:
+        return any(run.diverged for run in self.runs)
