@@ -104,3 +104,27 @@ def softmax_to_fitted_head(
     if weight.shape[0] == 2:
         return coef[1:] - coef[:1], intercept[1:] - intercept[:1]
     return coef, intercept
+
+
+def standardised_softmax_head(initial_head, n_classes: int, mean, scale):
+    """A given ``(coef, intercept)`` (``LogisticRegression``'s shapes, raw features) as a
+    softmax head on standardised features; None for None. Checks its shapes and values."""
+    n_features = mean.shape[0]
+    if initial_head is None:
+        return None
+    if len(initial_head) != 2:
+        raise ValueError("initial_head must be a tuple (coef, intercept).")
+    coef = np.asarray(initial_head[0], dtype=np.float64)
+    intercept = np.asarray(initial_head[1], dtype=np.float64).reshape(-1)
+    n_rows = 1 if n_classes == 2 else n_classes
+    if coef.shape != (n_rows, n_features) or intercept.shape != (n_rows,):
+        raise ValueError(
+            f"initial_head must have coef of shape ({n_rows}, {n_features}) and intercept "
+            f"of shape ({n_rows},) for {n_classes} classes and {n_features} features, "
+            f"as LogisticRegression's; got {coef.shape} and {intercept.shape}."
+        )
+    if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+        raise ValueError("initial_head contains NaN or infinity.")
+    if n_classes == 2:
+        coef, intercept = binary_to_softmax_head(coef, intercept)
+    return coef * scale, intercept + coef @ mean

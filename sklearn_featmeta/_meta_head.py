@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass
 from numbers import Integral, Real
 
 import numpy as np
@@ -17,50 +16,37 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
+from ._checks import check_split, warn_about_runs, warn_degenerate, warn_small_heldout
 from ._groups import (
     as_group_array,
-    cell_codes,
-    cross_fitting_folds,
-    draw_keys,
     drop_zero_weights,
     encode_groups,
     split_pool_and_heldout,
-    stratified_split,
-    take_by_weight,
 )
 from ._linear import (
     LinearHeadMixin,
-    binary_to_softmax_head,
-    predicted_indices,
     softmax_to_fitted_head,
+    standardised_softmax_head,
 )
-from ._preprocessing import content_hashes, isotropic_factor, standardized, weighted_moments
+from ._preprocessing import isotropic_factor
 from ._presets import PAPER_PRESETS
+from ._progress import Progress, report_fit, report_fit_without_groups
+from ._rows import (
+    FitData,
+    class_factor,
+    draw_covariance_rows,
+    draw_run_rows,
+    edited_supports,
+    fit_data,
+    group_free_rows,
+)
 from ._threads import auto_threads, fit_threads
 
 AUTO_WHITENING_RIDGE = 0.1
 """Ridge of the whitened geometry that ``whitening_ridge="auto"`` weighs against standardisation."""
-
-MIN_HELDOUT_ROWS_PER_GROUP = 5
-"""Below this many held-out rows in a (class, group) cell, a fit warns that selection is noise."""
-
-FLAT_HEAD_SPREAD = 1e-3
-"""A head whose held-out logits vary by less than this is flat: its predictions are noise."""
-
-WHITENING_COVARIANCE_BUDGET = 2**34
-"""Most rows x features^2 the whitening covariance is computed from (then a content-keyed draw).
-
-A preconditioner needs a fair estimate of the covariance, not an exact one.
-Below the budget (about half a second of arithmetic on 2 cores) every pool
-row counts; above it, ``budget / features^2`` rows, at least eight per
-feature: on a 200,000 x 1024 pool the full product took 3.7 s of a 25 s fit.
-No benchmark task reaches it (the largest, 4,000 x 1536 sentence pairs, is
-at about half of it).
-"""
 
 MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN = 16
 """``whitening_ridge="auto"`` weighs whitening only with this many training rows per feature.
@@ -118,8 +104,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         them, with a warning), or at most per (class, group) cell when it comes
         from the annotated rows (see ``support_source``).
     inner_steps : int, default=15
-        Gradient steps of the inner loop, and Adam steps of each head update
-        (the paper's ``T``).
+        Steps of the inner loop and of each head update (the paper's ``T``).
     inner_lr : float or "auto", default="auto"
         Step size of the inner gradient descent (the paper's ``alpha``).
         ``"auto"`` uses ``1 / L``, ``L`` being the Lipschitz constant of the
@@ -131,10 +116,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         Support-set updates per epoch (the paper's ``KH``). 0 (the default):
         no edits and no hypergradient: each run is plain gradient descent of
         the head on its support from the initial head, early-stopped on its
-        selection rows. On our benchmark suite the edits changed worst-group
-        accuracy by no more than noise at several times the cost
-        (``docs/decisions.md``); a positive value turns them on (the paper:
-        5-15), and with them the hard set and the outer learning rate.
+        selection rows. A positive value turns the paper's edits on (5-15
+        there), and with them the hard set and the outer learning rate
+        (``docs/decisions.md``: why they are off by default).
     hard_set_size : int, default=64
         Held-out rows in the hard set per class, or per (class, group) cell
         when ``hard_set="group"`` (the paper's ``K_hard``).
@@ -223,13 +207,13 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         The support-set gradient is clipped to this norm.
     validation_fraction : float, default=0.2
         Share of rows held out when every row's group is known (stratified by
-        class and group) or when ``groups`` is None (stratified by class).
-        Unused when some groups are known and others unknown.
+        class and group). Unused when some groups are known and others
+        unknown, and without any known group (nothing is held out then).
     head_l2 : float, default=0.0
         L2 penalty ``head_l2 / 2 * ||W||^2`` on the head's weights (not the bias,
         standardised features) in the support loss: in the inner loop the
-        support set is optimised through and in the head update. 0 in the
-        paper; measured without gain on the benchmarks (0.003-0.3).
+        support set is optimised through and in the head update (0 in the
+        paper).
     whitening_ridge : "auto", float or None, default="auto"
         Whiten the standardised features with the training pool's covariance,
         up to this ridge (relative to the mean variance; at least 1e-6), before
@@ -245,17 +229,15 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ``whitening_scores_``), but only where the training pool has at least
         16 rows (by sample weight) per feature: with fewer, the covariance is
         too noisy to precondition by, and the fit keeps standardised features
-        without weighing (``whitening_scores_`` is None). Whitening costs a
-        pass over the pool and an eigendecomposition of a ``(n_features,
-        n_features)`` matrix; ``"auto"`` also runs the unedited head updates
-        of both geometries.
+        without weighing (``whitening_scores_`` is None).
     erm_C : float, default=1.0
         Inverse L2 strength of the initial ERM head, a multinomial (softmax)
         logistic regression on the standardised training pool. With three or
         more classes it is ``LogisticRegression(C=erm_C)``; with two, the
-        softmax head's two rows make it ``LogisticRegression(C=2 * erm_C)``. Without group labels the ERM head is
-        ``LogisticRegression(C=erm_C, class_weight=class_weight)`` on the
-        standardised rows, for any number of classes.
+        softmax head's two rows make it ``LogisticRegression(C=2 * erm_C)``.
+        Without group labels the ERM head is ``LogisticRegression(C=erm_C,
+        class_weight=class_weight)`` on the standardised rows, for any number
+        of classes.
     class_weight : dict, "balanced" or None, default=None
         Weight of each class's rows in the ERM head's loss, as
         ``LogisticRegression``'s: ``{class: weight}``, ``"balanced"``
@@ -343,8 +325,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ``compare_unedited``). Without edits (``outer_steps=0``) the support
         is never edited, and True means a trained epoch was kept.
     n_iter_ : int
-        Most epochs run by a run (``n_epochs`` to ``max_epochs``).
-    inner_lr_ : float
+        Most epochs run by a run (``n_epochs`` to ``max_epochs``). Where no
+        group is known no run is made: ``history_`` is empty, ``best_epoch_``
+        and ``kept_edits_`` have no entry, ``n_iter_`` is 0 and ``inner_lr_``
+        None.
+    inner_lr_ : float or None
         Inner step size used (resolved from ``"auto"``).
     whitening_ridge_ : float or None
         Ridge of the whitening the fit used; None: standardised features
@@ -358,18 +343,17 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         What the fitted head is (``balanced_candidates``): ``"runs"`` (the
         mean of the HSFM runs' heads), ``"balanced_standardised"`` or
         ``"balanced_isotropic"`` (a group-balanced logistic regression on
-        every annotated row, in that geometry), or, where no row has a known
-        group, ``"erm"``: the ERM head refitted on every row (held-out rows
-        from the training distribution cannot tell a head that leans on a
-        shortcut from one that does not; ``candidate_scores_`` still says
-        what the others scored there).
+        every annotated row, in that geometry). Where no row has a known
+        group: ``"erm"`` (the ERM head on every row), ``"reweighted"`` (see
+        ``reweight_tolerance``) or ``"initial_head"`` (the one given).
     candidate_scores_ : dict or None
         With ``balanced_candidates``: each candidate's scores on the runs'
         selection rows (``worst_group_accuracy``, the mean over runs, and
         ``worst_group_loss``, at the best temperature), the balanced ones at
-        their best L2 strength, and ``"erm"`` where no group is known. None
-        when no candidate was weighed (one run, or support from the pool,
-        with some group known).
+        their best L2 strength. Where no group is known, the ``"erm"`` and
+        ``"reweighted"`` heads' cross-fitted ``balanced_accuracy``. None when
+        no candidate was weighed (one run, support from the pool, or
+        ``reweight_gamma=0``).
     balanced_l2_ : float or None
         L2 strength chosen for the balanced head (on a run's support, loss of
         total weight one; the refit scales it); None when the runs' heads
@@ -599,51 +583,51 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             X, y_encoded, group_codes, weights, self.validation_fraction, rng
         )
         groups_split_rows = group_codes is not None and (group_codes < 0).any()
-        self._check_split(y_encoded, weights, pool, heldout, groups_split_rows)
+        check_split(
+            self.classes_,
+            y_encoded,
+            weights,
+            pool,
+            heldout,
+            groups_split_rows=groups_split_rows,
+            support_source=self.support_source,
+            support_size_per_class=self.support_size_per_class,
+        )
         from . import _core  # torch stays out of prediction and unpickling
 
         self.n_threads_ = (
             auto_threads(pool.size * X.shape[1]) if self.n_threads is None else self.n_threads
         )
         with fit_threads(self.n_threads_):
-            if self.standardize:
-                mean, scale = weighted_moments(X, pool, weights[pool], self.n_threads_)
-            else:
-                mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
-            cells, n_cells = cell_codes(y_encoded[heldout], heldout_groups)
-            data = _FitData(
+            data = fit_data(
                 X,
                 y_encoded,
                 weights,
-                pool,
-                heldout,
-                cells,
-                n_cells,
-                mean,
-                scale,
-                class_factor=self._class_factor(y_encoded, weights, self.class_weight),
+                (pool, heldout, heldout_groups),
+                class_factor=class_factor(self.classes_, y_encoded, weights, self.class_weight),
+                standardize=self.standardize,
+                n_threads=self.n_threads_,
             )
-            runs = self._run_rows(data, rng)
-            covariance_rows = self._covariance_rows(data, rng)
-            self._warn_small_heldout(cells, n_cells, len(runs))
-            initial_head = self._initial_head_in_softmax_form(X.shape[1], n_classes)
-            if initial_head is not None:  # to standardised coordinates
-                initial_head = (initial_head[0] * scale, initial_head[1] + initial_head[0] @ mean)
+            mean, scale, cells, n_cells = data.mean, data.scale, data.cells, data.n_cells
+            runs = draw_run_rows(
+                data,
+                rng,
+                support_source=self.support_source,
+                support_size_per_class=self.support_size_per_class,
+                n_classes=n_classes,
+                n_repeats=self.n_repeats,
+                n_threads=self.n_threads_,
+            )
+            covariance_rows = draw_covariance_rows(data, rng, self._whitening_ridge(data))
+            warn_small_heldout(cells, n_cells, len(runs), self.support_source)
+            initial_head = standardised_softmax_head(self.initial_head, n_classes, mean, scale)
 
             device = _core.resolve_device(self.device)
             result = self._run_core(_core, data, runs, covariance_rows, device, initial_head)
         support_rows = heldout if result.support_from_heldout else pool
         self._store_result(result, X, support_rows, mean, scale, device)
-        self._warn_degenerate(X[heldout], y_encoded[heldout])
+        warn_degenerate(self, X[heldout], y_encoded[heldout])
         return self
-
-    def _class_factor(self, y, weights, class_weight) -> np.ndarray:
-        """Weight of each class's rows (``class_weight`` resolved as LogisticRegression does)."""
-        if class_weight is None:
-            return np.ones(self.classes_.shape[0])
-        return compute_class_weight(
-            class_weight, classes=self.classes_, y=self.classes_[y], sample_weight=weights
-        )
 
     def _fit_without_groups(self, X, y, weights, rng) -> MetaAugmentedHeadClassifier:
         """``fit`` where no row has a known group: :func:`._groupfree.fit_without_groups`.
@@ -651,37 +635,33 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         The ERM head on every row, or the reweighted head where it stays
         within ``reweight_tolerance`` of it; no pool / held-out split, no run.
         """
-        from . import _core, _groupfree
+        from . import _core
+        from ._core import _groupfree
 
         start = time.perf_counter()
         n_classes = self.classes_.shape[0]
-        every_row = np.arange(X.shape[0])
         device = _core.resolve_device(self.device)  # an unavailable device is an error here too
         self.n_threads_ = auto_threads(X.size) if self.n_threads is None else self.n_threads
         with fit_threads(self.n_threads_):
-            if self.standardize:
-                mean, scale = weighted_moments(X, every_row, weights, self.n_threads_)
-            else:
-                mean, scale = np.zeros(X.shape[1]), np.ones(X.shape[1])
-            hashes = content_hashes(X, every_row, mean, scale, self.n_threads_)
-            second_fold = stratified_split(y, draw_keys(hashes, rng), weights, 0.5)
-            if any(np.unique(y[second_fold == side]).size < n_classes for side in (False, True)):
-                second_fold = None  # too few rows of a class for out-of-fold predictions
-            X_standardized = standardized(X, every_row, mean, scale, X.dtype, self.n_threads_)
+            rows = group_free_rows(
+                X, y, weights, rng, standardize=self.standardize, n_threads=self.n_threads_
+            )
+            mean, scale = rows.mean, rows.scale
             if self.initial_head is not None:
-                head = self._initial_head_in_softmax_form(X.shape[1], n_classes)
-                head = (head[0] * scale, head[1] + head[0] @ mean)
+                head = standardised_softmax_head(self.initial_head, n_classes, mean, scale)
                 result = _groupfree.GroupFreeResult(head, head, "initial_head")
             else:
                 reweighted_class_weight = self.class_weight or "balanced"
                 result = _groupfree.fit_without_groups(
-                    X_standardized,
+                    rows.X,
                     y,
                     weights,
                     n_classes,
-                    erm_class_factor=self._class_factor(y, weights, self.class_weight),
-                    reweighted_class_factor=self._class_factor(y, weights, reweighted_class_weight),
-                    second_fold=second_fold,
+                    erm_class_factor=class_factor(self.classes_, y, weights, self.class_weight),
+                    reweighted_class_factor=class_factor(
+                        self.classes_, y, weights, reweighted_class_weight
+                    ),
+                    second_fold=rows.second_fold,
                     settings=_groupfree.GroupFreeSettings(
                         l2_per_weight=1.0 / self.erm_C,
                         gamma=self.reweight_gamma,
@@ -711,192 +691,16 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.balanced_l2_ = self.runs_margin_ = None
         self.device_ = "cpu" if device.type == "cpu" else f"cpu (the {device} was not needed)"
         if self.verbose:
-            scores = ""
-            if result.scores:
-                scores = " (cross-fitted class-balanced accuracy: " + ", ".join(
-                    f"{name} {score['balanced_accuracy']:.4f}"
-                    for name, score in result.scores.items()
-                )
-                scores += f"; tolerance {self.reweight_tolerance})"
-            print(
-                f"[{type(self).__name__}] no known group, {X.shape[0]} rows: fitted head "
-                f"{result.chosen}{scores}, in {time.perf_counter() - start:.2f}s"
+            report_fit_without_groups(
+                type(self).__name__,
+                result,
+                X.shape[0],
+                self.reweight_tolerance,
+                time.perf_counter() - start,
             )
         return self
 
-    def _run_rows(self, data: _FitData, rng):
-        """The rows of every run (``RunRows`` as NumPy index arrays): support, shaping, selection.
-
-        Random choices are keyed by row content (:mod:`._groups`), so a row of
-        integer weight k is drawn as k copies of it would be.
-        """
-        cap = self.support_size_per_class
-        X, y, weights, moments = data.X, data.y, data.weights, (data.mean, data.scale)
-        pool, heldout, cells = data.pool, data.heldout, data.cells
-        if self.support_source == "pool":
-            keys = draw_keys(content_hashes(X, pool, *moments, self.n_threads_), rng)
-            mass = take_by_weight(y[pool], keys, weights[pool], cap)
-            every_row = slice(None)
-            return [(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
-        y_heldout, weights_heldout = y[heldout], weights[heldout]
-        hashes = content_hashes(X, heldout, *moments, self.n_threads_)
-        folds = cross_fitting_folds(
-            hashes, cells, y_heldout, weights_heldout, self.classes_.shape[0], self.n_repeats, rng
-        )
-        if folds is None:
-            mass = take_by_weight(cells, draw_keys(hashes, rng), weights_heldout, cap)
-            every_row = slice(None)
-            return [(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
-        runs = []
-        for split in folds:
-            first, second = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
-            for shaping, selection in ((second, first), (first, second)):
-                keys = draw_keys(hashes[shaping], rng)
-                mass = take_by_weight(cells[shaping], keys, weights_heldout[shaping], cap)
-                runs.append((shaping[mass > 0], mass[mass > 0], shaping, selection))
-        return runs
-
-    def _covariance_rows(self, data: _FitData, rng):
-        """Pool rows and weights the whitening covariance is estimated on; None for all.
-
-        Drawn by row content (as the supports are), and only where the full
-        product would exceed :data:`WHITENING_COVARIANCE_BUDGET`, after every
-        other draw: smaller fits draw exactly as without it. The keys hash a
-        few varying features, a pass over a sliver of the pool.
-        """
-        pool, n_features = data.pool, data.X.shape[1]
-        weights = data.weights[pool]
-        n_rows = max(WHITENING_COVARIANCE_BUDGET // n_features**2, 8 * n_features)
-        pool_size = data.pool_size
-        if self._whitening_ridge(data) is None or pool_size <= n_rows:
-            return None
-        columns = np.flatnonzero(data.scale != 1.0)[:32]
-        if columns.size == 0:
-            return None
-        if columns[-1] - columns[0] + 1 == columns.size:  # consecutive, as usual: a view, no copy
-            columns = slice(columns[0], columns[-1] + 1)
-        hashes = content_hashes(data.X[:, columns], pool, data.mean[columns], data.scale[columns])
-        budget = weights.sum() * n_rows / pool_size
-        mass = take_by_weight(np.zeros(pool.size), draw_keys(hashes, rng), weights, budget)
-        return np.flatnonzero(mass), mass[mass > 0]
-
-    def _warn_small_heldout(self, cells, n_cells, n_runs):
-        counts = np.bincount(cells, minlength=n_cells)
-        if counts.min() < MIN_HELDOUT_ROWS_PER_GROUP:
-            warnings.warn(
-                f"Only {counts.min()} held-out row(s) in the smallest (class, group) cell "
-                f"({counts.sum()} in all): the hard set and the kept epoch rest on very few rows "
-                "and the fit is close to chance there. Annotate more rows (give them a "
-                "known group), or compare with LogisticRegression.",
-                UserWarning,
-                stacklevel=4,
-            )
-        elif n_runs == 1 and self.support_source == "annotated":
-            warnings.warn(
-                "Too few annotated rows to cross-fit (a fold would miss a class): one run uses "
-                "them all for its support, its hard set and its kept epoch.",
-                UserWarning,
-                stacklevel=4,
-            )
-
-    def _warn_degenerate(self, X_heldout, y_heldout):
-        scores = self.decision_function(X_heldout)
-        spread = float(np.ptp(scores, axis=0).max())
-        predicted = predicted_indices(scores)  # not self.predict: one product with the rows
-        if spread < FLAT_HEAD_SPREAD or (
-            np.unique(predicted).size == 1 and np.unique(y_heldout).size > 1
-        ):
-            warnings.warn(
-                f"The fitted head is degenerate: its logits vary by {spread:.2g} over the "
-                f"held-out rows and it predicts {np.unique(predicted).size} of "
-                f"{self.classes_.size} classes there (a flat head predicts the single class "
-                "its bias favours). Check head_l2, erm_C and the learning rates.",
-                UserWarning,
-                stacklevel=3,
-            )
-
-    def _check_split(self, y_encoded, weights, pool, heldout, groups_split_rows):
-        n_classes = self.classes_.shape[0]
-        pool_counts = np.bincount(y_encoded[pool], minlength=n_classes)
-        heldout_counts = np.bincount(y_encoded[heldout], minlength=n_classes)
-        if heldout.size == 0:
-            raise ValueError(
-                "No rows are left for the held-out set: give at least two rows per class "
-                "(or rows with known groups)."
-            )
-        if (pool_counts == 0).any():
-            raise ValueError(
-                f"Class(es) {self.classes_[pool_counts == 0].tolist()} have no training rows: "
-                "every row of them has a known group. Mark some of their rows unknown "
-                "(-1 / None), or give every row a known group so that validation_fraction "
-                "of them are held out."
-            )
-        # A hold-out drawn by us may miss a class of a single row; one the user
-        # drew by marking groups must not, or that class is never evaluated.
-        if groups_split_rows and (heldout_counts == 0).any():
-            raise ValueError(
-                f"Class(es) {self.classes_[heldout_counts == 0].tolist()} have no rows with "
-                "a known group, so the hard set and model selection cannot see them. Give "
-                "some of their rows a known group."
-            )
-        # the support takes weight, not rows: a row of weight k counts as its k copies
-        pool_weight = np.bincount(y_encoded[pool], weights=weights[pool], minlength=n_classes)
-        lacking = pool_weight < self.support_size_per_class
-        if lacking.any() and self.support_source == "pool":
-            warnings.warn(
-                f"Class(es) {self.classes_[lacking].tolist()} have fewer training rows "
-                f"({[float(f'{w:g}') for w in pool_weight[lacking]]} by sample weight) than "
-                f"support_size_per_class={self.support_size_per_class}; their support uses "
-                "every training row they have.",
-                UserWarning,
-                stacklevel=4,
-            )
-
-    def _initial_head_in_softmax_form(self, n_features, n_classes):
-        if self.initial_head is None:
-            return None
-        if len(self.initial_head) != 2:
-            raise ValueError("initial_head must be a tuple (coef, intercept).")
-        coef = np.asarray(self.initial_head[0], dtype=np.float64)
-        intercept = np.asarray(self.initial_head[1], dtype=np.float64).reshape(-1)
-        n_rows = 1 if n_classes == 2 else n_classes
-        if coef.shape != (n_rows, n_features) or intercept.shape != (n_rows,):
-            raise ValueError(
-                f"initial_head must have coef of shape ({n_rows}, {n_features}) and intercept "
-                f"of shape ({n_rows},) for {n_classes} classes and {n_features} features, "
-                f"as LogisticRegression's; got {coef.shape} and {intercept.shape}."
-            )
-        if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
-            raise ValueError("initial_head contains NaN or infinity.")
-        if n_classes == 2:
-            coef, intercept = binary_to_softmax_head(coef, intercept)
-        return coef, intercept
-
-    def _settings(self, _core, data: _FitData):
-        return _core.HSFMSettings(
-            support_size_per_class=self.support_size_per_class,
-            inner_steps=self.inner_steps,
-            inner_lr=None if self.inner_lr == "auto" else self.inner_lr,
-            outer_lr=self.outer_lr,
-            outer_steps=self.outer_steps,
-            hard_set_size=self.hard_set_size,
-            n_epochs=self.n_epochs,
-            max_epochs=self.max_epochs,
-            head_update=self.head_update,
-            head_lr=self.head_lr,
-            support_source=self.support_source,
-            max_grad_norm=self.max_grad_norm,
-            n_iter_no_change=self.n_iter_no_change,
-            weight_decay=self.head_l2,
-            selection_metric=self.selection_metric,
-            compare_unedited=self.compare_unedited,
-            balanced_candidates=self.balanced_candidates,
-            whitening_ridge=self._whitening_ridge(data),
-            choose_whitening=self.whitening_ridge == "auto",
-            erm_class_factor=None if self.class_weight is None else tuple(data.class_factor),
-        )
-
-    def _whitening_ridge(self, data: _FitData):
+    def _whitening_ridge(self, data: FitData):
         """The ridge of the whitened geometry (fitted or weighed), None for none.
 
         ``"auto"`` weighs it only where the pool has
@@ -907,128 +711,49 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         enough_rows = data.pool_size >= MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN * data.X.shape[1]
         return AUTO_WHITENING_RIDGE if enough_rows else None
 
-    def _run_core(self, _core, data: _FitData, runs, covariance_rows, device, initial_head):
+    def _run_core(self, _core, data: FitData, runs, covariance_rows, device, initial_head):
         import torch
 
-        dtype = torch.float64 if data.X.dtype == np.float64 else torch.float32
-        X, y, pool, heldout = data.X, data.y, data.pool, data.heldout
-        cells, n_cells, n_classes = data.cells, data.n_cells, self.classes_.shape[0]
-        hard_cells, n_hard_cells = (
-            (cells, n_cells) if self.hard_set == "group" else (y[heldout], n_classes)
-        )
+        from ._core_inputs import Tensors, core_rows, core_settings
 
-        def tensor(array, dtype=dtype):
-            return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
-
-        def rows(index):
-            return index if isinstance(index, slice) else tensor(index, torch.int64)
-
-        def standardized_rows(index):
-            return tensor(standardized(X, index, data.mean, data.scale, X.dtype, self.n_threads_))
-
+        tensors = Tensors(device, torch.float64 if data.X.dtype == np.float64 else torch.float32)
+        n_classes = self.classes_.shape[0]
         start = time.perf_counter()
-        settings = self._settings(_core, data)
-        progress = _Progress(self, len(runs), _core.runs_in_one_batch(settings))
+        settings = core_settings(self, data, self._whitening_ridge(data))
+        rows = core_rows(
+            data,
+            runs,
+            covariance_rows,
+            tensors,
+            n_classes=n_classes,
+            group_hard_set=self.hard_set == "group",
+            n_threads=self.n_threads_,
+        )
+        progress = Progress(self, len(runs), _core.runs_in_one_batch(settings))
         if self.verbose:
             print(
-                f"[{type(self).__name__}] {pool.size} training rows, {heldout.size} held-out "
-                f"rows in {n_cells} groups, {X.shape[1]} features, {len(runs)} run(s), "
-                f"device {device}"
+                f"[{type(self).__name__}] {data.pool.size} training rows, {data.heldout.size} "
+                f"held-out rows in {data.n_cells} groups, {data.X.shape[1]} features, "
+                f"{len(runs)} run(s), device {device}"
             )
+        erm_weight = (data.weights * data.class_factor[data.y])[data.pool].sum()
         result = _core.fit_hsfm(
-            _core.Rows(
-                standardized_rows(pool), tensor(y[pool], torch.int64), tensor(data.weights[pool])
-            ),
-            _core.HeldoutRows(
-                standardized_rows(heldout),
-                tensor(y[heldout], torch.int64),
-                tensor(data.weights[heldout]),
-                cells=tensor(cells, torch.int64),
-                n_cells=n_cells,
-                hard_set_cells=tensor(hard_cells, torch.int64),
-                n_hard_set_cells=n_hard_cells,
-            ),
-            [
-                _core.RunRows(rows(index), tensor(mass), rows(shaping), rows(selection))
-                for index, mass, shaping, selection in runs
-            ],
+            rows.pool,
+            rows.heldout,
+            rows.runs,
             settings,
             n_classes=n_classes,
-            erm_l2=1.0 / (self.erm_C * (data.weights * data.class_factor[y])[pool].sum()),
-            initial_head=None if initial_head is None else tuple(map(tensor, initial_head)),
-            isotropic_factor=tensor(isotropic_factor(data.scale)) if self.standardize else None,
-            covariance_rows=(
-                None
-                if covariance_rows is None
-                else (tensor(covariance_rows[0], torch.int64), tensor(covariance_rows[1]))
-            ),
+            erm_l2=1.0 / (self.erm_C * erm_weight),
+            initial_head=None if initial_head is None else tuple(map(tensors, initial_head)),
+            isotropic_factor=tensors(isotropic_factor(data.scale)) if self.standardize else None,
+            covariance_rows=rows.covariance_rows,
             on_epoch=progress.epoch if self.verbose else None,
         )
         progress.close()
-        self._warn_about_runs(result)
+        warn_about_runs(result, self.max_epochs)
         if self.verbose:
-            if result.probe_scores is not None:
-                scores = result.probe_scores
-                print(
-                    f"[{type(self).__name__}] geometry: "
-                    f"{'whitened' if result.whitened else 'standardised'} (unedited heads' "
-                    f"held-out worst-group loss {scores['standardised']:.4f} standardised, "
-                    f"{scores['whitened']:.4f} whitened)"
-                )
-            if result.choice.scores is not None:
-                scores = ", ".join(
-                    f"{name} {score['worst_group_accuracy']:.4f} / {score['worst_group_loss']:.4f}"
-                    for name, score in result.choice.scores.items()
-                )
-                print(
-                    f"[{type(self).__name__}] fitted head: {result.choice.chosen} (candidates' "
-                    f"held-out worst-group accuracy / loss: {scores})"
-                )
-                verdict = result.choice.verdict
-                if verdict is not None:
-                    print(
-                        f"[{type(self).__name__}] the runs against the best balanced head: a "
-                        f"lead of {verdict.lead:.4f} where {verdict.margin:.4f} was needed, on "
-                        f"rows luck gives with chance {verdict.tail:.3f} (below "
-                        f"{_core.ONE_STANDARD_ERROR_TAIL:.3f} needed), weakest run "
-                        f"{verdict.weakest_run_lead:+.4f}"
-                    )
-            best = ", ".join(
-                f"{run.best_epoch}{'' if run.kept_edits else ' (unedited)'}" for run in result.runs
-            )
-            made = ", ".join(str(run.epochs_made) for run in result.runs)
-            print(
-                f"[{type(self).__name__}] done in {time.perf_counter() - start:.2f}s: "
-                f"best epoch {best} of {made} epochs (inner_lr {result.inner_lr:.3g})"
-            )
+            report_fit(type(self).__name__, result, time.perf_counter() - start)
         return result
-
-    def _warn_about_runs(self, result):
-        if not result.erm_converged:
-            warnings.warn(
-                "The ERM head's L-BFGS stopped at its iteration limit before converging; "
-                "lower erm_C (more regularisation) or standardise the features.",
-                ConvergenceWarning,
-                stacklevel=5,
-            )
-        for number, run in enumerate(result.runs, 1):
-            if run.diverged:
-                warnings.warn(
-                    f"The bilevel loss became non-finite in epoch "
-                    f"{run.epochs_made + 1} of run {number}; that run stopped "
-                    f"and kept epoch {run.best_epoch}. Lower outer_lr or inner_lr.",
-                    RuntimeWarning,
-                    stacklevel=5,
-                )
-        improving = sum(run.still_improving for run in result.runs)
-        if improving:
-            warnings.warn(
-                f"{improving} of {len(result.runs)} run(s) still improved their held-out "
-                f"selection score at their last epoch, max_epochs={self.max_epochs}; raise "
-                "max_epochs (or the step sizes).",
-                ConvergenceWarning,
-                stacklevel=5,
-            )
 
     def _epoch_range(self) -> str:
         """How many epochs a run makes, for progress output: ``10`` or ``10-40``."""
@@ -1048,7 +773,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         )
         runs = result.runs
         if self.outer_steps > 0:  # the supports are the fit's record only where they were edited
-            self._store_supports(runs, X, support_source_rows, mean, scale)
+            self.support_init_, self.support_edited_, labels = edited_supports(
+                runs, X, support_source_rows, mean, scale
+            )
+            self.support_labels_ = self.classes_[labels]
         self.history_ = {
             "run": np.concatenate([np.full(r.epochs_made, i) for i, r in enumerate(runs)]),
             "epoch": np.concatenate([np.arange(1, r.epochs_made + 1) for r in runs]),
@@ -1070,92 +798,3 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         verdict = result.choice.verdict
         self.runs_margin_ = None if verdict is None else verdict.margin
         self.device_ = str(device)
-
-    def _store_supports(self, runs, X, support_source_rows, mean, scale):
-        """``support_init_``, ``support_edited_`` and ``support_labels_`` of every run."""
-        support_rows = np.concatenate(
-            [support_source_rows[r.support_index.cpu().numpy()] for r in runs]
-        )
-        # in X's dtype, as computed: with many annotated rows these are the largest attributes
-        self.support_init_ = X[support_rows]  # exact rows, no round trip
-        # in X's dtype and in place: eight runs' supports in float64 would double the peak memory
-        edited = np.concatenate([r.support_edited.detach().cpu().numpy() for r in runs])
-        edited *= scale.astype(edited.dtype)
-        edited += mean.astype(edited.dtype)
-        # a run that kept no edits has its support as drawn,
-        # not after a round trip through whitening (rounding that would read as edits)
-        edits_kept = [r.kept_edits for r in runs]
-        unedited = np.repeat(np.logical_not(edits_kept), [len(r.support_index) for r in runs])
-        edited[unedited] = self.support_init_[unedited]
-        self.support_edited_ = edited
-        self.support_labels_ = self.classes_[
-            np.concatenate([r.support_labels.cpu().numpy() for r in runs])
-        ]
-
-
-@dataclass
-class _FitData:
-    """A fit's rows after validation, the pool / held-out split and the pool's moments."""
-
-    X: np.ndarray
-    y: np.ndarray  # class codes
-    weights: np.ndarray  # sample weights (all positive)
-    pool: np.ndarray  # row indices of the training pool
-    heldout: np.ndarray  # row indices of the held-out (annotated) rows
-    cells: np.ndarray  # (class, group) cell of each held-out row
-    n_cells: int
-    mean: np.ndarray
-    scale: np.ndarray
-    class_factor: np.ndarray  # weight of each class's rows in the ERM head's loss (class_weight)
-
-    @property
-    def pool_size(self) -> float:
-        """Rows in the pool, a row of integer weight k counted as its k copies."""
-        return max(self.pool.size, float(self.weights[self.pool].sum()))
-
-
-class _Progress:
-    """``verbose`` output: a line updated in place each epoch (every epoch on its own line at 2+).
-
-    Runs with edits go one after another: a line per run. Batched runs (no
-    edits, :func:`._core.runs_in_one_batch`) step at once: one line, each run's
-    latest score.
-    """
-
-    def __init__(self, estimator, n_runs: int, batched: bool):
-        self.estimator, self.n_runs, self.batched = estimator, n_runs, batched
-        self.open = False
-        self.latest = {}  # run -> its latest record, for the line of batched runs
-
-    def epoch(self, record: dict) -> None:
-        estimator = self.estimator
-        best_loss = record["worst_group_loss"]
-        if estimator.compare_unedited and np.isfinite(record["unedited_worst_group_loss"]):
-            best_loss = min(best_loss, record["unedited_worst_group_loss"])
-        line = (
-            f"[{type(estimator).__name__}] run {record['run'] + 1}/{self.n_runs}, "
-            f"epoch {record['epoch']:>3}/{estimator._epoch_range()}: "
-            f"worst-group acc {record['worst_group_accuracy']:.4f}, "
-            f"worst-group loss {best_loss:.4f}, outer loss {record['outer_loss']:.4f}"
-        )
-        if estimator.verbose >= 2:
-            print(line, flush=True)
-            return
-        if self.batched:
-            self.latest[record["run"]] = record
-            scores = ", ".join(
-                f"{self.latest[run]['worst_group_accuracy']:.4f}" for run in sorted(self.latest)
-            )
-            line = (
-                f"[{type(estimator).__name__}] {self.n_runs} run(s), epoch "
-                f"{record['epoch']:>3}/{estimator._epoch_range()}: worst-group acc by run {scores}"
-            )
-        elif self.open and record["epoch"] == 1:
-            print(flush=True)  # the previous run's line is complete
-        print(f"\r{line}", end="", flush=True)
-        self.open = True
-
-    def close(self) -> None:
-        if self.open:
-            print(flush=True)
-            self.open = False

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from sklearn_featmeta import MetaAugmentedHeadClassifier, _softmax
-from sklearn_featmeta._core import _candidates, _scores, _types
+from sklearn_featmeta import MetaAugmentedHeadClassifier
+from sklearn_featmeta._core import _candidates, _scores, _softmax, _types
 from sklearn_featmeta._preprocessing import isotropic_factor
 from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score

@@ -52,14 +52,15 @@ def test_core_settings_have_no_defaults_of_their_own():
     """Defaults live on the estimator only: every HSFMSettings field is filled from it."""
     import dataclasses
 
-    from sklearn_featmeta import MetaAugmentedHeadClassifier, _core
+    from sklearn_featmeta import MetaAugmentedHeadClassifier
     from sklearn_featmeta._core import _types
-    from sklearn_featmeta._meta_head import _FitData
+    from sklearn_featmeta._core_inputs import core_settings
+    from sklearn_featmeta._rows import FitData
 
     fields = dataclasses.fields(_types.HSFMSettings)
     assert all(field.default is dataclasses.MISSING for field in fields)
     rows = np.arange(40)
-    data = _FitData(
+    data = FitData(
         X=np.zeros((40, 2)),
         y=rows % 2,
         weights=np.ones(40),
@@ -71,12 +72,11 @@ def test_core_settings_have_no_defaults_of_their_own():
         scale=np.ones(2),
         class_factor=np.ones(2),
     )
-    settings = MetaAugmentedHeadClassifier()._settings(_core, data)
+    estimator = MetaAugmentedHeadClassifier()
+    settings = core_settings(estimator, data, estimator._whitening_ridge(data))
     assert settings.outer_steps == MetaAugmentedHeadClassifier().outer_steps
-    assert (
-        settings.erm_class_factor is None and settings.whitening_ridge is None
-    )  # 15 rows per feature
-    settings = MetaAugmentedHeadClassifier()._settings(
-        _core, dataclasses.replace(data, pool=rows[:32])
-    )
+    assert settings.erm_class_factor is None
+    assert settings.whitening_ridge is None  # 15 rows per feature
+    more_rows = dataclasses.replace(data, pool=rows[:32])
+    settings = core_settings(estimator, more_rows, estimator._whitening_ridge(more_rows))
     assert settings.whitening_ridge == 0.1  # 16 rows per feature

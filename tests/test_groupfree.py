@@ -7,7 +7,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import InvalidParameterError
 
-from sklearn_featmeta import MetaAugmentedHeadClassifier, _groupfree
+from sklearn_featmeta import MetaAugmentedHeadClassifier
+from sklearn_featmeta._core import _groupfree
 from sklearn_featmeta.datasets import make_spurious_embeddings
 
 

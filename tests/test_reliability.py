@@ -324,14 +324,14 @@ def test_whitening_covariance_sample_follows_row_content(data, monkeypatch):
     The budget is forced to zero so that a small pool is sampled (eight rows per
     feature): the sample must still treat a row of weight k as k copies, in any order.
     """
-    from sklearn_featmeta import _meta_head
+    from sklearn_featmeta import _rows
     from sklearn_featmeta._core import _fit, _geometry
 
     X, y, groups = data
     # the runs' mean head, whose coordinates the whitening shapes (not a balanced candidate)
     params = {**SMALL, "whitening_ridge": 0.1, "balanced_candidates": False}
     full = _quiet_fit(MetaAugmentedHeadClassifier(**params), X, y, groups)
-    monkeypatch.setattr(_meta_head, "WHITENING_COVARIANCE_BUDGET", 0)
+    monkeypatch.setattr(_rows, "WHITENING_COVARIANCE_BUDGET", 0)
     rows_seen = []
     whitening_transform = _geometry.whitening_transform
 

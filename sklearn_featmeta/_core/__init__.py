@@ -7,8 +7,9 @@ runs' heads against them (``_candidates``), the optional whitening
 on supports from ``_supports``, scored by ``_scores``, stepped by
 ``_optimizers``). The paper's opt-in support edits (``outer_steps > 0``) live in
 ``_bilevel``. Settings, rows and results are dataclasses (``_types``); where
-a fit computes, ``_device``. ``fit(X, y)`` without any known group does not
-come here (``sklearn_featmeta._groupfree``).
+a fit computes, ``_device``. Every head fit that is not a step of a run is a
+softmax regression in NumPy (``_softmax``). ``fit(X, y)`` without any known
+group takes none of this path: ``_groupfree`` (the ERM head or a reweighted one).
 
 Notation. A head is ``(W, b)`` with ``W`` of shape (n_classes, n_features);
 logits are ``X @ W.T + b``. The support set ``S`` (rows of feature space) is

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._softmax import SoftmaxProblem, softmax_regression_paths
 from ._scores import _group_scores
+from ._softmax import SoftmaxProblem, softmax_regression_paths
 from ._supports import _cell_balanced
 from ._types import HeldoutRows, RunRows
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._softmax import SoftmaxProblem
+from ._softmax import SoftmaxProblem
 
 
 def _one_hot(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:

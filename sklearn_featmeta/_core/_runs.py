@@ -8,10 +8,10 @@ import math
 
 import torch
 
-from .._softmax import product_over_row_blocks
 from ._losses import _one_hot
 from ._optimizers import _head_optimizer
 from ._scores import _SCORES, _batched_logits, _selection_score, _SelectionScores
+from ._softmax import product_over_row_blocks
 from ._supports import _row_index
 from ._types import HSFMSettings, RunResult
 
