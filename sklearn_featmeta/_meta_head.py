@@ -20,12 +20,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
 from ._checks import check_split, warn_about_runs, warn_degenerate, warn_small_heldout
-from ._groups import (
-    as_group_array,
-    drop_zero_weights,
-    encode_groups,
-    split_pool_and_heldout,
-)
+from ._groups import as_group_array, drop_zero_weights, encode_groups
 from ._linear import (
     LinearHeadMixin,
     softmax_to_fitted_head,
@@ -43,6 +38,7 @@ from ._rows import (
     fit_data,
     group_free_rows,
 )
+from ._sampling import split_pool_and_heldout
 from ._threads import auto_threads, fit_threads
 
 AUTO_WHITENING_RIDGE = 0.1

@@ -87,33 +87,6 @@ def isotropic_factor(scale: np.ndarray) -> np.ndarray:
     return factor
 
 
-_KEY_GRID = 4096.0  # standardised values are keyed on a grid of 1/4096 of a standard deviation
-
-
-def content_hashes(
-    X: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray, n_threads: int = 1
-) -> np.ndarray:
-    """Hashes of the standardised rows ``X[rows]``, keying random draws.
-
-    The standardised values are rounded to a grid fine against the data's
-    spread, so equal rows hash equal, and so do the rows of ``a * X + b``:
-    random choices keyed on these hashes follow the data, not its units (nor
-    the names of its classes and groups: every draw is within a class or cell).
-    """
-    from ._groups import row_hashes
-
-    hashes = np.empty(rows.size, dtype=np.uint64)
-
-    def hash_block(block):
-        grid = np.subtract(X[rows[block]], mean, dtype=np.float64)  # in float64, as in standardized
-        grid /= scale
-        grid *= _KEY_GRID
-        hashes[block] = row_hashes(np.rint(grid, out=grid).astype(np.int64))
-
-    _map_blocks(hash_block, _blocks(rows.size, X.shape[1]), n_threads)
-    return hashes
-
-
 def standardized(
     X: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray, dtype, n_threads: int = 1
 ) -> np.ndarray:

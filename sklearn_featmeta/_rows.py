@@ -11,8 +11,15 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.utils.class_weight import compute_class_weight
 
-from ._groups import cell_codes, cross_fitting_folds, draw_keys, stratified_split, take_by_weight
-from ._preprocessing import content_hashes, standardized, weighted_moments
+from ._groups import cell_codes
+from ._preprocessing import standardized, weighted_moments
+from ._sampling import (
+    content_hashes,
+    cross_fitting_folds,
+    draw_keys,
+    stratified_split,
+    take_by_weight,
+)
 
 WHITENING_COVARIANCE_BUDGET = 2**34
 """Most rows x features^2 the whitening covariance is computed from (then a content-keyed draw).

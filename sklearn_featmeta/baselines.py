@@ -14,16 +14,10 @@ from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
 
-from ._groups import (
-    cell_codes,
-    draw_keys,
-    drop_zero_weights,
-    encode_groups,
-    stratified_split,
-    take_by_weight,
-)
+from ._groups import cell_codes, drop_zero_weights, encode_groups
 from ._linear import LinearHeadMixin
-from ._preprocessing import content_hashes, standardized, weighted_moments
+from ._preprocessing import standardized, weighted_moments
+from ._sampling import content_hashes, draw_keys, stratified_split, take_by_weight
 from .metrics import worst_group_accuracy_score
 
 __all__ = ["DFRClassifier"]

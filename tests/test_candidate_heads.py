@@ -217,7 +217,7 @@ def test_the_runs_replace_the_balanced_head_only_when_they_lead_by_more_than_the
     incumbent_correct = np.ones(40, dtype=bool)
     incumbent_correct[[1, 3, 5, 7, 21, 23, 25, 27]] = False  # cell 1 at 60% in each run
     incumbent = _logits_for(incumbent_correct, y)
-    balanced = _candidates.HeadChoice(
+    balanced = _types.HeadChoice(
         chosen="balanced_standardised", run_logits=[incumbent[rows] for rows in halves]
     )
     balanced.scores = {
@@ -263,7 +263,7 @@ def _small_cell_contest(fixed_rows, broken_rows=(), cell_size=9, misses=4):
     challenger_correct[list(broken_rows)] = False
     incumbent = _logits_for(incumbent_correct, y)
     challenger = _logits_for(challenger_correct, y)
-    balanced = _candidates.HeadChoice(
+    balanced = _types.HeadChoice(
         chosen="balanced_standardised", run_logits=[incumbent[run.selection_rows] for run in runs]
     )
     balanced.scores = {
@@ -297,7 +297,7 @@ def test_a_lead_that_one_split_of_the_rows_contradicts_is_not_enough():
     verdict = _small_cell_contest(
         fixed_rows=range(8), broken_rows=[second_half + 15], cell_size=cell_size, misses=10
     )
-    assert verdict.lead > verdict.margin and verdict.tail < _candidates.ONE_STANDARD_ERROR_TAIL
+    assert verdict.lead > verdict.margin and verdict.tail < _types.ONE_STANDARD_ERROR_TAIL
     assert verdict.weakest_run_lead == pytest.approx(-1 / cell_size)
     assert not verdict.challenger_wins
     # the same lead with the second half level: it replaces the simple head

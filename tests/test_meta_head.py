@@ -14,7 +14,7 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
 from sklearn_featmeta import PAPER_PRESETS, MetaAugmentedHeadClassifier
-from sklearn_featmeta._groups import cross_fitting_folds, row_hashes
+from sklearn_featmeta._sampling import cross_fitting_folds, row_hashes
 from sklearn_featmeta._threads import _cores
 from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score

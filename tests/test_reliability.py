@@ -354,7 +354,7 @@ def test_whitening_covariance_sample_follows_row_content(data, monkeypatch):
 def test_standardisation_has_the_same_bits_on_any_number_of_threads():
     """The pool's moments, standardised rows and content hashes go over blocks of rows on
     ``n_threads_`` threads; summed in block order, the bits must not depend on the count."""
-    from sklearn_featmeta import _preprocessing
+    from sklearn_featmeta import _preprocessing, _sampling
 
     rng = np.random.default_rng(0)
     X = (rng.normal(size=(3000, 700)) * rng.uniform(0.1, 5, 700) + 3).astype(np.float32)
@@ -371,6 +371,6 @@ def test_standardisation_has_the_same_bits_on_any_number_of_threads():
             ((X[rows].astype(np.float64) - one[0]) / one[1]).astype(np.float32),
         )
     np.testing.assert_array_equal(
-        _preprocessing.content_hashes(X, rows, *one, n_threads=1),
-        _preprocessing.content_hashes(X, rows, *one, n_threads=2),
+        _sampling.content_hashes(X, rows, *one, n_threads=1),
+        _sampling.content_hashes(X, rows, *one, n_threads=2),
     )

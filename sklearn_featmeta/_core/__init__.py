@@ -16,11 +16,10 @@ logits are ``X @ W.T + b``. The support set ``S`` (rows of feature space) is
 what the paper's outer problem edits.
 """
 
-from ._candidates import ONE_STANDARD_ERROR_TAIL
 from ._device import resolve_device
 from ._fit import fit_hsfm
 from ._runs import runs_in_one_batch
-from ._types import HeldoutRows, HSFMResult, HSFMSettings, Rows, RunRows
+from ._types import ONE_STANDARD_ERROR_TAIL, HeldoutRows, HSFMResult, HSFMSettings, Rows, RunRows
 
 __all__ = [
     "ONE_STANDARD_ERROR_TAIL",

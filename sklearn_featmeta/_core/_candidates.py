@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ import torch
 from ._scores import _group_scores
 from ._softmax import SoftmaxProblem, softmax_regression_paths
 from ._supports import _cell_balanced
-from ._types import HeldoutRows, RunRows
+from ._types import HeadChoice, HeldoutRows, RunRows, Verdict
 
 BALANCED_L2_PATH = (100.0, 10.0, 1.0, 0.1, 0.01, 0.001)
 """L2 strengths of the balanced heads (on a support loss of total weight one), strong to weak.
@@ -28,31 +27,6 @@ grid); fitted strong to weak, each fit warm-starts the next.
 
 CALIBRATION_TEMPERATURES = tuple(float(2.0**exponent) for exponent in np.arange(-3, 3.01, 0.5))
 """Temperatures a candidate's logits are divided by before its loss is compared (the best counts)."""
-
-
-@dataclass
-class HeadChoice:
-    """Which heads the fit averages, chosen by cross-fitted held-out scores.
-
-    ``chosen``: ``"runs"`` (the mean of the HSFM runs' heads) or
-    ``"balanced_standardised"`` / ``"balanced_isotropic"`` (a group-balanced
-    logistic regression in that geometry, its strength chosen on the runs'
-    supports and refitted on every annotated row, :func:`refit_balanced`).
-    ``scores``: each candidate's :func:`candidate_score` on the runs'
-    selection rows, the balanced ones at their best L2 strength.
-    ``balanced_l2``: that strength (on a run's support); ``head``: the
-    refitted balanced head, for a balanced choice; ``run_logits``: the best
-    balanced head's logits on every run's selection rows (what the runs'
-    heads must beat); ``verdict``: how the runs' heads fared against it
-    (:func:`weigh_challenger`).
-    """
-
-    chosen: str = "runs"
-    scores: dict[str, float] | None = None
-    balanced_l2: float | None = None
-    head: tuple[torch.Tensor, torch.Tensor] | None = None
-    run_logits: list[torch.Tensor] | None = None
-    verdict: Verdict | None = None
 
 
 def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
@@ -211,10 +185,6 @@ def _paired_standard_error(outcomes) -> float:
     return math.sqrt(sum(variances) / len(variances) / 2)
 
 
-ONE_STANDARD_ERROR_TAIL = 0.5 * math.erfc(1 / math.sqrt(2))
-"""One-sided tail of a normal beyond one standard deviation (about 0.159)."""
-
-
 def discordant_rows_tail(
     run_logits: list[torch.Tensor],
     incumbent_logits: list[torch.Tensor],
@@ -249,45 +219,6 @@ def _sign_test_tail(outcomes) -> float:
     if favourable <= 0:
         return 1.0
     return float(scipy.special.betainc(favourable, unfavourable + 1.0, 0.5))
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """How a challenger head fared against an incumbent on the runs' selection rows.
-
-    The challenger is the runs' heads, the incumbent the best balanced
-    head. ``lead``: its mean
-    worst-group accuracy minus the incumbent's;
-    ``margin``: its standard error (:func:`worst_group_standard_error`);
-    ``tail``: :func:`discordant_rows_tail`; ``weakest_run_lead``: the
-    smallest lead over the incumbent in one run, on the run's own selection
-    rows.
-    """
-
-    lead: float
-    margin: float
-    tail: float
-    weakest_run_lead: float
-
-    @property
-    def challenger_wins(self) -> bool:
-        """The one-standard-error rule of cross-validated model selection, made robust.
-
-        The runs' heads chose their epochs, and the balanced heads their
-        strength, on the very rows that score them here, so a lead there is
-        partly luck; a challenger replaces the simpler head only where it
-        leads it by more than the standard error of the lead,
-        where the rows that carry the lead would be that many by luck less
-        often than a one-standard-error lead would (exact where a cell's
-        rows are few, where the normal approximation is not), and where in no
-        run it does worse than the simpler head on that run's rows (a lead
-        that one split of the rows contradicts is not one).
-        """
-        return (
-            self.lead > self.margin
-            and self.tail < ONE_STANDARD_ERROR_TAIL
-            and self.weakest_run_lead >= 0
-        )
 
 
 def weigh_challenger(

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:  # the choice's type; _candidates builds on these types
-    from ._candidates import HeadChoice
 
 
 @dataclass(frozen=True)
@@ -151,3 +148,71 @@ class HSFMResult:
     @property
     def diverged(self) -> bool:
         return any(run.diverged for run in self.runs)
+
+
+ONE_STANDARD_ERROR_TAIL = 0.5 * math.erfc(1 / math.sqrt(2))
+"""One-sided tail of a normal beyond one standard deviation (about 0.159)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How a challenger head fared against an incumbent on the runs' selection rows.
+
+    The challenger is the runs' heads, the incumbent the best balanced
+    head. ``lead``: its mean
+    worst-group accuracy minus the incumbent's;
+    ``margin``: its standard error (:func:`worst_group_standard_error`);
+    ``tail``: :func:`discordant_rows_tail`; ``weakest_run_lead``: the
+    smallest lead over the incumbent in one run, on the run's own selection
+    rows.
+    """
+
+    lead: float
+    margin: float
+    tail: float
+    weakest_run_lead: float
+
+    @property
+    def challenger_wins(self) -> bool:
+        """The one-standard-error rule of cross-validated model selection, made robust.
+
+        The runs' heads chose their epochs, and the balanced heads their
+        strength, on the very rows that score them here, so a lead there is
+        partly luck; a challenger replaces the simpler head only where it
+        leads it by more than the standard error of the lead,
+        where the rows that carry the lead would be that many by luck less
+        often than a one-standard-error lead would (exact where a cell's
+        rows are few, where the normal approximation is not), and where in no
+        run it does worse than the simpler head on that run's rows (a lead
+        that one split of the rows contradicts is not one).
+        """
+        return (
+            self.lead > self.margin
+            and self.tail < ONE_STANDARD_ERROR_TAIL
+            and self.weakest_run_lead >= 0
+        )
+
+
+@dataclass
+class HeadChoice:
+    """Which heads the fit averages, chosen by cross-fitted held-out scores.
+
+    ``chosen``: ``"runs"`` (the mean of the HSFM runs' heads) or
+    ``"balanced_standardised"`` / ``"balanced_isotropic"`` (a group-balanced
+    logistic regression in that geometry, its strength chosen on the runs'
+    supports and refitted on every annotated row, :func:`refit_balanced`).
+    ``scores``: each candidate's :func:`candidate_score` on the runs'
+    selection rows, the balanced ones at their best L2 strength.
+    ``balanced_l2``: that strength (on a run's support); ``head``: the
+    refitted balanced head, for a balanced choice; ``run_logits``: the best
+    balanced head's logits on every run's selection rows (what the runs'
+    heads must beat); ``verdict``: how the runs' heads fared against it
+    (:func:`weigh_challenger`).
+    """
+
+    chosen: str = "runs"
+    scores: dict[str, float] | None = None
+    balanced_l2: float | None = None
+    head: tuple[torch.Tensor, torch.Tensor] | None = None
+    run_logits: list[torch.Tensor] | None = None
+    verdict: Verdict | None = None
