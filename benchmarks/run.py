@@ -56,34 +56,50 @@ BEFORE_SUITE = {"outer_steps": 5, "n_repeats": 4, "balanced_candidates": False}
 # What the meta-learning adds to the defaults (the wide suite's question): --methods edits.
 EDIT_ABLATIONS = [
     ("defaults + support edits (outer_steps=5)", EDITS),
-    ("defaults + support edits, no hard set (outer_steps=5, hard_set_size=10**9)",
-     {**EDITS, "hard_set_size": 10**9}),
-    ("defaults, but no balanced candidates (balanced_candidates=False)",
-     {"balanced_candidates": False}),
-    ("candidates alone: ERM head or balanced LR, no epochs (n_epochs=0, max_epochs=0)",
-     {"n_epochs": 0, "max_epochs": 0}),
-]  # fmt: skip
+    (
+        "defaults + support edits, no hard set (outer_steps=5, hard_set_size=10**9)",
+        {**EDITS, "hard_set_size": 10**9},
+    ),
+    (
+        "defaults, but no balanced candidates (balanced_candidates=False)",
+        {"balanced_candidates": False},
+    ),
+    (
+        "candidates alone: ERM head or balanced LR, no epochs (n_epochs=0, max_epochs=0)",
+        {"n_epochs": 0, "max_epochs": 0},
+    ),
+]
 
 # With the edits on, one row per choice beyond the paper, each undone alone:
 # (label, parameters that restore the paper's choice): --methods ablations.
 _EDITS_LABEL = "defaults + edits (outer_steps=5)"
 ABLATIONS = [
-    (f"{_EDITS_LABEL}, but support from the training pool, 16 per class (paper)",
-     {**EDITS, "support_source": "pool", "support_size_per_class": 16}),
+    (
+        f"{_EDITS_LABEL}, but support from the training pool, 16 per class (paper)",
+        {**EDITS, "support_source": "pool", "support_size_per_class": 16},
+    ),
     (f"{_EDITS_LABEL}, but hard set per class (paper)", {**EDITS, "hard_set": "class"}),
     (f"{_EDITS_LABEL}, but head update by Adam (paper)", {**EDITS, "head_update": "adam"}),
     (f"{_EDITS_LABEL}, but inner step 5e-5 (paper) instead of 1/L", {**EDITS, "inner_lr": 5e-5}),
     (f"{_EDITS_LABEL}, but outer_lr 1.0 (paper)", {**EDITS, "outer_lr": 1.0}),
     (f"{_EDITS_LABEL}, but 15 outer steps per epoch (paper)", {"outer_steps": 15}),
-    (f"{_EDITS_LABEL}, but epoch kept by worst-group accuracy (paper)",
-     {**EDITS, "selection_metric": "worst_group_accuracy"}),
-    (f"{_EDITS_LABEL}, but always keep the edited head (paper)",
-     {**EDITS, "compare_unedited": False}),
-    (f"{_EDITS_LABEL}, but standardised features only (whitening_ridge=None, paper)",
-     {**EDITS, "whitening_ridge": None}),
-    (f"{_EDITS_LABEL}, but exactly 10 epochs (no early stopping, as in the paper)",
-     {**EDITS, "n_epochs": 10, "max_epochs": None}),
-]  # fmt: skip
+    (
+        f"{_EDITS_LABEL}, but epoch kept by worst-group accuracy (paper)",
+        {**EDITS, "selection_metric": "worst_group_accuracy"},
+    ),
+    (
+        f"{_EDITS_LABEL}, but always keep the edited head (paper)",
+        {**EDITS, "compare_unedited": False},
+    ),
+    (
+        f"{_EDITS_LABEL}, but standardised features only (whitening_ridge=None, paper)",
+        {**EDITS, "whitening_ridge": None},
+    ),
+    (
+        f"{_EDITS_LABEL}, but exactly 10 epochs (no early stopping, as in the paper)",
+        {**EDITS, "n_epochs": 10, "max_epochs": None},
+    ),
+]
 
 # Options that are not defaults, each on top of the defaults: --methods options.
 OPTIONS = [
@@ -93,13 +109,19 @@ OPTIONS = [
 
 # Settings weighed against the defaults on the suite's tuning half: --methods tuning.
 TUNING_ROWS = [
-    ("defaults, but four two-fold splits and edits (n_repeats=4, outer_steps=5)",
-     {"n_repeats": 4, **EDITS}),
-    ("defaults before the suite (n_repeats=4, outer_steps=5, balanced_candidates=False)",
-     BEFORE_SUITE),
-    ("defaults, but worst-group accuracy keeps epochs and picks candidates (selection_metric)",
-     {"selection_metric": "worst_group_accuracy"}),
-]  # fmt: skip
+    (
+        "defaults, but four two-fold splits and edits (n_repeats=4, outer_steps=5)",
+        {"n_repeats": 4, **EDITS},
+    ),
+    (
+        "defaults before the suite (n_repeats=4, outer_steps=5, balanced_candidates=False)",
+        BEFORE_SUITE,
+    ),
+    (
+        "defaults, but worst-group accuracy keeps epochs and picks candidates (selection_metric)",
+        {"selection_metric": "worst_group_accuracy"},
+    ),
+]
 
 
 def _fit_erm(X, y, groups, seed):
@@ -480,13 +502,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument(
-        "--benchmarks", nargs="+", choices=sorted(RECIPES), default=BENCHMARKS,
+        "--benchmarks",
+        nargs="+",
+        choices=sorted(RECIPES),
+        default=BENCHMARKS,
         help="tasks to run (default: the four main benchmarks); see also --half",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--half", choices=sorted(SUITE_HALVES),
+        "--half",
+        choices=sorted(SUITE_HALVES),
         help="all tasks of the wide suite's tuning or report half (benchmarks/README.md)",
-    )  # fmt: skip
+    )
 
 
 def real_splits(args: argparse.Namespace) -> Callable:

@@ -137,8 +137,15 @@ def worker(method: str, folder: Path, repeats: int) -> dict:
 
 
 def _run_worker(method: str, folder: Path, repeats: int, timeout: float) -> dict:
-    command = [sys.executable, "-m", "benchmarks.speed", "--worker", method, str(folder),
-               str(repeats)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.speed",
+        "--worker",
+        method,
+        str(folder),
+        str(repeats),
+    ]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])
@@ -173,8 +180,10 @@ def measure(
             if busy:
                 with _BusyProcess():
                     row[f"{method} busy"] = _run_worker(method, folder, method_repeats, timeout)
-                print(f"{'':>15} {method + ' (busy)':<28} "
-                      f"{_cell(row[f'{method} busy'], x_bytes)}", flush=True)  # fmt: skip
+                print(
+                    f"{'':>15} {method + ' (busy)':<28} {_cell(row[f'{method} busy'], x_bytes)}",
+                    flush=True,
+                )
     return row
 
 
@@ -257,9 +266,12 @@ def task_fit_times(folder: Path) -> list[dict]:
         for task, methods in json.loads(path.read_text())["per_seed"].items():
             median = {
                 key: statistics.median(methods[label]["fit_seconds"]) if label in methods else None
-                for key, label in (("defaults", DEFAULTS_LABEL), ("dfr", DFR_LABEL),
-                                   ("lr", ERM_LABEL))
-            }  # fmt: skip
+                for key, label in (
+                    ("defaults", DEFAULTS_LABEL),
+                    ("dfr", DFR_LABEL),
+                    ("lr", ERM_LABEL),
+                )
+            }
             seeds = len(methods[DEFAULTS_LABEL]["fit_seconds"]) if DEFAULTS_LABEL in methods else 0
             rows.append({"section": section, "task": task, "seeds": seeds, **median})
     return rows
@@ -298,10 +310,13 @@ def task_markdown(rows: list[dict]) -> list[str]:
             ):
                 widest[row["task"]] = row
         per_task = [row["defaults"] / row["dfr"] for row in widest.values()]
-        lines += ["", f"Defaults / DFR over the rows: median {statistics.median(ratios):.2f}, "
-                      f"highest {max(ratios):.2f}. Per task, in the section with the most seeds "
-                      f"of it: median {statistics.median(per_task):.2f}, highest "
-                      f"{max(per_task):.2f}."]  # fmt: skip
+        lines += [
+            "",
+            f"Defaults / DFR over the rows: median {statistics.median(ratios):.2f}, "
+            f"highest {max(ratios):.2f}. Per task, in the section with the most seeds "
+            f"of it: median {statistics.median(per_task):.2f}, highest "
+            f"{max(per_task):.2f}.",
+        ]
     return lines
 
 

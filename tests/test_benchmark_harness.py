@@ -282,8 +282,10 @@ def test_cnn_embeddings_are_cached_with_the_weights_that_made_them(tmp_path, mon
     benchmark = _tiny_image_benchmark()
     embeddings = train_cnn_embeddings(benchmark, 0, tmp_path, epochs=1)
     assert {k: v.shape for k, v in embeddings.items()} == {
-        "train": (64, 128), "val": (16, 128), "test": (16, 128)
-    }  # fmt: skip
+        "train": (64, 128),
+        "val": (16, 128),
+        "test": (16, 128),
+    }
 
     (weights_file,) = tmp_path.glob("cnn-colored_mnist-*-seed0-e1.pt")
     weights = torch.load(weights_file)
@@ -320,14 +322,30 @@ def test_speed_task_table_reads_the_accuracy_runs_fit_times(tmp_path):
     }
     (tmp_path / "results-suite-report.json").write_text(json.dumps({"per_seed": per_seed}))
     rows = speed.task_fit_times(tmp_path)
-    assert rows == [{"section": "suite-report", "task": "task_a", "seeds": 3,
-                     "defaults": 4.0, "dfr": 2.0, "lr": 0.2}]  # fmt: skip
+    assert rows == [
+        {
+            "section": "suite-report",
+            "task": "task_a",
+            "seeds": 3,
+            "defaults": 4.0,
+            "dfr": 2.0,
+            "lr": 0.2,
+        }
+    ]
     text = "\n".join(speed.task_markdown(rows))
     assert "| suite-report | task_a | 3 | 0.20 s | 2.00 s | 4.00 s | 2.00 | 20.00 |" in text
     assert "over the rows: median 2.00, highest 2.00" in text
     # a task with one seed in one section and three in another counts by the three
-    one_seed = {"task_a": {label: {"fit_seconds": [seconds]} for label, seconds in
-                           ((run.ERM_LABEL, 0.1), (run.DFR_LABEL, 1.0), (run.DEFAULTS_LABEL, 6.0))}}  # fmt: skip
+    one_seed = {
+        "task_a": {
+            label: {"fit_seconds": [seconds]}
+            for label, seconds in (
+                (run.ERM_LABEL, 0.1),
+                (run.DFR_LABEL, 1.0),
+                (run.DEFAULTS_LABEL, 6.0),
+            )
+        }
+    }
     (tmp_path / "results-suite-tuning.json").write_text(json.dumps({"per_seed": one_seed}))
     rows = speed.task_fit_times(tmp_path)
     assert [(row["section"], row["seeds"]) for row in rows] == [

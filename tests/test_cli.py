@@ -14,8 +14,10 @@ from sklearn_featmeta.datasets import make_spurious_embeddings
 def featmeta(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "sklearn_featmeta.cli", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +33,20 @@ def data_dir(tmp_path_factory):
 
 
 def test_fit_predict_evaluate(data_dir):
-    fitted = featmeta("fit", "train.npz", "-o", "model.joblib", "--n-epochs", 3,
-                      "--random-state", 0, "--hard-set", "group", "-v", cwd=data_dir)  # fmt: skip
+    fitted = featmeta(
+        "fit",
+        "train.npz",
+        "-o",
+        "model.joblib",
+        "--n-epochs",
+        3,
+        "--random-state",
+        0,
+        "--hard-set",
+        "group",
+        "-v",
+        cwd=data_dir,
+    )
     assert fitted.returncode == 0, fitted.stderr
     assert "epoch   3/3" in fitted.stdout and "saved model.joblib" in fitted.stdout
 
@@ -63,25 +77,64 @@ def test_fit_with_preset(data_dir):
 
 
 def test_fit_passes_the_whitening_option(data_dir):
-    fitted = featmeta("fit", "train.npz", "-o", "white.joblib", "--n-epochs", 2,
-                      "--whitening-ridge", 0.5, cwd=data_dir)  # fmt: skip
+    fitted = featmeta(
+        "fit",
+        "train.npz",
+        "-o",
+        "white.joblib",
+        "--n-epochs",
+        2,
+        "--whitening-ridge",
+        0.5,
+        cwd=data_dir,
+    )
     assert fitted.returncode == 0, fitted.stderr
     assert joblib.load(data_dir / "white.joblib").whitening_ridge == 0.5
-    fitted = featmeta("fit", "train.npz", "-o", "plain.joblib", "--n-epochs", 2,
-                      "--whitening-ridge", "none", cwd=data_dir)  # fmt: skip
+    fitted = featmeta(
+        "fit",
+        "train.npz",
+        "-o",
+        "plain.joblib",
+        "--n-epochs",
+        2,
+        "--whitening-ridge",
+        "none",
+        cwd=data_dir,
+    )
     assert fitted.returncode == 0, fitted.stderr
     assert joblib.load(data_dir / "plain.joblib").whitening_ridge is None
 
 
 def test_fit_passes_the_epoch_options(data_dir):
-    fitted = featmeta("fit", "train.npz", "-o", "long.joblib", "--n-epochs", 2, "--max-epochs", 6,
-                      "--n-iter-no-change", 2, "-v", cwd=data_dir)  # fmt: skip
+    fitted = featmeta(
+        "fit",
+        "train.npz",
+        "-o",
+        "long.joblib",
+        "--n-epochs",
+        2,
+        "--max-epochs",
+        6,
+        "--n-iter-no-change",
+        2,
+        "-v",
+        cwd=data_dir,
+    )
     assert fitted.returncode == 0, fitted.stderr
     model = joblib.load(data_dir / "long.joblib")
     assert (model.n_epochs, model.max_epochs, model.n_iter_no_change) == (2, 6, 2)
     assert "epoch   1/2-6" in fitted.stdout
-    fitted = featmeta("fit", "train.npz", "-o", "exact.joblib", "--n-epochs", 2,
-                      "--max-epochs", "none", cwd=data_dir)  # fmt: skip
+    fitted = featmeta(
+        "fit",
+        "train.npz",
+        "-o",
+        "exact.joblib",
+        "--n-epochs",
+        2,
+        "--max-epochs",
+        "none",
+        cwd=data_dir,
+    )
     assert fitted.returncode == 0, fitted.stderr
     assert joblib.load(data_dir / "exact.joblib").max_epochs is None
     wrong = featmeta("fit", "train.npz", "-o", "m.joblib", "--max-epochs", "many", cwd=data_dir)
@@ -141,30 +194,46 @@ def test_every_file_level_mistake_is_a_one_line_error(data_dir):
     (data_dir / "fake.npz").write_text("not a zip\n")
     (data_dir / "fake.joblib").write_text("not a model\n")
     joblib.dump({"a": 1}, data_dir / "dict.joblib")
-    _no_traceback(featmeta("fit", "notes.txt", "-o", "m.joblib", cwd=data_dir),
-                  "not a NumPy .npz archive")  # fmt: skip
-    _no_traceback(featmeta("fit", "fake.npz", "-o", "m.joblib", cwd=data_dir),
-                  "not a NumPy .npz archive")  # fmt: skip
+    _no_traceback(
+        featmeta("fit", "notes.txt", "-o", "m.joblib", cwd=data_dir), "not a NumPy .npz archive"
+    )
+    _no_traceback(
+        featmeta("fit", "fake.npz", "-o", "m.joblib", cwd=data_dir), "not a NumPy .npz archive"
+    )
     _no_traceback(featmeta("fit", "absent.npz", "-o", "m.joblib", cwd=data_dir), "no such file")
-    for command in (("predict", "fake.joblib", "X.npy"), ("evaluate", "fake.joblib", "test.npz"),
-                    ("explain", "fake.joblib")):  # fmt: skip
+    for command in (
+        ("predict", "fake.joblib", "X.npy"),
+        ("evaluate", "fake.joblib", "test.npz"),
+        ("explain", "fake.joblib"),
+    ):
         _no_traceback(featmeta(*command, cwd=data_dir), "not a model saved by 'featmeta fit'")
-    _no_traceback(featmeta("predict", "dict.joblib", "X.npy", cwd=data_dir),
-                  "holds a dict, not a fitted classifier")  # fmt: skip
-    _no_traceback(featmeta("predict", "fake.joblib", "notes.txt", cwd=data_dir),
-                  "not a model saved")  # fmt: skip
+    _no_traceback(
+        featmeta("predict", "dict.joblib", "X.npy", cwd=data_dir),
+        "holds a dict, not a fitted classifier",
+    )
+    _no_traceback(
+        featmeta("predict", "fake.joblib", "notes.txt", cwd=data_dir), "not a model saved"
+    )
 
 
 def test_outputs_into_missing_folders_fail_before_any_work(data_dir):
     fit = featmeta("fit", "train.npz", "-o", "nowhere/m.joblib", cwd=data_dir)
     _no_traceback(fit, "folder nowhere does not exist")
     assert fit.stdout == ""  # nothing was fitted
-    assert featmeta("fit", "train.npz", "-o", "m.joblib", "--n-epochs", 1, "--n-repeats", 1,
-                    cwd=data_dir).returncode == 0  # fmt: skip
-    _no_traceback(featmeta("predict", "m.joblib", "X.npy", "-o", "nowhere/p.npy", cwd=data_dir),
-                  "folder nowhere does not exist")  # fmt: skip
-    _no_traceback(featmeta("explain", "m.joblib", "--plot", "nowhere/e.png", cwd=data_dir),
-                  "folder nowhere does not exist")  # fmt: skip
+    assert (
+        featmeta(
+            "fit", "train.npz", "-o", "m.joblib", "--n-epochs", 1, "--n-repeats", 1, cwd=data_dir
+        ).returncode
+        == 0
+    )
+    _no_traceback(
+        featmeta("predict", "m.joblib", "X.npy", "-o", "nowhere/p.npy", cwd=data_dir),
+        "folder nowhere does not exist",
+    )
+    _no_traceback(
+        featmeta("explain", "m.joblib", "--plot", "nowhere/e.png", cwd=data_dir),
+        "folder nowhere does not exist",
+    )
 
 
 def test_fit_help_lists_every_parameter_with_its_default(data_dir):

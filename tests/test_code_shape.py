@@ -1,16 +1,22 @@
-"""The package's code stays readable: short signatures, no formatter escapes."""
+"""The code stays readable: short modules and signatures, no cycles, no formatter escapes."""
 
 import ast
 from pathlib import Path
 
 import numpy as np
 
-PACKAGE = Path(__file__).resolve().parents[1] / "sklearn_featmeta"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "sklearn_featmeta"
 MAX_PARAMETERS = 8  # besides keyword-only options with defaults
+MAX_MODULE_LINES = 800
+
+
+def _modules():
+    return sorted(PACKAGE.rglob("*.py"))
 
 
 def _functions():
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in _modules():
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
@@ -23,9 +29,10 @@ def _required_parameters(node) -> int:
         a.arg for a in arguments.posonlyargs + arguments.args if a.arg not in ("self", "cls")
     ]
     keyword_only = [
-        a for a, default in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True)
+        a
+        for a, default in zip(arguments.kwonlyargs, arguments.kw_defaults, strict=True)
         if default is None
-    ]  # fmt: skip
+    ]
     return len(positional) + len(keyword_only)
 
 
@@ -38,14 +45,61 @@ def test_no_function_takes_more_than_eight_parameters():
     assert not too_long, too_long
 
 
-def test_no_formatter_escapes_in_the_package():
+def test_no_formatter_escapes_anywhere():
+    escapes = ("fmt: " + "skip", "fmt: " + "off")  # spelled apart: this file has none either
+    files = [
+        *_modules(),
+        *sorted((ROOT / "benchmarks").glob("*.py")),
+        *(ROOT / "tests").glob("*.py"),
+    ]
     escaped = [
-        f"{path.name}:{number}"
-        for path in sorted(PACKAGE.glob("*.py"))
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in files
         for number, line in enumerate(path.read_text().splitlines(), 1)
-        if "fmt: skip" in line or "fmt: off" in line
+        if any(escape in line for escape in escapes)
     ]
     assert not escaped, escaped
+
+
+def test_no_module_is_longer_than_800_lines():
+    long = [
+        f"{path.relative_to(ROOT)} ({n})"
+        for path in _modules()
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    ]
+    assert not long, long
+
+
+def _imports_within_the_package(path: Path) -> set[str]:
+    """Modules of the package that ``path`` imports (relative imports, by dotted name)."""
+    name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    package = package.removesuffix(".__init__")
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            if node.module:
+                imported.add(".".join([*base, node.module]))
+            else:
+                imported.update(".".join([*base, alias.name]) for alias in node.names)
+    return imported
+
+
+def test_no_import_cycle_between_package_modules():
+    graph = {}
+    for path in _modules():
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        graph[name] = _imports_within_the_package(path)
+
+    def reaches(start, goal, seen):
+        for module in graph.get(start, ()):
+            if module == goal or (module not in seen and reaches(module, goal, seen | {module})):
+                return True
+        return False
+
+    cyclic = sorted(module for module in graph if reaches(module, module, {module}))
+    assert not cyclic, cyclic
 
 
 def test_core_settings_have_no_defaults_of_their_own():

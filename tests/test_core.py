@@ -240,9 +240,14 @@ def test_divergence_stops_and_keeps_finite_head(monkeypatch):
 
     monkeypatch.setattr(_bilevel, "support_hypergradient", failing_in_epoch_3)
     settings = _core_settings(
-        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
-        outer_steps=2, hard_set_size=10, n_epochs=6,
-    )  # fmt: skip
+        support_size_per_class=8,
+        inner_steps=3,
+        inner_lr=None,
+        outer_lr=0.5,
+        outer_steps=2,
+        hard_set_size=10,
+        n_epochs=6,
+    )
     (run,) = _fit_one_run(settings).runs
     assert run.diverged
     assert len(run.history["outer_loss"]) == 2
@@ -253,9 +258,14 @@ def test_divergence_stops_and_keeps_finite_head(monkeypatch):
 
 def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
     settings = _core_settings(
-        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
-        outer_steps=2, hard_set_size=10, n_epochs=8,
-    )  # fmt: skip
+        support_size_per_class=8,
+        inner_steps=3,
+        inner_lr=None,
+        outer_lr=0.5,
+        outer_steps=2,
+        hard_set_size=10,
+        n_epochs=8,
+    )
     records = []
     (result,) = _fit_one_run(settings, on_epoch=records.append).runs
     worst = np.array(result.history["worst_group_accuracy"])
@@ -268,10 +278,17 @@ def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
 def test_early_stopping():
     """With n_epochs=1 a run stops n_iter_no_change epochs after its best one."""
     settings = _core_settings(
-        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=1e-6,
-        outer_steps=1, hard_set_size=10, n_epochs=1, head_lr=1e-9, max_epochs=50,
+        support_size_per_class=8,
+        inner_steps=3,
+        inner_lr=None,
+        outer_lr=1e-6,
+        outer_steps=1,
+        hard_set_size=10,
+        n_epochs=1,
+        head_lr=1e-9,
+        max_epochs=50,
         n_iter_no_change=3,
-    )  # fmt: skip
+    )
     (result,) = _fit_one_run(settings).runs
     assert len(result.history["outer_loss"]) == result.best_epoch + 3 < 50
 
@@ -279,9 +296,16 @@ def test_early_stopping():
 def _improving_settings(**epochs):
     """A head that creeps towards the held-out optimum: the selection loss falls every epoch."""
     return _core_settings(
-        support_size_per_class=8, inner_steps=1, inner_lr=None, outer_lr=1e-6, outer_steps=1,
-        hard_set_size=10, head_lr=1e-3, selection_metric="worst_group_loss", **epochs,
-    )  # fmt: skip
+        support_size_per_class=8,
+        inner_steps=1,
+        inner_lr=None,
+        outer_lr=1e-6,
+        outer_steps=1,
+        hard_set_size=10,
+        head_lr=1e-3,
+        selection_metric="worst_group_loss",
+        **epochs,
+    )
 
 
 def test_run_still_improving_continues_past_n_epochs_up_to_max_epochs():
@@ -299,10 +323,18 @@ def test_run_still_improving_continues_past_n_epochs_up_to_max_epochs():
 @pytest.mark.parametrize("n_epochs", [1, 4, 8])
 def test_run_past_n_epochs_stops_n_iter_no_change_after_its_best(n_epochs):
     settings = _core_settings(
-        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5, outer_steps=2,
-        hard_set_size=10, n_epochs=n_epochs, max_epochs=30, n_iter_no_change=2,
-        selection_metric="worst_group_loss", compare_unedited=True,
-    )  # fmt: skip
+        support_size_per_class=8,
+        inner_steps=3,
+        inner_lr=None,
+        outer_lr=0.5,
+        outer_steps=2,
+        hard_set_size=10,
+        n_epochs=n_epochs,
+        max_epochs=30,
+        n_iter_no_change=2,
+        selection_metric="worst_group_loss",
+        compare_unedited=True,
+    )
     for seed in range(3):
         (result,) = _fit_one_run(settings, seed=seed).runs
         made = len(result.history["outer_loss"])
@@ -361,9 +393,15 @@ def test_annotated_support_is_cross_fitted():
     y = (X[:, 0] > 0).long()
     heldout_cells = y[200:] * 2 + (X[200:, 1] > 0).long()
     settings = _core_settings(
-        support_size_per_class=1000, inner_steps=3, inner_lr=None, outer_lr=0.01,
-        outer_steps=2, hard_set_size=10, n_epochs=3, support_source="annotated",
-    )  # fmt: skip
+        support_size_per_class=1000,
+        inner_steps=3,
+        inner_lr=None,
+        outer_lr=0.01,
+        outer_steps=2,
+        hard_set_size=10,
+        n_epochs=3,
+        support_source="annotated",
+    )
     folds = torch.stack([torch.arange(100) % 2, (torch.arange(100) >= 48).long()])  # two splits
     runs = []
     for split in folds:
@@ -405,9 +443,15 @@ def test_group_scores():
 
 def test_best_epoch_is_the_lowest_worst_group_loss():
     settings = _core_settings(
-        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=0.5,
-        outer_steps=2, hard_set_size=10, n_epochs=8, selection_metric="worst_group_loss",
-    )  # fmt: skip
+        support_size_per_class=8,
+        inner_steps=3,
+        inner_lr=None,
+        outer_lr=0.5,
+        outer_steps=2,
+        hard_set_size=10,
+        n_epochs=8,
+        selection_metric="worst_group_loss",
+    )
     (result,) = _fit_one_run(settings).runs
     loss = np.array(result.history["worst_group_loss"])
     assert result.best_epoch == np.argmin(loss) + 1
@@ -455,10 +499,16 @@ def _plain_descent(S, labels, W, b, lr, steps):
 def _compared_settings(outer_lr, n_epochs):
     """Settings of a run that also follows its unedited head."""
     return _core_settings(
-        support_size_per_class=8, inner_steps=3, inner_lr=None, outer_lr=outer_lr,
-        outer_steps=2, hard_set_size=10, n_epochs=n_epochs, selection_metric="worst_group_loss",
+        support_size_per_class=8,
+        inner_steps=3,
+        inner_lr=None,
+        outer_lr=outer_lr,
+        outer_steps=2,
+        hard_set_size=10,
+        n_epochs=n_epochs,
+        selection_metric="worst_group_loss",
         compare_unedited=True,
-    )  # fmt: skip
+    )
 
 
 def test_unedited_head_is_kept_where_the_edits_do_worse():
@@ -469,9 +519,13 @@ def test_unedited_head_is_kept_where_the_edits_do_worse():
     assert not run.kept_edits and run.best_epoch > 0
     # the kept head is plain gradient descent on the support as drawn, for the kept epochs
     W, b = _plain_descent(
-        run.support_edited, run.support_labels, result.initial_weight, result.initial_bias,
-        result.head_lr, 3 * run.best_epoch,
-    )  # fmt: skip
+        run.support_edited,
+        run.support_labels,
+        result.initial_weight,
+        result.initial_bias,
+        result.head_lr,
+        3 * run.best_epoch,
+    )
     torch.testing.assert_close(run.weight, W)
     torch.testing.assert_close(run.bias, b)
     # the history scores that unedited head too, next to the edited one
@@ -578,10 +632,18 @@ def _cross_fitted_problem(seed=0):
 def _no_edit_settings(**fields):
     """Runs without support edits on cross-fitted annotated rows (the estimator's default path)."""
     return _core_settings(
-        **{"support_size_per_class": 1000, "inner_steps": 3, "inner_lr": None, "outer_lr": 0.1,
-           "outer_steps": 0, "hard_set_size": 5, "n_epochs": 6, "support_source": "annotated",
-           **fields}
-    )  # fmt: skip
+        **{
+            "support_size_per_class": 1000,
+            "inner_steps": 3,
+            "inner_lr": None,
+            "outer_lr": 0.1,
+            "outer_steps": 0,
+            "hard_set_size": 5,
+            "n_epochs": 6,
+            "support_source": "annotated",
+            **fields,
+        }
+    )
 
 
 def _zero_head(n_features=6):
@@ -681,10 +743,13 @@ def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
     assert calls == [True]
     steps = _supports._step_sizes(support_of(runs[0], None), settings)
     best = [
-        min(_bilevel._bilevel_run(support_of(run, None), run, heldout, head, 2, settings, steps,
-                               None).history["worst_group_loss"])
+        min(
+            _bilevel._bilevel_run(
+                support_of(run, None), run, heldout, head, 2, settings, steps, None
+            ).history["worst_group_loss"]
+        )
         for run in runs
-    ]  # fmt: skip
+    ]
     assert probe == pytest.approx(sum(best) / len(best), rel=1e-12)
 
 

@@ -11,10 +11,16 @@ from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.explain import concept_alignment, edit_summary, has_edits, plot_edits
 
 PAPER_LIKE = {
-    "support_source": "pool", "support_size_per_class": 16, "hard_set": "class",
-    "outer_lr": 1.0, "outer_steps": 5, "head_update": "adam", "inner_lr": 5e-5, "n_epochs": 10,
+    "support_source": "pool",
+    "support_size_per_class": 16,
+    "hard_set": "class",
+    "outer_lr": 1.0,
+    "outer_steps": 5,
+    "head_update": "adam",
+    "inner_lr": 5e-5,
+    "n_epochs": 10,
     "random_state": 0,
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +130,21 @@ def test_cli_explain(planted, tmp_path):
         vectors=np.array(list(concepts.values())),
     )
     done = subprocess.run(
-        [sys.executable, "-m", "sklearn_featmeta.cli", "explain", "model.joblib",
-         "--concepts", "concepts.npz", "--plot", "edits.png"],
-        capture_output=True, text=True, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sklearn_featmeta.cli",
+            "explain",
+            "model.joblib",
+            "--concepts",
+            "concepts.npz",
+            "--plot",
+            "edits.png",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     assert "z-score" in done.stdout and "spurious" in done.stdout and "top-1 share" in done.stdout
     assert (tmp_path / "edits.png").stat().st_size > 1000

@@ -543,9 +543,19 @@ def test_idle_cores_does_not_count_this_process_as_taken():
 def test_presets_reproduce_the_paper_settings():
     model = MetaAugmentedHeadClassifier.from_preset("waterbirds", random_state=3)
     assert model.get_params()["random_state"] == 3
-    expected = {"support_size_per_class": 16, "inner_steps": 15, "inner_lr": 5e-5, "outer_lr": 1.0,
-                "outer_steps": 15, "hard_set_size": 64, "n_epochs": 40, "hard_set": "class",
-                "head_update": "adam", "head_lr": None, "max_epochs": None}  # fmt: skip
+    expected = {
+        "support_size_per_class": 16,
+        "inner_steps": 15,
+        "inner_lr": 5e-5,
+        "outer_lr": 1.0,
+        "outer_steps": 15,
+        "hard_set_size": 64,
+        "n_epochs": 40,
+        "hard_set": "class",
+        "head_update": "adam",
+        "head_lr": None,
+        "max_epochs": None,
+    }
     assert {k: model.get_params()[k] for k in expected} == expected
     celeba = MetaAugmentedHeadClassifier.from_preset("celeba").get_params()
     assert (celeba["support_size_per_class"], celeba["inner_steps"], celeba["outer_steps"]) == (
@@ -674,9 +684,11 @@ def test_whitening_maps_heads_and_supports_back_to_raw_features():
     X = X * np.linspace(0.1, 50, 8).astype(np.float32) + 100.0  # badly scaled, offset
     head = LogisticRegression(max_iter=5000).fit(X, y)
     model = MetaAugmentedHeadClassifier(
-        initial_head=(head.coef_, head.intercept_), whitening_ridge=0.1, outer_lr=1e-12,
+        initial_head=(head.coef_, head.intercept_),
+        whitening_ridge=0.1,
+        outer_lr=1e-12,
         **{**FAST, "n_epochs": 1},
-    ).fit(X, y, groups)  # fmt: skip
+    ).fit(X, y, groups)
     # the initial head went into whitened space and came back; unedited supports are rows of X
     np.testing.assert_allclose(model.initial_coef_, head.coef_, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(model.initial_intercept_, head.intercept_, rtol=1e-4, atol=1e-4)
@@ -720,9 +732,11 @@ def _best_unedited_losses(model):
     """Mean over runs of the unedited head's lowest held-out worst-group loss (history_)."""
     history = model.history_
     return np.mean(
-        [history["unedited_worst_group_loss"][history["run"] == run].min()
-         for run in np.unique(history["run"])]
-    )  # fmt: skip
+        [
+            history["unedited_worst_group_loss"][history["run"] == run].min()
+            for run in np.unique(history["run"])
+        ]
+    )
 
 
 @pytest.mark.parametrize("data, whitened", [("spurious", False), ("anisotropic", True)])

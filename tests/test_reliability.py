@@ -144,10 +144,13 @@ def _weights(n, seed=0):
 
 @pytest.mark.parametrize(
     "params",
-    [SMALL, {**SMALL, "support_source": "pool", "support_size_per_class": 20},
-     {**SMALL, "whitening_ridge": 0.1}],
+    [
+        SMALL,
+        {**SMALL, "support_source": "pool", "support_size_per_class": 20},
+        {**SMALL, "whitening_ridge": 0.1},
+    ],
     ids=["defaults", "pool-support", "whitened"],
-)  # fmt: skip
+)
 def test_integer_weights_equal_repeated_rows(data, params):
     X, y, groups = data
     weights = _weights(y.size)

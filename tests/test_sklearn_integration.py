@@ -89,9 +89,13 @@ def test_cross_validate_and_cross_val_predict_with_routing(data, estimator):
     with config_context(enable_metadata_routing=True):
         requested = clone(estimator).set_fit_request(groups=True)
         result = cross_validate(
-            requested, X, y, params={"groups": groups}, cv=CV,
+            requested,
+            X,
+            y,
+            params={"groups": groups},
+            cv=CV,
             scoring={"worst_group": worst_group_scorer, "accuracy": "accuracy"},
-        )  # fmt: skip
+        )
         predictions = cross_val_predict(requested, X, y, params={"groups": groups}, cv=CV)
     np.testing.assert_allclose(result["test_worst_group"], expected_scores)
     np.testing.assert_array_equal(predictions, expected_predictions)
@@ -110,9 +114,15 @@ def test_pipeline_step_params_without_routing(data, estimator):
     np.testing.assert_allclose(pipeline[-1].coef_, direct.coef_, rtol=1e-6)
 
     result = cross_validate(
-        pipeline, X, y, groups=groups, params={f"{step}__groups": groups}, cv=CV,
-        scoring="accuracy", return_estimator=True,
-    )  # fmt: skip
+        pipeline,
+        X,
+        y,
+        groups=groups,
+        params={f"{step}__groups": groups},
+        cv=CV,
+        scoring="accuracy",
+        return_estimator=True,
+    )
     for model, (train, _) in zip(result["estimator"], CV.split(X, y, groups), strict=True):
         by_hand = clone(pipeline).fit(X[train], y[train], **{f"{step}__groups": groups[train]})
         np.testing.assert_allclose(model[-1].coef_, by_hand[-1].coef_, rtol=1e-6)
@@ -121,9 +131,12 @@ def test_pipeline_step_params_without_routing(data, estimator):
 def test_worst_group_scorer_without_routing_says_how_to_enable_it(data):
     X, y, groups = data
     search = GridSearchCV(
-        MetaAugmentedHeadClassifier(**FAST), {"outer_lr": [0.01]}, scoring=worst_group_scorer,
-        cv=CV, error_score="raise",
-    )  # fmt: skip
+        MetaAugmentedHeadClassifier(**FAST),
+        {"outer_lr": [0.01]},
+        scoring=worst_group_scorer,
+        cv=CV,
+        error_score="raise",
+    )
     with pytest.raises(ValueError, match="enable_metadata_routing=True"):
         search.fit(X, y, groups=groups)
 
@@ -191,21 +204,28 @@ def test_grid_search_on_a_dask_cluster(data):
 
     def search():
         return GridSearchCV(
-            clone(estimator).set_fit_request(groups=True), grid, scoring=worst_group_scorer,
-            cv=CV, n_jobs=-1, error_score="raise",
-        )  # fmt: skip
+            clone(estimator).set_fit_request(groups=True),
+            grid,
+            scoring=worst_group_scorer,
+            cv=CV,
+            n_jobs=-1,
+            error_score="raise",
+        )
 
     with config_context(enable_metadata_routing=True):
         local = search().fit(X, y, groups=groups)
         with (
             distributed.LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
                 dashboard_address=None,
             ) as cluster,
             distributed.Client(cluster) as client,
             distributed.get_task_stream(client) as tasks,
             joblib.parallel_config(backend="dask"),
-        ):  # fmt: skip
+        ):
             remote = search().fit(X, y, groups=groups)
             workers = set(client.scheduler_info()["workers"])
     assert len(tasks.data) >= 12  # the 4 x 3 fits ran as tasks ...
@@ -227,9 +247,13 @@ def test_grid_search_on_ray(data):
 
     def search():
         return GridSearchCV(
-            clone(estimator).set_fit_request(groups=True), grid, scoring=worst_group_scorer,
-            cv=CV, n_jobs=2, error_score="raise",
-        )  # fmt: skip
+            clone(estimator).set_fit_request(groups=True),
+            grid,
+            scoring=worst_group_scorer,
+            cv=CV,
+            n_jobs=2,
+            error_score="raise",
+        )
 
     register_ray()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
