@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-_BLOCK_ENTRIES = 2**20  # passes over X go a block of about a million entries at a time
+from ._blocks import block_rows
 
 
 def _blocks(n_rows: int, n_features: int) -> list[slice]:
-    step = max(1, _BLOCK_ENTRIES // max(1, n_features))
+    step = block_rows(n_features)
     return [slice(start, start + step) for start in range(0, n_rows, step)]
 
 

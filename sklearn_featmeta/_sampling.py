@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._blocks import block_rows
 from ._groups import cell_codes
 from ._preprocessing import _blocks, _map_blocks, weighted_moments
 
@@ -41,7 +42,7 @@ def row_hashes(X: np.ndarray) -> np.ndarray:
         0, 2**63 - 1, size=bits.shape[1], dtype=np.int64
     ).astype(np.uint64) * np.uint64(2) + np.uint64(1)
     hashes = np.empty(bits.shape[0], dtype=np.uint64)
-    block = max(1, 2**20 // max(1, bits.shape[1]))
+    block = block_rows(bits.shape[1])
     with np.errstate(over="ignore"):
         for start in range(0, bits.shape[0], block):
             rows = bits[start : start + block].astype(np.uint64)

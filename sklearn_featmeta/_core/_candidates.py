@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ._scores import _group_scores
-from ._softmax import SoftmaxProblem, softmax_regression_paths
+from ._softmax import head_as_tensors, problem_of_tensors, regression_paths
 from ._supports import _cell_balanced
 from ._types import HeadChoice, HeldoutRows, RunRows, Verdict
 
@@ -89,23 +89,16 @@ def balanced_paths(
     geometries = {"balanced_standardised": None}
     if isotropic_factor is not None:
         geometries["balanced_isotropic"] = isotropic_factor
-    factors = [None if f is None else f.cpu().numpy() for f in geometries.values()]
     paths = {name: [] for name in geometries}
     for run in runs:
         S, labels, _, weight, _ = support_of(run, None)
         # every geometry's path from the one support: they share its passes
-        fits = softmax_regression_paths(
-            S.cpu().numpy(),
-            labels.cpu().numpy(),
-            weight.double().cpu().numpy(),
-            n_classes,
-            BALANCED_L2_PATH,
-            factors,
-        )
+        problem = problem_of_tensors(S, labels, weight, n_classes, list(geometries.values()))
+        fits = regression_paths(problem, BALANCED_L2_PATH)
         weights, biases = [], []
         for factor, heads in zip(geometries.values(), fits, strict=True):
-            for W, b in heads:
-                W, b = (torch.from_numpy(a).to(S) for a in (W, b))
+            for head in heads:
+                W, b = head_as_tensors(head, S)
                 weights.append(W if factor is None else W * factor)  # standardised coordinates
                 biases.append(b)
         # every head of the run in one pass over the held-out rows, then its selection rows
@@ -265,9 +258,7 @@ def refit_balanced(
     l2 = choice.balanced_l2 * support_mass / float(heldout.weight.sum())
     factor = isotropic_factor if choice.chosen == "balanced_isotropic" else None
     X = heldout.X if factor is None else heldout.X * factor
-    problem = SoftmaxProblem(
-        X.cpu().numpy(), heldout.y.cpu().numpy(), row_weight.double().cpu().numpy(), n_classes
-    )
-    (W, b), _, _ = problem.minimize(l2, problem.zeros())
-    W, b = (torch.from_numpy(a).to(heldout.X) for a in (W, b))
+    problem = problem_of_tensors(X, heldout.y, row_weight, n_classes)
+    head, _, _ = problem.minimize(l2, problem.zeros())
+    W, b = head_as_tensors(head, heldout.X)
     return (W if factor is None else W * factor), b

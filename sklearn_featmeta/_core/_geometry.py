@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .._blocks import block_rows
 from ._losses import _row_weights
-from ._scores import _block_rows
 
 
 def whitening_transform(
@@ -27,7 +27,7 @@ def whitening_transform(
     covariance = torch.zeros(X.shape[1], X.shape[1], dtype=X.dtype, device=X.device)
     weights = _row_weights(X, row_weight)
     for block, block_weight in zip(
-        X.split(_block_rows(X)), weights.split(_block_rows(X)), strict=True
+        X.split(block_rows(X.shape[1])), weights.split(block_rows(X.shape[1])), strict=True
     ):
         covariance.addmm_(block.T, block * block_weight)
     eigenvalues, eigenvectors = _eigh_in_place(covariance)
@@ -66,5 +66,5 @@ def _unwhiten(rows: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 
 def _transform_rows(X: torch.Tensor, T: torch.Tensor) -> None:
     """``X <- X T`` in place, a block of rows at a time (no temporary the size of ``X``)."""
-    for block in X.split(_block_rows(X)):
+    for block in X.split(block_rows(X.shape[1])):
         block.copy_(block @ T)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._softmax import SoftmaxProblem
+from ._softmax import head_as_tensors, problem_of_tensors
 
 
 def _one_hot(y: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -62,8 +62,6 @@ def fit_softmax_head(
     Returns ``(W, b, converged)``; ``converged`` is False when L-BFGS stopped
     at ``max_iter`` iterations.
     """
-    weight = _row_weights(X, row_weight).reshape(-1).double().cpu().numpy()
-    problem = SoftmaxProblem(X.cpu().numpy(), y.cpu().numpy(), weight, n_classes)
-    params, converged, _ = problem.minimize(l2, problem.zeros(), max_iter=max_iter, tol=tol)
-    W, b = (torch.from_numpy(a).to(device=X.device, dtype=X.dtype) for a in params)
-    return W.contiguous(), b.contiguous(), converged
+    problem = problem_of_tensors(X, y, _row_weights(X, row_weight).reshape(-1), n_classes)
+    head, converged, _ = problem.minimize(l2, problem.zeros(), max_iter=max_iter, tol=tol)
+    return (*head_as_tensors(head, X), converged)

@@ -47,11 +47,6 @@ def _selection_score(scores: dict[str, float], metric: str) -> tuple[float, floa
     return (scores["worst_group_accuracy"], -scores["heldout_loss"])
 
 
-def _block_rows(X: torch.Tensor) -> int:
-    """Rows per block of about a million entries, for passes over ``X`` without big temporaries."""
-    return max(1, 2**20 // max(1, X.shape[1]))
-
-
 def _batched_logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Logits (runs, rows, k) of every head of the batch on the rows ``X``: one product."""
     n_runs, n_classes, n_features = W.shape

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-TORCH_PRODUCT_ENTRIES = 2**20
+from .._blocks import BLOCK_ENTRIES
+
+TORCH_PRODUCT_ENTRIES = BLOCK_ENTRIES
 """From this many entries of ``X`` on, with more than one torch thread, a head fit's two
 products with ``X`` run in torch.
 
@@ -181,10 +183,30 @@ def softmax_regression_paths(
     serves all of them).
     """
     stacked = np.stack([np.ones(X.shape[1]) if f is None else f for f in factors])
-    problem = SoftmaxProblem(X, y, row_weight, n_classes, stacked)
-    start, paths = problem.zeros(), [[] for _ in factors]
+    return regression_paths(SoftmaxProblem(X, y, row_weight, n_classes, stacked), l2_path)
+
+
+def regression_paths(problem: SoftmaxProblem, l2_path) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """:func:`softmax_regression_paths` of a problem built already (every geometry of its
+    ``factors``)."""
+    start, paths = problem.zeros(), [[] for _ in range(problem.shape[0])]
     for l2 in l2_path:
         (W, b), _, start = problem.minimize(l2, start)
         for geometry, path in enumerate(paths):
             path.append((W[geometry], b[geometry]))
     return paths
+
+
+def problem_of_tensors(X, y, row_weight, n_classes: int, factors=None) -> SoftmaxProblem:
+    """The problem of rows held as torch tensors (on any device): the one crossing of a head
+    fit from torch to NumPy; :func:`head_as_tensors` is the way back."""
+    if factors is not None:
+        factors = np.stack([np.ones(X.shape[1]) if f is None else f.cpu().numpy() for f in factors])
+    return SoftmaxProblem(
+        X.cpu().numpy(), y.cpu().numpy(), row_weight.double().cpu().numpy(), n_classes, factors
+    )
+
+
+def head_as_tensors(head, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A head ``(W, b)`` solved in NumPy, back on ``like``'s device and in its dtype."""
+    return tuple(torch.from_numpy(part).to(like).contiguous() for part in head)
