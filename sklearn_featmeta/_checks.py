@@ -10,8 +10,30 @@ import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import validate_data
 
+from ._groups import drop_zero_weights
 from ._linear import predicted_indices
+
+
+def validated_rows(estimator, X, y, groups, sample_weight):
+    """``fit``'s input checked as every estimator of the package checks it:
+    ``(X, y_encoded, classes, groups, weights)``, rows of zero weight dropped.
+
+    Sets ``n_features_in_`` (and ``feature_names_in_``) as ``validate_data`` does.
+    """
+    X, y = validate_data(estimator, X, y, dtype=[np.float64, np.float32], y_numeric=False)
+    check_classification_targets(y)
+    X, y, groups, weights = drop_zero_weights(X, y, groups, sample_weight)
+    classes, y_encoded = np.unique(y, return_inverse=True)
+    if classes.shape[0] < 2:
+        raise ValueError(
+            f"{type(estimator).__name__} needs samples of at least 2 classes, but the data "
+            f"contains only one class: {classes[0]!r}."
+        )
+    return X, y_encoded.ravel(), classes, groups, weights
+
 
 MIN_HELDOUT_ROWS_PER_GROUP = 5
 """Below this many held-out rows in a (class, group) cell, a fit warns that selection is noise."""

@@ -91,6 +91,12 @@ def binary_to_softmax_head(
     return np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
 
 
+def raw_feature_head(weight, bias, mean, scale) -> tuple[np.ndarray, np.ndarray]:
+    """A head on standardised features, ``(X - mean) / scale``, as one on raw features."""
+    coef = weight / scale
+    return coef, bias - coef @ mean
+
+
 def softmax_to_fitted_head(
     weight: np.ndarray, bias: np.ndarray, mean: np.ndarray, scale: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -99,8 +105,7 @@ def softmax_to_fitted_head(
     Two classes collapse to one row (the logit of ``classes_[1]`` minus that of
     ``classes_[0]``), as in LogisticRegression.
     """
-    coef = weight / scale
-    intercept = bias - coef @ mean
+    coef, intercept = raw_feature_head(weight, bias, mean, scale)
     if weight.shape[0] == 2:
         return coef[1:] - coef[:1], intercept[1:] - intercept[:1]
     return coef, intercept

@@ -16,11 +16,15 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import validate_data
 
-from ._checks import check_split, warn_about_runs, warn_degenerate, warn_small_heldout
-from ._groups import as_group_array, drop_zero_weights, encode_groups
+from ._checks import (
+    check_split,
+    validated_rows,
+    warn_about_runs,
+    warn_degenerate,
+    warn_small_heldout,
+)
+from ._groups import as_group_array, encode_groups
 from ._linear import (
     LinearHeadMixin,
     softmax_to_fitted_head,
@@ -549,17 +553,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 "makes n_epochs epochs. Set max_epochs to at least n_epochs, or to None for "
                 "exactly n_epochs."
             )
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], y_numeric=False)
-        check_classification_targets(y)
-        X, y, groups, weights = drop_zero_weights(X, y, groups, sample_weight)
-        self.classes_, y_encoded = np.unique(y, return_inverse=True)
-        y_encoded = y_encoded.ravel()
+        X, y_encoded, self.classes_, groups, weights = validated_rows(
+            self, X, y, groups, sample_weight
+        )
         n_classes = self.classes_.shape[0]
-        if n_classes < 2:
-            raise ValueError(
-                "MetaAugmentedHeadClassifier needs samples of at least 2 classes, "
-                f"but the data contains only one class: {self.classes_[0]!r}."
-            )
         group_codes = None
         if groups is not None:
             group_codes, _ = encode_groups(as_group_array(groups, X.shape[0]))

@@ -11,11 +11,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import validate_data
 
-from ._groups import cell_codes, drop_zero_weights, encode_groups
-from ._linear import LinearHeadMixin
+from ._checks import validated_rows
+from ._groups import cell_codes, encode_groups
+from ._linear import LinearHeadMixin, raw_feature_head
 from ._preprocessing import standardized, weighted_moments
 from ._sampling import content_hashes, draw_keys, stratified_split, take_by_weight
 from .metrics import worst_group_accuracy_score
@@ -89,7 +88,7 @@ class DFRClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         "random_state": ["random_state"],
     }
 
-    def __init__(self, Cs=_DFR_CS, n_estimators=10, random_state=None):
+    def __init__(self, *, Cs=_DFR_CS, n_estimators=10, random_state=None):
         self.Cs = Cs
         self.n_estimators = n_estimators
         self.random_state = random_state
@@ -114,20 +113,13 @@ class DFRClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         -------
         self : object
         """
-        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
-        check_classification_targets(y)
         if len(self.Cs) == 0 or not all(isinstance(c, Real) and c > 0 for c in self.Cs):
             raise ValueError(
                 f"Cs must be a non-empty sequence of positive numbers; got {self.Cs!r}."
             )
-        X, y, groups, weights = drop_zero_weights(X, y, groups, sample_weight)
-        self.classes_, y_encoded = np.unique(y, return_inverse=True)
-        y_encoded = y_encoded.ravel()
-        if self.classes_.shape[0] < 2:
-            raise ValueError(
-                "DFRClassifier needs samples of at least 2 classes, but the data contains "
-                f"only one class: {self.classes_[0]!r}."
-            )
+        X, y_encoded, self.classes_, groups, weights = validated_rows(
+            self, X, y, groups, sample_weight
+        )
         if groups is None:
             annotated = np.arange(X.shape[0])
             group_codes = np.zeros(X.shape[0], dtype=np.int64)
@@ -149,8 +141,7 @@ class DFRClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         data = _Annotated(Z, y_annotated, cells, weights, hashes)
         self.C_, self.tuning_scores_ = self._tune_C(data, rng)
         weight, bias = self._averaged_head(data, self.C_, rng)
-        self.coef_ = weight / scale
-        self.intercept_ = bias - self.coef_ @ mean
+        self.coef_, self.intercept_ = raw_feature_head(weight, bias, mean, scale)
         return self
 
     def _tune_C(self, data, rng):
