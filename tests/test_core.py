@@ -413,7 +413,7 @@ def test_annotated_support_is_cross_fitted():
     heldout = _heldout(X[200:].clone(), y[200:], heldout_cells, 4)
     result = _fit.fit_hsfm(pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2)
     assert result.support_from_heldout and len(result.runs) == 4
-    assert pool_X.numel() == 0  # released for the runs
+    assert torch.equal(pool_X, X[:200])  # no input is changed
     selections = [set(run.selection_index.tolist()) for run in result.runs]
     for first, second in (selections[:2], selections[2:]):  # the two runs of one split
         assert first.isdisjoint(second) and first | second == set(range(100))
@@ -729,23 +729,14 @@ def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
     heldout, runs = _cross_fitted_problem(seed=1)
     settings = _no_edit_settings(inner_steps=2, n_epochs=5)
 
-    def support_of(run, transform):
-        return _supports._support(run, None, heldout, settings)
-
+    source = _supports.SupportSource(None, heldout, settings)
     head = _zero_head()
-    calls = []
-
-    def step_sizes(first_support, standardised):
-        calls.append(standardised)
-        return _supports._step_sizes(first_support, settings)
-
-    probe = _runs._unedited_probe(support_of, runs, heldout, head, 2, settings, None, step_sizes)
-    assert calls == [True]
-    steps = _supports._step_sizes(support_of(runs[0], None), settings)
+    steps = _supports._step_sizes(source.draw(runs[0]), settings)
+    probe = _runs._unedited_probe(source, runs, heldout, head, 2, settings, None, steps[1])
     best = [
         min(
             _bilevel._bilevel_run(
-                support_of(run, None), run, heldout, head, 2, settings, steps, None
+                source.draw(run), run, heldout, head, 2, settings, steps, None
             ).history["worst_group_loss"]
         )
         for run in runs
@@ -767,3 +758,24 @@ def test_a_diverging_run_of_the_batch_stops_alone():
     assert [run.diverged for run in result] == [False, True, False, False]
     assert all(len(run.history["outer_loss"]) == 6 for run in result if not run.diverged)
     assert all(torch.isfinite(run.weight).all() for run in result)
+
+
+def test_a_whitened_fit_changes_none_of_its_inputs():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(300, 6, generator=g, dtype=torch.float64)
+    y = (X[:, 0] > 0).long()
+    heldout_cells = y[200:] * 2 + (X[200:, 1] > 0).long()
+    settings = _no_edit_settings(whitening_ridge=0.1, choose_whitening=False)
+    folds = (torch.arange(100) % 2).bool()
+    runs = [
+        _types.RunRows(rows, torch.ones(rows.numel()), rows, other)
+        for rows, other in (
+            (torch.nonzero(folds)[:, 0], torch.nonzero(~folds)[:, 0]),
+            (torch.nonzero(~folds)[:, 0], torch.nonzero(folds)[:, 0]),
+        )
+    ]
+    pool = _types.Rows(X[:200].clone(), y[:200], torch.ones(200, dtype=torch.float64))
+    heldout = _heldout(X[200:].clone(), y[200:], heldout_cells, 4)
+    result = _fit.fit_hsfm(pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2)
+    assert result.whitened
+    assert torch.equal(pool.X, X[:200]) and torch.equal(heldout.X, X[200:])

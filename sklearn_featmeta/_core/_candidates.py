@@ -5,14 +5,13 @@ that lets the runs' heads replace the best of them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from ._scores import _group_scores
 from ._softmax import head_as_tensors, problem_of_tensors, regression_paths
-from ._supports import _cell_balanced
+from ._supports import SupportSource, _cell_balanced
 from ._types import HeadChoice, HeldoutRows, RunRows, Verdict
 
 BALANCED_L2_PATH = (100.0, 10.0, 1.0, 0.1, 0.01, 0.001)
@@ -68,7 +67,7 @@ def _rank(score: dict[str, float]) -> tuple[float, float]:
 
 
 def balanced_paths(
-    support_of: Callable,
+    source: SupportSource,
     runs: list[RunRows],
     heldout: HeldoutRows,
     n_classes: int,
@@ -91,7 +90,7 @@ def balanced_paths(
         geometries["balanced_isotropic"] = isotropic_factor
     paths = {name: [] for name in geometries}
     for run in runs:
-        S, labels, _, weight, _ = support_of(run, None)
+        S, labels, _, weight, _ = source.draw(run)
         # every geometry's path from the one support: they share its passes
         problem = problem_of_tensors(S, labels, weight, n_classes, list(geometries.values()))
         fits = regression_paths(problem, BALANCED_L2_PATH)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -16,11 +17,11 @@ from ._candidates import (
     refit_balanced,
     weigh_challenger,
 )
-from ._geometry import _transform_rows, _unwhiten, whitening_transform
+from ._geometry import _transformed_rows, _unwhiten, whitening_transform
 from ._losses import fit_softmax_head
 from ._runs import _head_update_runs, _report_run, _unedited_probe, runs_in_one_batch
 from ._scores import _batched_logits
-from ._supports import _step_sizes, _support
+from ._supports import SupportSource, _step_sizes
 from ._types import HeldoutRows, HSFMResult, HSFMSettings, Rows, RunRows
 
 
@@ -49,12 +50,10 @@ def fit_hsfm(
     ----------
     pool : Rows
         Training pool, standardised. Source of the ERM head (and of the
-        support set, for ``"pool"``). With ``"annotated"`` support,
-        ``pool.X`` is emptied (``Tensor.set_()``) once the ERM head is fitted,
-        so its memory is free for the runs.
+        support set, for ``"pool"``).
     heldout : HeldoutRows
-        Held-out rows, standardised (``heldout.X`` is whitened in place when
-        the fit whitens).
+        Held-out rows, standardised. No input is changed: a whitened fit
+        works on a whitened copy of the held-out rows.
     runs : list of RunRows
         The rows of every run.
     settings : HSFMSettings
@@ -72,141 +71,35 @@ def fit_hsfm(
     on_epoch : callable or None
         Called with each epoch's record (for progress output).
     """
-    pool_row_weight = pool.weight / pool.weight.sum()
-    whitening = None
-    if settings.whitening_ridge is not None:
-        if covariance_rows is None:
-            whitening = whitening_transform(pool.X, settings.whitening_ridge, pool_row_weight)
-        else:
-            index, weight = covariance_rows
-            whitening = whitening_transform(
-                pool.X[index], settings.whitening_ridge, weight / weight.sum()
-            )
-    erm_converged = True
-    if initial_head is None:
-        erm_weight = pool_row_weight
-        if settings.erm_class_factor is not None:
-            factor = torch.tensor(settings.erm_class_factor, dtype=pool.weight.dtype)
-            erm_weight = pool.weight * factor.to(pool.weight.device)[pool.y]
-            erm_weight = erm_weight / erm_weight.sum()
-        W, b, erm_converged = fit_softmax_head(
-            pool.X, pool.y, n_classes, l2=erm_l2, row_weight=erm_weight
-        )
-        initial_head = (W, b)
-
-    def support_of(run, transform):
-        support = _support(run, pool, heldout, settings)
-        return support if transform is None else (support[0] @ transform, *support[1:])
-
-    balanced = None
-    if settings.balanced_candidates and settings.support_source == "annotated" and len(runs) > 1:
-        # before any whitening: the balanced heads live in standardised coordinates
-        paths = balanced_paths(support_of, runs, heldout, n_classes, isotropic_factor)
-        balanced = best_balanced(paths, runs, heldout)
-        balanced.head = refit_balanced(balanced, runs, heldout, n_classes, isotropic_factor)
-        del paths
-    W0, b0 = initial_head
-
-    def head_in(transform):
-        """The initial head in standardised coordinates, or in whitened ones."""
-        return initial_head if transform is None else (_unwhiten(W0, transform), b0)
-
-    standardised_steps = []
-
-    def step_sizes(first_support, standardised: bool) -> tuple[float, float]:
-        """:func:`_step_sizes` of the first run's support; the standardised one's once per fit
-        (the probe's and the runs' are the same rows)."""
-        if not standardised:
-            return _step_sizes(first_support, settings)
-        if not standardised_steps:
-            standardised_steps.append(_step_sizes(first_support, settings))
-        return standardised_steps[0]
-
-    probe_scores = None
+    source = SupportSource(pool, heldout, settings)
+    initial_head, erm_converged = _initial_head(pool, settings, n_classes, erm_l2, initial_head)
+    balanced = _balanced_candidate(source, runs, n_classes, isotropic_factor)
+    whitening = _whitening(pool, settings, covariance_rows)
+    standardised_steps = probe_scores = None
     if whitening is not None and settings.choose_whitening:
-        # both geometries see the same support draws as the runs below
-        probe_scores = {
-            geometry: _unedited_probe(
-                support_of,
-                runs,
-                heldout,
-                head_in(transform),
-                n_classes,
-                settings,
-                transform,
-                step_sizes,
-            )
-            for geometry, transform in (("standardised", None), ("whitened", whitening))
-        }
+        # the standardised geometry's steps serve the probe and, if it wins, the runs
+        standardised_steps = _step_sizes(source.draw(runs[0]), settings)
+        probe_scores = _probe_geometries(
+            source, runs, initial_head, n_classes, whitening, standardised_steps
+        )
         if not probe_scores["whitened"] < probe_scores["standardised"]:
             whitening = None
-    run_head = head_in(whitening)
-    if settings.support_source == "annotated":
-        # the pool, usually the largest array of a fit, has served its purpose: drop its storage
-        pool.X.set_()
     if whitening is not None:
         # the runs work in whitened coordinates; heads and supports are mapped back at the end
-        _transform_rows(heldout.X, whitening)
-    # pool supports are whitened as drawn (a copy); annotated ones come from the whitened rows
-    pool_transform = whitening if settings.support_source == "pool" else None
-
-    if runs_in_one_batch(settings):
-        supports = [support_of(run, pool_transform) for run in runs]
-        inner_lr, head_lr = step_sizes(supports[0], whitening is None)
-        results = _head_update_runs(
-            supports, runs, heldout, run_head, n_classes, settings, head_lr, on_epoch
-        )
-        del supports
-    else:
-        inner_lr = head_lr = None
-        results = []
-        for number, run in enumerate(runs):
-            support = support_of(run, pool_transform)
-            if inner_lr is None:  # one inner step for every run: from the first run's support
-                inner_lr, head_lr = step_sizes(support, whitening is None)
-            report = None
-            if on_epoch is not None:
-                report = functools.partial(_report_run, on_epoch, number)
-            results.append(
-                _bilevel_run(
-                    support,
-                    run,
-                    heldout,
-                    run_head,
-                    n_classes,
-                    settings,
-                    (inner_lr, head_lr),
-                    report,
-                )
-            )
-            del support
-    choice = HeadChoice()
-    if balanced is not None:
-        # the runs' heads and the data are in the same coordinates here: their logits are right
-        every_row = _batched_logits(  # every run's head in one pass over the held-out rows
-            heldout.X,
-            torch.stack([r.weight for r in results]),
-            torch.stack([r.bias for r in results]),
-        )
-        run_logits = [
-            logits[run.selection_rows] for logits, run in zip(every_row, runs, strict=True)
-        ]
-        choice.run_logits = run_logits
-        choice.scores = {"runs": candidate_score(run_logits, runs, heldout)}
-    if balanced is not None:
-        balanced.scores = {**choice.scores, **balanced.scores}
-        verdict = weigh_challenger(run_logits, balanced.run_logits, runs, heldout)
-        if verdict.challenger_wins:
-            balanced = HeadChoice(scores=balanced.scores, run_logits=run_logits)
-        choice = balanced
-        choice.verdict = verdict
-    choice.run_logits = None  # scored; not needed past the choice
+        heldout = dataclasses.replace(heldout, X=_transformed_rows(heldout.X, whitening))
+        source = SupportSource(pool, heldout, settings)
+    results, (inner_lr, head_lr) = _run_all(
+        source,
+        runs,
+        _head_in(initial_head, whitening),
+        n_classes,
+        whitening,
+        standardised_steps if whitening is None else None,
+        on_epoch,
+    )
+    choice = _choose(balanced, results, runs, heldout)
     if whitening is not None:
-        # logits X T W^T = X (W T)^T: heads map back by T, supports by T^-1
-        sizes = [len(r.support_edited) for r in results]  # one solve for every run's support
-        edited = _unwhiten(torch.cat([r.support_edited for r in results]), whitening).split(sizes)
-        for r, support in zip(results, edited, strict=True):
-            r.weight, r.support_edited = r.weight @ whitening, support
+        _map_back(results, whitening)
     if choice.head is None:  # the runs' mean head
         weight = torch.stack([r.weight for r in results]).mean(0)
         bias = torch.stack([r.bias for r in results]).mean(0)
@@ -215,8 +108,8 @@ def fit_hsfm(
     return HSFMResult(
         weight=weight,
         bias=bias,
-        initial_weight=W0,
-        initial_bias=b0,
+        initial_weight=initial_head[0],
+        initial_bias=initial_head[1],
         inner_lr=inner_lr,
         head_lr=head_lr,
         runs=results,
@@ -226,3 +119,124 @@ def fit_hsfm(
         erm_converged=erm_converged,
         choice=choice,
     )
+
+
+def _initial_head(pool: Rows, settings: HSFMSettings, n_classes: int, erm_l2: float, given):
+    """The head the runs start from, ``given`` or the ERM head on the pool: ``(head, converged)``."""
+    if given is not None:
+        return given, True
+    row_weight = pool.weight / pool.weight.sum()
+    if settings.erm_class_factor is not None:
+        factor = torch.tensor(settings.erm_class_factor, dtype=pool.weight.dtype)
+        row_weight = pool.weight * factor.to(pool.weight.device)[pool.y]
+        row_weight = row_weight / row_weight.sum()
+    W, b, converged = fit_softmax_head(pool.X, pool.y, n_classes, l2=erm_l2, row_weight=row_weight)
+    return (W, b), converged
+
+
+def _balanced_candidate(source: SupportSource, runs, n_classes: int, isotropic_factor):
+    """The best group-balanced head, refitted on every annotated row (None where not weighed).
+
+    In standardised coordinates: drawn before any whitening.
+    """
+    settings, heldout = source.settings, source.heldout
+    if not (settings.balanced_candidates and settings.support_source == "annotated"):
+        return None
+    if len(runs) < 2:
+        return None
+    paths = balanced_paths(source, runs, heldout, n_classes, isotropic_factor)
+    balanced = best_balanced(paths, runs, heldout)
+    balanced.head = refit_balanced(balanced, runs, heldout, n_classes, isotropic_factor)
+    return balanced
+
+
+def _whitening(pool: Rows, settings: HSFMSettings, covariance_rows):
+    """The whitening transform of the pool's covariance, or None without ``whitening_ridge``."""
+    if settings.whitening_ridge is None:
+        return None
+    if covariance_rows is None:
+        weight = pool.weight / pool.weight.sum()
+        return whitening_transform(pool.X, settings.whitening_ridge, weight)
+    index, weight = covariance_rows
+    return whitening_transform(pool.X[index], settings.whitening_ridge, weight / weight.sum())
+
+
+def _head_in(head, whitening):
+    """A head in standardised coordinates, or in whitened ones."""
+    return head if whitening is None else (_unwhiten(head[0], whitening), head[1])
+
+
+def _probe_geometries(source, runs, head, n_classes, whitening, standardised_steps):
+    """:func:`_unedited_probe` of both geometries, on the same support draws as the runs."""
+    settings, heldout = source.settings, source.heldout
+    whitened_steps = _step_sizes(source.draw(runs[0], whitening), settings)
+    return {
+        geometry: _unedited_probe(
+            source,
+            runs,
+            heldout,
+            _head_in(head, transform),
+            n_classes,
+            settings,
+            transform,
+            steps[1],
+        )
+        for geometry, transform, steps in (
+            ("standardised", None, standardised_steps),
+            ("whitened", whitening, whitened_steps),
+        )
+    }
+
+
+def _run_all(source, runs, head, n_classes, whitening, steps, on_epoch):
+    """Every run from ``head``: batched without edits, one by one with them.
+
+    ``steps``: ``(inner_lr, head_lr)`` when known, else from the first run's support.
+    Returns the runs' results and the steps they used.
+    """
+    settings = source.settings
+    # pool supports are whitened as drawn (a copy); annotated ones come from the whitened rows
+    transform = whitening if settings.support_source == "pool" else None
+    if runs_in_one_batch(settings):
+        supports = [source.draw(run, transform) for run in runs]
+        steps = steps or _step_sizes(supports[0], settings)
+        results = _head_update_runs(
+            supports, runs, source.heldout, head, n_classes, settings, steps[1], on_epoch
+        )
+        return results, steps
+    results = []
+    for number, run in enumerate(runs):
+        support = source.draw(run, transform)
+        steps = steps or _step_sizes(support, settings)  # the first run's, for every run
+        report = None if on_epoch is None else functools.partial(_report_run, on_epoch, number)
+        results.append(
+            _bilevel_run(support, run, source.heldout, head, n_classes, settings, steps, report)
+        )
+    return results, steps
+
+
+def _choose(balanced, results, runs, heldout) -> HeadChoice:
+    """The runs' mean head against the best balanced one (:func:`weigh_challenger`)."""
+    if balanced is None:
+        return HeadChoice()
+    # the runs' heads and the rows are in the same coordinates here: their logits are right
+    every_row = _batched_logits(  # every run's head in one pass over the held-out rows
+        heldout.X, torch.stack([r.weight for r in results]), torch.stack([r.bias for r in results])
+    )
+    run_logits = [logits[run.selection_rows] for logits, run in zip(every_row, runs, strict=True)]
+    scores = {"runs": candidate_score(run_logits, runs, heldout), **balanced.scores}
+    verdict = weigh_challenger(run_logits, balanced.run_logits, runs, heldout)
+    if verdict.challenger_wins:
+        return HeadChoice(scores=scores, verdict=verdict)
+    return dataclasses.replace(balanced, scores=scores, verdict=verdict, run_logits=None)
+
+
+def _map_back(results, whitening) -> None:
+    """The runs' heads and edited supports from whitened to standardised coordinates.
+
+    ``logits = X T W^T = X (W T)^T``: heads map back by ``T``, supports by ``T^-1``.
+    """
+    sizes = [len(r.support_edited) for r in results]  # one solve for every run's support
+    edited = _unwhiten(torch.cat([r.support_edited for r in results]), whitening).split(sizes)
+    for r, support in zip(results, edited, strict=True):
+        r.weight, r.support_edited = r.weight @ whitening, support

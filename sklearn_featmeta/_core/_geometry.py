@@ -64,7 +64,10 @@ def _unwhiten(rows: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     return torch.cholesky_solve(rows.T, torch.linalg.cholesky(T)).T
 
 
-def _transform_rows(X: torch.Tensor, T: torch.Tensor) -> None:
-    """``X <- X T`` in place, a block of rows at a time (no temporary the size of ``X``)."""
-    for block in X.split(block_rows(X.shape[1])):
-        block.copy_(block @ T)
+def _transformed_rows(X: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """``X T``, a block of rows at a time (no temporary beyond the result); ``X`` unchanged."""
+    out = torch.empty_like(X)
+    size = block_rows(X.shape[1])
+    for rows, transformed in zip(X.split(size), out.split(size), strict=True):
+        transformed.copy_(rows @ T)
+    return out

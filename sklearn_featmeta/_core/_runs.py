@@ -12,7 +12,7 @@ from ._losses import _one_hot
 from ._optimizers import _head_optimizer
 from ._scores import _SCORES, _batched_logits, _selection_score, _SelectionScores
 from ._softmax import product_over_row_blocks
-from ._supports import _row_index
+from ._supports import SupportSource, _row_index
 from ._types import HSFMSettings, RunResult
 
 
@@ -29,7 +29,7 @@ def _report_run(on_epoch, number: int, record: dict) -> None:
 
 
 def _unedited_probe(
-    support_of, runs, heldout, head, n_classes, settings, whitening, step_sizes
+    source: SupportSource, runs, heldout, head, n_classes, settings, whitening, head_lr
 ) -> float:
     """How well a geometry suits the head updates, before any support edit.
 
@@ -40,11 +40,10 @@ def _unedited_probe(
     (``whitening`` None) or whitened ones (``whitening`` = ``T``); the score
     is the mean over runs of the lowest worst-group mean cross-entropy on the run's
     selection rows, rows that did not shape it. ``heldout.X`` stays
-    standardised: whitened heads are mapped back to score it. ``step_sizes``:
-    ``(first_support, standardised) -> (inner_lr, head_lr)``, as the runs get theirs.
+    standardised: whitened heads are mapped back to score it. ``head_lr``: the
+    step size of the geometry, from its first support, as the runs get theirs.
     """
-    supports = [support_of(run, whitening) for run in runs]
-    head_lr = step_sizes(supports[0], whitening is None)[1]
+    supports = [source.draw(run, whitening) for run in runs]
     S, Y, weight = _stacked_supports(supports, n_classes)
     del supports
     W0, b0 = head

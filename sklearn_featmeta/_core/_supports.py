@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ._losses import _row_weights, softmax_head_gradient
@@ -85,3 +87,18 @@ def _row_index(rows: slice | torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     if isinstance(rows, slice):
         return torch.arange(X.shape[0], device=X.device)[rows]
     return rows
+
+
+@dataclass(frozen=True)
+class SupportSource:
+    """Where the runs draw their supports from: the pool, or the annotated rows
+    (``settings.support_source``)."""
+
+    pool: Rows
+    heldout: HeldoutRows
+    settings: HSFMSettings
+
+    def draw(self, run: RunRows, transform: torch.Tensor | None = None):
+        """:func:`_support` of ``run``, its rows times ``transform`` when one is given."""
+        support = _support(run, self.pool, self.heldout, self.settings)
+        return support if transform is None else (support[0] @ transform, *support[1:])
