@@ -65,31 +65,31 @@ MIN_WHITENING_RIDGE = 1e-6
 class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
     """Linear head on frozen embeddings, made robust to spurious features by HSFM.
 
-    Fits a softmax-linear head by hard-set-guided feature-space meta-learning
-    (HSFM): starting from an ERM head, a support set is edited in feature space
-    so that a head adapted on it for a few gradient steps does well on the
-    hardest held-out rows; the head is trained on the edited support set and
-    the epoch that scores best on held-out rows (``selection_metric``) is kept.
+    **Default path (some rows annotated with their group).** The annotated rows
+    are split in two halves ``n_repeats`` times; for every split, two *runs*
+    each take their support from one half (every (class, group) cell weighted
+    equally) and train the head on it by gradient descent from the ERM head,
+    stopped early on the other half (by worst-group loss); all runs step
+    together as one batch. Group-balanced logistic regressions on the same
+    supports (``balanced_candidates``: an L2 path, standardised and isotropic
+    features) compete with the runs' mean head; the best, refitted on every
+    annotated row, is the fitted head unless the runs' heads beat it clearly
+    on the rows they did not fit (a lead above its standard error, a sign
+    test, no run trailing). Before the runs the fit chooses between
+    standardised and whitened features where the pool is large enough
+    (``whitening_ridge="auto"``).
 
-    The paper draws the support from the training pool (``support_source="pool"``;
-    see :meth:`from_preset`). The defaults instead cross-fit the annotated rows:
-    they are split in two halves ``n_repeats`` times; for every split, two runs
-    each take their support and hard set from one half and select their epoch
-    (by worst-group loss) on the other, and the heads of all runs are averaged.
-    The defaults make no edits (``outer_steps=0``): each run is then gradient
-    descent of the head on its support, stopped early on its selection rows,
-    and all runs step together as one batch; with edits on, each run also
-    trains a head on its unedited support and keeps it where it scores better
-    (``compare_unedited``). Before the runs, the defaults choose between
-    standardised and whitened features by held-out scores
-    (``whitening_ridge="auto"``). The heads of the runs then compete with
-    the strong simple heads (``balanced_candidates``): group-balanced
-    logistic regressions on each run's support, their regularisation and
-    geometry chosen by the same cross-fitting. The best of those is the
-    fitted head unless the runs' heads beat it on the runs' selection rows
-    by more than the standard error of their lead, so the fit falls back on
-    a tuned group-balanced ``LogisticRegression`` wherever the runs do not
-    clearly do better (always, with a few dozen annotated rows).
+    **Without any known group** (``fit(X, y)``): no run; the ERM head, or an
+    AFR-style reweighted head where it stays within ``reweight_tolerance`` of
+    it on cross-fitted rows (``reweight_gamma``).
+
+    **The paper's step, opt-in** (``outer_steps > 0``): each epoch first edits
+    the support in feature space so that a head adapted on it for a few
+    gradient steps does well on the hardest held-out rows (the hard set), and
+    keeps the unedited head where it scores better (``compare_unedited``); the
+    edits are stored for :mod:`sklearn_featmeta.explain`. The paper also draws
+    the support from the training pool (``support_source="pool"``;
+    :meth:`from_preset`).
 
     Rows whose ``groups`` entry is known are the held-out (annotated) rows;
     rows with an unknown group (``-1``, ``None`` or NaN) are the training pool.
@@ -311,9 +311,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         One entry per run and epoch (long format; ``pandas.DataFrame(history_)``
         makes a table): ``run``, ``epoch``, the ``worst_group_accuracy``,
         ``average_accuracy``, ``heldout_loss`` and ``worst_group_loss`` of the
-        edited head on the run's selection rows, the same four of the unedited
-        head prefixed ``unedited_`` (NaN without ``compare_unedited``), and the
-        mean ``outer_loss`` of the epoch's support updates.
+        head on the run's selection rows; with edits (``outer_steps > 0``) also
+        the same four of the unedited head prefixed ``unedited_`` (NaN without
+        ``compare_unedited``) and the mean ``outer_loss`` of the epoch's
+        support updates.
     best_epoch_ : ndarray of shape (n_runs,)
         Selected epoch of each run (1-based; 0: no epoch beat the run's start
         head, which it kept). One run with ``support_source="pool"``,
@@ -741,6 +742,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             isotropic_factor=tensors(isotropic_factor(data.scale)) if self.standardize else None,
             covariance_rows=rows.covariance_rows,
             on_epoch=progress.epoch if self.verbose else None,
+            release_pool=True,  # the pool's standardised copy is this fit's own
         )
         progress.close()
         warn_about_runs(result, self.max_epochs)
@@ -775,6 +777,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             "epoch": np.concatenate([np.arange(1, r.epochs_made + 1) for r in runs]),
         }
         for key in runs[0].history:
+            if self.outer_steps == 0 and (key == "outer_loss" or key.startswith("unedited_")):
+                continue  # no edits: no outer loss and no unedited control, only NaN
             self.history_[key] = np.concatenate(
                 [np.asarray(r.history[key], dtype=float) for r in runs]
             )

@@ -413,7 +413,12 @@ def test_annotated_support_is_cross_fitted():
     heldout = _heldout(X[200:].clone(), y[200:], heldout_cells, 4)
     result = _fit.fit_hsfm(pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2)
     assert result.support_from_heldout and len(result.runs) == 4
-    assert torch.equal(pool_X, X[:200])  # no input is changed
+    assert torch.equal(pool_X, X[:200])  # no input is changed ...
+    released = _fit.fit_hsfm(
+        pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2, release_pool=True
+    )
+    assert pool_X.numel() == 0  # ... unless the caller hands the pool over
+    torch.testing.assert_close(released.weight, result.weight, rtol=0, atol=0)
     selections = [set(run.selection_index.tolist()) for run in result.runs]
     for first, second in (selections[:2], selections[2:]):  # the two runs of one split
         assert first.isdisjoint(second) and first | second == set(range(100))

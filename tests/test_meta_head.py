@@ -807,8 +807,8 @@ def test_no_edits_is_the_early_stopped_head_update_without_hypergradients(spurio
         _bilevel, "support_hypergradient", lambda *a, **k: calls.append(1) or real(*a, **k)
     )
     plain = MetaAugmentedHeadClassifier(**{**FAST, "outer_steps": 0}).fit(X, y, groups)
-    assert not calls and np.isnan(plain.history_["outer_loss"]).all()
-    assert np.isnan(plain.history_["unedited_worst_group_loss"]).all()  # no control to compare
+    assert not calls  # no edits: no outer loss and no unedited control in the history
+    assert not any(key == "outer_loss" or key.startswith("unedited_") for key in plain.history_)
     # ... the same head as edits too small to matter, with the edited head always kept
     control = MetaAugmentedHeadClassifier(**FAST, outer_lr=1e-12, compare_unedited=False)
     control.fit(X, y, groups)

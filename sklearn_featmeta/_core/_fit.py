@@ -37,6 +37,7 @@ def fit_hsfm(
     isotropic_factor: torch.Tensor | None = None,
     covariance_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    release_pool: bool = False,
 ) -> HSFMResult:
     """Run HSFM (docs/architecture.md) on standardised features and return the selected head.
 
@@ -70,6 +71,11 @@ def fit_hsfm(
         estimated on (None: every pool row, by its sample weight).
     on_epoch : callable or None
         Called with each epoch's record (for progress output).
+    release_pool : bool
+        Release the storage of ``pool.X`` (``Tensor.set_()``) once the ERM head
+        and the whitening no longer need it, with annotated supports: for a
+        caller that hands over rows it will not use again (a large pool is
+        most of a fit's memory). False: no input is changed.
     """
     source = SupportSource(pool, heldout, settings)
     initial_head, erm_converged = _initial_head(pool, settings, n_classes, erm_l2, initial_head)
@@ -84,6 +90,8 @@ def fit_hsfm(
         )
         if not probe_scores["whitened"] < probe_scores["standardised"]:
             whitening = None
+    if release_pool and settings.support_source == "annotated":
+        pool.X.set_()  # served its purpose; the runs draw from the annotated rows
     if whitening is not None:
         # the runs work in whitened coordinates; heads and supports are mapped back at the end
         heldout = dataclasses.replace(heldout, X=_transformed_rows(heldout.X, whitening))
