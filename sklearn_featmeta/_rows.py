@@ -25,11 +25,9 @@ WHITENING_COVARIANCE_BUDGET = 2**34
 """Most rows x features^2 the whitening covariance is computed from (then a content-keyed draw).
 
 A preconditioner needs a fair estimate of the covariance, not an exact one.
-Below the budget (about half a second of arithmetic on 2 cores) every pool
-row counts; above it, ``budget / features^2`` rows, at least eight per
-feature: on a 200,000 x 1024 pool the full product took 3.7 s of a 25 s fit.
-No benchmark task reaches it (the largest, 4,000 x 1536 sentence pairs, is
-at about half of it).
+Below the budget every pool row counts; above it, ``budget / features^2``
+rows, at least eight per feature (docs/decisions.md: the measurements behind
+the constants).
 """
 
 

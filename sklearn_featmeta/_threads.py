@@ -72,9 +72,8 @@ class fit_threads:
     whitening's eigendecomposition) keep their own thread pool, limited
     through threadpoolctl like scikit-learn's own estimators. It gets one
     thread: its threads and torch's spin-waiting OpenMP threads contend for
-    the same cores, and a 200,000 x 1024 fit on 2 cores took 21-22 s with
-    both pools at 2 threads against 16.5-19 s with BLAS at 1 (torch at 1 and
-    BLAS at 2: 24-25 s). The previous settings are restored on exit.
+    the same cores (docs/decisions.md). The previous settings are restored
+    on exit.
     """
 
     def __init__(self, n_threads: int | None):

@@ -12,8 +12,8 @@ class _Adam:
 
     Written out rather than ``torch.optim.Adam``: a fit makes thousands of
     steps on small tensors, where torch.optim's per-step machinery (and its
-    first step, which imports torch's compiler stack, about 3 s) cost more than
-    the arithmetic.
+    first step, which imports torch's compiler stack) cost more than the
+    arithmetic.
     """
 
     def __init__(self, params: list[torch.Tensor], lr: float, betas=(0.9, 0.999), eps=1e-8):

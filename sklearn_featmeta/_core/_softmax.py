@@ -19,8 +19,7 @@ products with ``X`` run in torch.
 
 The fit holds BLAS to one thread (:mod:`._threads`); torch has the fit's
 threads (``n_threads_``). Below this size, or on one thread, NumPy's
-smaller call overhead wins (measured: 4,000 x 384, one thread 1.7 ms per
-evaluation in NumPy, 2.3 ms in torch; two threads in torch 1.1 ms).
+smaller call overhead wins (docs/decisions.md).
 """
 
 
@@ -126,7 +125,7 @@ class SoftmaxProblem:
         falling by more than ``X``'s rounding (in float32 that can be well
         short of ``LogisticRegression``'s head, which stops on ``tol`` alone).
         """
-        import scipy.optimize  # a dependency; torch.optim's first step costs ~3 s of imports
+        import scipy.optimize  # a dependency; torch.optim's first step imports a compiler stack
 
         result = scipy.optimize.minimize(
             self._loss_and_gradient,
@@ -151,9 +150,7 @@ def product_over_row_blocks(left: torch.Tensor, X: torch.Tensor, n_blocks: int =
     """``left @ X`` for a short ``left``, as a sum over blocks of ``X``'s rows.
 
     Torch computes a product this thin on one thread; as a batch of blocks
-    (a batched product, then a sum in block order) it runs on all of them
-    (measured, 2 threads, 170,000 x 1024 in float32: 87 ms as one product,
-    57 ms in 8 blocks).
+    (a batched product, then a sum in block order) it runs on all of them.
     """
     n_blocks = min(n_blocks, X.shape[0])
     n_rows = X.shape[0] // n_blocks * n_blocks
