@@ -42,6 +42,21 @@ def _core_settings(**fields):
     return _types.HSFMSettings(**{**PAPER_CORE, **fields})
 
 
+# a small pool-support problem with edits: 8 support rows per class, 3 inner steps of 1/L
+SMALL_EDITS = {
+    "support_size_per_class": 8,
+    "inner_steps": 3,
+    "inner_lr": None,
+    "outer_lr": 0.5,
+    "outer_steps": 2,
+    "hard_set_size": 10,
+}
+
+
+def _edit_settings(**fields):
+    return _core_settings(**{**SMALL_EDITS, **fields})
+
+
 def _problem(n_support=7, n_hard=9, n_features=5, n_classes=3, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     S = torch.randn(n_support, n_features, generator=g, dtype=dtype)
@@ -239,13 +254,7 @@ def test_divergence_stops_and_keeps_finite_head(monkeypatch):
         return loss, grad
 
     monkeypatch.setattr(_bilevel, "support_hypergradient", failing_in_epoch_3)
-    settings = _core_settings(
-        support_size_per_class=8,
-        inner_steps=3,
-        inner_lr=None,
-        outer_lr=0.5,
-        outer_steps=2,
-        hard_set_size=10,
+    settings = _edit_settings(
         n_epochs=6,
     )
     (run,) = _fit_one_run(settings).runs
@@ -257,13 +266,7 @@ def test_divergence_stops_and_keeps_finite_head(monkeypatch):
 
 
 def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
-    settings = _core_settings(
-        support_size_per_class=8,
-        inner_steps=3,
-        inner_lr=None,
-        outer_lr=0.5,
-        outer_steps=2,
-        hard_set_size=10,
+    settings = _edit_settings(
         n_epochs=8,
     )
     records = []
@@ -322,13 +325,7 @@ def test_run_still_improving_continues_past_n_epochs_up_to_max_epochs():
 
 @pytest.mark.parametrize("n_epochs", [1, 4, 8])
 def test_run_past_n_epochs_stops_n_iter_no_change_after_its_best(n_epochs):
-    settings = _core_settings(
-        support_size_per_class=8,
-        inner_steps=3,
-        inner_lr=None,
-        outer_lr=0.5,
-        outer_steps=2,
-        hard_set_size=10,
+    settings = _edit_settings(
         n_epochs=n_epochs,
         max_epochs=30,
         n_iter_no_change=2,
@@ -447,13 +444,7 @@ def test_group_scores():
 
 
 def test_best_epoch_is_the_lowest_worst_group_loss():
-    settings = _core_settings(
-        support_size_per_class=8,
-        inner_steps=3,
-        inner_lr=None,
-        outer_lr=0.5,
-        outer_steps=2,
-        hard_set_size=10,
+    settings = _edit_settings(
         n_epochs=8,
         selection_metric="worst_group_loss",
     )
@@ -503,13 +494,8 @@ def _plain_descent(S, labels, W, b, lr, steps):
 
 def _compared_settings(outer_lr, n_epochs):
     """Settings of a run that also follows its unedited head."""
-    return _core_settings(
-        support_size_per_class=8,
-        inner_steps=3,
-        inner_lr=None,
+    return _edit_settings(
         outer_lr=outer_lr,
-        outer_steps=2,
-        hard_set_size=10,
         n_epochs=n_epochs,
         selection_metric="worst_group_loss",
         compare_unedited=True,
