@@ -617,7 +617,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             initial_head = standardised_softmax_head(self.initial_head, n_classes, mean, scale)
 
             device = _core.resolve_device(self.device)
-            result = self._run_core(_core, data, runs, covariance_rows, device, initial_head)
+            result = self._run_core(data, runs, covariance_rows, device, initial_head)
         support_rows = heldout if result.support_from_heldout else pool
         self._store_result(result, X, support_rows, mean, scale, device)
         warn_degenerate(self, X[heldout], y_encoded[heldout])
@@ -638,7 +638,13 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.n_threads_ = auto_threads(X.size) if self.n_threads is None else self.n_threads
         with fit_threads(self.n_threads_):
             rows = group_free_rows(
-                X, y, weights, rng, standardize=self.standardize, n_threads=self.n_threads_
+                X,
+                y,
+                weights,
+                rng,
+                standardize=self.standardize,
+                n_threads=self.n_threads_,
+                draw_folds=self.initial_head is None and self.reweight_gamma > 0,
             )
             mean, scale = rows.mean, rows.scale
             if self.initial_head is not None:
@@ -685,13 +691,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.balanced_l2_ = self.runs_margin_ = None
         self.device_ = "cpu" if device.type == "cpu" else f"cpu (the {device} was not needed)"
         if self.verbose:
-            report_fit_without_groups(
-                type(self).__name__,
-                result,
-                X.shape[0],
-                self.reweight_tolerance,
-                time.perf_counter() - start,
-            )
+            report_fit_without_groups(self, result, X.shape[0], time.perf_counter() - start)
         return self
 
     def _whitening_ridge(self, data: FitData):
@@ -705,9 +705,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         enough_rows = data.pool_size >= MIN_POOL_ROWS_PER_FEATURE_TO_WHITEN * data.X.shape[1]
         return AUTO_WHITENING_RIDGE if enough_rows else None
 
-    def _run_core(self, _core, data: FitData, runs, covariance_rows, device, initial_head):
+    def _run_core(self, data: FitData, runs, covariance_rows, device, initial_head):
         import torch
 
+        from . import _core
         from ._core_inputs import Tensors, core_rows, core_settings
 
         tensors = Tensors(device, torch.float64 if data.X.dtype == np.float64 else torch.float32)

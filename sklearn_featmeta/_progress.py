@@ -93,8 +93,9 @@ def report_fit(name: str, result, seconds: float) -> None:
     )
 
 
-def report_fit_without_groups(name: str, result, n_rows: int, tolerance, seconds: float) -> None:
+def report_fit_without_groups(estimator, result, n_rows: int, seconds: float) -> None:
     """The verbose summary of ``fit(X, y)``: the head kept, the heads' cross-fitted scores."""
+    name, tolerance = type(estimator).__name__, estimator.reweight_tolerance
     scores = ""
     if result.scores:
         scores = " (cross-fitted class-balanced accuracy: " + ", ".join(

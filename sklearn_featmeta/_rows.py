@@ -149,15 +149,20 @@ class GroupFreeRows:
     second_fold: np.ndarray | None
 
 
-def group_free_rows(X, y, weights, rng, *, standardize: bool, n_threads: int) -> GroupFreeRows:
-    """The rows of ``fit(X, y)``: standardised on every row, split in two folds by content."""
+def group_free_rows(
+    X, y, weights, rng, *, standardize: bool, n_threads: int, draw_folds: bool = True
+) -> GroupFreeRows:
+    """The rows of ``fit(X, y)``: standardised on every row, split in two folds by content
+    (``draw_folds``; False: no folds, where no reweighted head is weighed)."""
     every_row = np.arange(X.shape[0])
     mean, scale = _moments(X, every_row, weights, standardize, n_threads)
-    hashes = content_hashes(X, every_row, mean, scale, n_threads)
-    second_fold = stratified_split(y, draw_keys(hashes, rng), weights, 0.5)
-    n_classes = np.unique(y).size
-    if any(np.unique(y[second_fold == side]).size < n_classes for side in (False, True)):
-        second_fold = None  # too few rows of a class for out-of-fold predictions
+    second_fold = None
+    if draw_folds:
+        hashes = content_hashes(X, every_row, mean, scale, n_threads)
+        second_fold = stratified_split(y, draw_keys(hashes, rng), weights, 0.5)
+        n_classes = np.unique(y).size
+        if any(np.unique(y[second_fold == side]).size < n_classes for side in (False, True)):
+            second_fold = None  # too few rows of a class for out-of-fold predictions
     X_standardized = standardized(X, every_row, mean, scale, X.dtype, n_threads)
     return GroupFreeRows(X_standardized, mean, scale, second_fold)
 

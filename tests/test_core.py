@@ -723,7 +723,7 @@ def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
     source = _supports.SupportSource(None, heldout, settings)
     head = _zero_head()
     steps = _supports._step_sizes(source.draw(runs[0]), settings)
-    probe = _runs._unedited_probe(source, runs, heldout, head, 2, settings, None, steps[1])
+    probe = _runs._unedited_probe(source, runs, head, 2, None, steps[1])
     best = [
         min(
             _bilevel._bilevel_run(

@@ -69,7 +69,6 @@ def _rank(score: dict[str, float]) -> tuple[float, float]:
 def balanced_paths(
     source: SupportSource,
     runs: list[RunRows],
-    heldout: HeldoutRows,
     n_classes: int,
     isotropic_factor: torch.Tensor | None = None,
 ) -> dict[str, list[list[torch.Tensor]]]:
@@ -101,7 +100,7 @@ def balanced_paths(
                 weights.append(W if factor is None else W * factor)  # standardised coordinates
                 biases.append(b)
         # every head of the run in one pass over the held-out rows, then its selection rows
-        logits = torch.addmm(torch.cat(biases), heldout.X, torch.cat(weights).T)
+        logits = torch.addmm(torch.cat(biases), source.heldout.X, torch.cat(weights).T)
         logits = logits[run.selection_rows].split(n_classes, dim=1)
         for number, name in enumerate(geometries):
             steps = len(BALANCED_L2_PATH)

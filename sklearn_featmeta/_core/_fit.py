@@ -152,7 +152,7 @@ def _balanced_candidate(source: SupportSource, runs, n_classes: int, isotropic_f
         return None
     if len(runs) < 2:
         return None
-    paths = balanced_paths(source, runs, heldout, n_classes, isotropic_factor)
+    paths = balanced_paths(source, runs, n_classes, isotropic_factor)
     balanced = best_balanced(paths, runs, heldout)
     balanced.head = refit_balanced(balanced, runs, heldout, n_classes, isotropic_factor)
     return balanced
@@ -176,18 +176,10 @@ def _head_in(head, whitening):
 
 def _probe_geometries(source, runs, head, n_classes, whitening, standardised_steps):
     """:func:`_unedited_probe` of both geometries, on the same support draws as the runs."""
-    settings, heldout = source.settings, source.heldout
-    whitened_steps = _step_sizes(source.draw(runs[0], whitening), settings)
+    whitened_steps = _step_sizes(source.draw(runs[0], whitening), source.settings)
     return {
         geometry: _unedited_probe(
-            source,
-            runs,
-            heldout,
-            _head_in(head, transform),
-            n_classes,
-            settings,
-            transform,
-            steps[1],
+            source, runs, _head_in(head, transform), n_classes, transform, steps[1]
         )
         for geometry, transform, steps in (
             ("standardised", None, standardised_steps),

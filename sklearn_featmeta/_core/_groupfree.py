@@ -103,9 +103,10 @@ def _probabilities(X, head):
 def hard_row_weights(
     p_true: np.ndarray, y: np.ndarray, row_weight: np.ndarray, class_factor: np.ndarray, gamma
 ) -> np.ndarray:
-    """AFR's weights: ``row_weight * class_factor[y] * exp(-gamma * p_true)``, mean one.
+    """AFR's weights: ``row_weight * class_factor[y] * exp(-gamma * p_true)``, rescaled to
+    ``row_weight``'s total.
 
-    The total stays ``row_weight``'s. ``p_true``: each row's out-of-fold probability of its own class, so a row
+    ``p_true``: each row's out-of-fold probability of its own class, so a row
     the ERM head gets wrong weighs up to ``exp(gamma)`` times one it is sure of.
     """
     weight = row_weight * class_factor[y] * np.exp(-gamma * p_true)

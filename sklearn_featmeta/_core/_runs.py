@@ -28,9 +28,7 @@ def _report_run(on_epoch, number: int, record: dict) -> None:
     on_epoch({"run": number, **record})
 
 
-def _unedited_probe(
-    source: SupportSource, runs, heldout, head, n_classes, settings, whitening, head_lr
-) -> float:
+def _unedited_probe(source: SupportSource, runs, head, n_classes, whitening, head_lr) -> float:
     """How well a geometry suits the head updates, before any support edit.
 
     For every run, the head update alone (the unedited control of
@@ -39,10 +37,11 @@ def _unedited_probe(
     geometries get the same budget) in standardised coordinates
     (``whitening`` None) or whitened ones (``whitening`` = ``T``); the score
     is the mean over runs of the lowest worst-group mean cross-entropy on the run's
-    selection rows, rows that did not shape it. ``heldout.X`` stays
-    standardised: whitened heads are mapped back to score it. ``head_lr``: the
+    selection rows, rows that did not shape it. The source's held-out rows
+    stay standardised: whitened heads are mapped back to score them. ``head_lr``: the
     step size of the geometry, from its first support, as the runs get theirs.
     """
+    settings, heldout = source.settings, source.heldout
     supports = [source.draw(run, whitening) for run in runs]
     S, Y, weight = _stacked_supports(supports, n_classes)
     del supports

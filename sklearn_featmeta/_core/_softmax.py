@@ -36,8 +36,9 @@ class SoftmaxProblem:
     change to the rows' span (where rows are fewer than features) costs a
     factorisation that a path's few dozen passes over ``X`` do not repay.
 
-    ``factors`` (``(n_geometries, n_features)``): one problem per row of it,
-    on ``X`` times that row, solved as their sum. Their heads are
+    ``factors`` (one per geometry, each of ``n_features`` or None for ``X``
+    itself): one problem per geometry, on ``X`` times its factor, solved as
+    their sum. Their heads are
     independent, but every pass over ``X`` (the cost) serves all of them,
     and L-BFGS on the sum takes about as many steps as the slowest one
     alone. Heads come back in those coordinates, one per geometry, stacked.
@@ -53,7 +54,7 @@ class SoftmaxProblem:
         y: np.ndarray,
         row_weight: np.ndarray,
         n_classes: int,
-        factors: np.ndarray | None = None,
+        factors: list[np.ndarray | None] | None = None,
         binary: bool = False,
     ):
         self.X = np.ascontiguousarray(X)
@@ -61,7 +62,10 @@ class SoftmaxProblem:
         self.X_torch = torch.from_numpy(self.X) if threaded else None
         self.Y = np.eye(n_classes)[:, y]  # one-hot, class-major
         self.weight = row_weight
-        self.factors = None if factors is None else np.asarray(factors, dtype=np.float64)
+        self.factors = None
+        if factors is not None:  # one row per geometry; None: X itself
+            ones = np.ones(X.shape[1])
+            self.factors = np.stack([ones if f is None else f for f in factors]).astype(np.float64)
         n_geometries = 1 if factors is None else self.factors.shape[0]
         self.binary = binary and n_classes == 2
         self.shape = (n_geometries, 1 if self.binary else n_classes, X.shape[1] + 1)
@@ -179,8 +183,7 @@ def softmax_regression_paths(
     together (:class:`SoftmaxProblem`'s ``factors``: each pass over ``X``
     serves all of them).
     """
-    stacked = np.stack([np.ones(X.shape[1]) if f is None else f for f in factors])
-    return regression_paths(SoftmaxProblem(X, y, row_weight, n_classes, stacked), l2_path)
+    return regression_paths(SoftmaxProblem(X, y, row_weight, n_classes, factors), l2_path)
 
 
 def regression_paths(problem: SoftmaxProblem, l2_path) -> list[list[tuple[np.ndarray, np.ndarray]]]:
@@ -198,7 +201,7 @@ def problem_of_tensors(X, y, row_weight, n_classes: int, factors=None) -> Softma
     """The problem of rows held as torch tensors (on any device): the one crossing of a head
     fit from torch to NumPy; :func:`head_as_tensors` is the way back."""
     if factors is not None:
-        factors = np.stack([np.ones(X.shape[1]) if f is None else f.cpu().numpy() for f in factors])
+        factors = [None if f is None else f.cpu().numpy() for f in factors]
     return SoftmaxProblem(
         X.cpu().numpy(), y.cpu().numpy(), row_weight.double().cpu().numpy(), n_classes, factors
     )
