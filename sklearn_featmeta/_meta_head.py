@@ -777,9 +777,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             "run": np.concatenate([np.full(r.epochs_made, i) for i, r in enumerate(runs)]),
             "epoch": np.concatenate([np.arange(1, r.epochs_made + 1) for r in runs]),
         }
-        for key in runs[0].history:
-            if self.outer_steps == 0 and (key == "outer_loss" or key.startswith("unedited_")):
-                continue  # no edits: no outer loss and no unedited control, only NaN
+        for key in runs[0].history:  # with edits also the unedited control and the outer loss
             self.history_[key] = np.concatenate(
                 [np.asarray(r.history[key], dtype=float) for r in runs]
             )

@@ -3,8 +3,6 @@ the summary of what the fit chose."""
 
 from __future__ import annotations
 
-import numpy as np
-
 
 class Progress:
     """``verbose`` output: a line updated in place each epoch (every epoch on its own line at 2+).
@@ -19,30 +17,30 @@ class Progress:
         self.open = False
         self.latest = {}  # run -> its latest record, for the line of batched runs
 
-    def epoch(self, record: dict) -> None:
+    def epoch(self, record) -> None:
+        """Show one run's epoch (a :class:`._core.EpochRecord`)."""
         estimator = self.estimator
-        best_loss = record["worst_group_loss"]
-        if estimator.compare_unedited and np.isfinite(record["unedited_worst_group_loss"]):
-            best_loss = min(best_loss, record["unedited_worst_group_loss"])
         line = (
-            f"[{type(estimator).__name__}] run {record['run'] + 1}/{self.n_runs}, "
-            f"epoch {record['epoch']:>3}/{estimator._epoch_range()}: "
-            f"worst-group acc {record['worst_group_accuracy']:.4f}, "
-            f"worst-group loss {best_loss:.4f}, outer loss {record['outer_loss']:.4f}"
+            f"[{type(estimator).__name__}] run {record.run + 1}/{self.n_runs}, "
+            f"epoch {record.epoch:>3}/{estimator._epoch_range()}: "
+            f"worst-group acc {record.worst_group_accuracy:.4f}, "
+            f"worst-group loss {record.worst_group_loss:.4f}"
         )
+        if record.outer_loss is not None:
+            line += f", outer loss {record.outer_loss:.4f}"
         if estimator.verbose >= 2:
             print(line, flush=True)
             return
         if self.batched:
-            self.latest[record["run"]] = record
+            self.latest[record.run] = record
             scores = ", ".join(
-                f"{self.latest[run]['worst_group_accuracy']:.4f}" for run in sorted(self.latest)
+                f"{self.latest[run].worst_group_accuracy:.4f}" for run in sorted(self.latest)
             )
             line = (
                 f"[{type(estimator).__name__}] {self.n_runs} run(s), epoch "
-                f"{record['epoch']:>3}/{estimator._epoch_range()}: worst-group acc by run {scores}"
+                f"{record.epoch:>3}/{estimator._epoch_range()}: worst-group acc by run {scores}"
             )
-        elif self.open and record["epoch"] == 1:
+        elif self.open and record.epoch == 1:
             print(flush=True)  # the previous run's line is complete
         print(f"\r{line}", end="", flush=True)
         self.open = True

@@ -16,6 +16,7 @@ from sklearn_featmeta._core import (
     _runs,
     _scores,
     _supports,
+    _tracker,
     _types,
 )
 
@@ -275,7 +276,7 @@ def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
     loss = np.array(result.history["heldout_loss"])
     candidates = np.flatnonzero(worst == worst.max())
     assert result.best_epoch == candidates[np.argmin(loss[candidates])] + 1
-    assert [r["epoch"] for r in records] == list(range(1, 9))
+    assert [r.epoch for r in records] == list(range(1, 9))
 
 
 def test_early_stopping():
@@ -656,18 +657,18 @@ def test_batched_runs_match_the_run_by_run_loop(fields):
     heldout, runs = _cross_fitted_problem()
     settings = _no_edit_settings(**fields)
     supports = [_supports._support(run, None, heldout, settings) for run in runs]
-    inner_lr, head_lr = _supports._step_sizes(supports[0], settings)
+    steps = _supports._step_sizes(supports[0], settings)
     head = (0.1 * torch.ones(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     records = []
     batched = _runs._head_update_runs(
-        supports, runs, heldout, head, 2, settings, head_lr, records.append
+        supports, runs, heldout, head, settings, steps.head_lr, records.append
     )
     one_by_one = [
-        _bilevel._bilevel_run(support, run, heldout, head, 2, settings, (inner_lr, head_lr), None)
+        _bilevel._bilevel_run(support, run, heldout, head, settings, steps)
         for support, run in zip(supports, runs, strict=True)
     ]
     if "max_epochs" in fields:  # runs that stop at different epochs: the masking is exercised
-        assert len({len(run.history["outer_loss"]) for run in batched}) > 1
+        assert len({run.epochs_made for run in batched}) > 1
     for together, alone in zip(batched, one_by_one, strict=True):
         torch.testing.assert_close(together.weight, alone.weight, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(together.bias, alone.bias, rtol=1e-12, atol=1e-12)
@@ -680,8 +681,15 @@ def test_batched_runs_match_the_run_by_run_loop(fields):
         for key, values in alone.history.items():
             np.testing.assert_allclose(together.history[key], values, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(together.support_edited, alone.support_edited)
-    # progress: one record per run and epoch made
-    assert len(records) == sum(len(run.history["outer_loss"]) for run in batched)
+    # progress: one record per run and epoch made, in the history's order
+    assert len(records) == sum(run.epochs_made for run in batched)
+    for number, run in enumerate(batched):
+        own = [record for record in records if record.run == number]
+        assert [record.epoch for record in own] == list(range(1, run.epochs_made + 1))
+        assert [record.worst_group_accuracy for record in own] == run.history[
+            "worst_group_accuracy"
+        ]
+        assert all(record.outer_loss is None for record in own)
 
 
 @pytest.mark.parametrize("n_threads", [1, 2])
@@ -690,18 +698,16 @@ def test_runs_stepping_in_cache_groups_are_the_runs_stepping_together(monkeypatc
     heldout, runs = _cross_fitted_problem(seed=3)
     settings = _no_edit_settings(n_epochs=1, max_epochs=30, n_iter_no_change=2, head_update="adam")
     supports = [_supports._support(run, None, heldout, settings) for run in runs]
-    head_lr = _supports._step_sizes(supports[0], settings)[1]
+    head_lr = _supports._step_sizes(supports[0], settings).head_lr
     head = (0.1 * torch.ones(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
-    support_bytes = _runs._stacked_supports(supports, 2)[0][0].numel() * 8
+    support_bytes = _runs._stacked_supports(supports, head)[0][0].numel() * 8
     previous = torch.get_num_threads()
     torch.set_num_threads(n_threads)
     try:
         fits = []
         for budget in (_runs.CACHED_SUPPORT_BYTES, support_bytes, 2 * support_bytes):
             monkeypatch.setattr(_runs, "CACHED_SUPPORT_BYTES", budget)
-            fits.append(
-                _runs._head_update_runs(supports, runs, heldout, head, 2, settings, head_lr, None)
-            )
+            fits.append(_runs._head_update_runs(supports, runs, heldout, head, settings, head_lr))
     finally:
         torch.set_num_threads(previous)
     together, *grouped = fits
@@ -723,12 +729,12 @@ def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
     source = _supports.SupportSource(None, heldout, settings)
     head = _zero_head()
     steps = _supports._step_sizes(source.draw(runs[0]), settings)
-    probe = _runs._unedited_probe(source, runs, head, 2, None, steps[1])
+    probe = _runs._geometry_probe(source, runs, head, None, steps.head_lr)
     best = [
         min(
-            _bilevel._bilevel_run(
-                source.draw(run), run, heldout, head, 2, settings, steps, None
-            ).history["worst_group_loss"]
+            _bilevel._bilevel_run(source.draw(run), run, heldout, head, settings, steps).history[
+                "worst_group_loss"
+            ]
         )
         for run in runs
     ]
@@ -741,13 +747,12 @@ def test_a_diverging_run_of_the_batch_stops_alone():
     settings = _no_edit_settings(inner_steps=1)
     supports = [_supports._support(run, None, heldout, settings) for run in runs]
     # the second run's support is scaled up: the same step makes its logits overflow
-    rows, *rest = supports[1]
-    supports[1] = (rows * 1e155, *rest)
+    supports[1] = dataclasses.replace(supports[1], rows=supports[1].rows * 1e155)
     head = _zero_head()
-    head_lr = _supports._step_sizes(supports[0], settings)[1]
-    result = _runs._head_update_runs(supports, runs, heldout, head, 2, settings, head_lr, None)
+    head_lr = _supports._step_sizes(supports[0], settings).head_lr
+    result = _runs._head_update_runs(supports, runs, heldout, head, settings, head_lr)
     assert [run.diverged for run in result] == [False, True, False, False]
-    assert all(len(run.history["outer_loss"]) == 6 for run in result if not run.diverged)
+    assert all(run.epochs_made == 6 for run in result if not run.diverged)
     assert all(torch.isfinite(run.weight).all() for run in result)
 
 
@@ -770,3 +775,61 @@ def test_a_whitened_fit_changes_none_of_its_inputs():
     result = _fit.fit_hsfm(pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2)
     assert result.whitened
     assert torch.equal(pool.X, X[:200]) and torch.equal(heldout.X, X[200:])
+
+
+def _scores_of(worst_group_accuracy, worst_group_loss):
+    return {
+        "worst_group_accuracy": worst_group_accuracy,
+        "average_accuracy": 0.9,
+        "heldout_loss": 0.3,
+        "worst_group_loss": worst_group_loss,
+    }
+
+
+def test_run_tracker_keeps_the_best_epoch_and_stops_after_its_patience():
+    settings = _no_edit_settings(
+        n_epochs=2, max_epochs=6, n_iter_no_change=2, selection_metric="worst_group_loss"
+    )
+    head = _zero_head()
+    tracker = _tracker.RunTracker(settings, _tracker.KeptEpoch(0, *head), number=3)
+    W = torch.ones(2, 6, dtype=torch.float64)
+    going = []
+    for epoch, loss in enumerate([0.5, 0.4, 0.45, 0.41, 0.3], start=1):
+        scores = _scores_of(0.8, loss)
+        tracker.record(_tracker.EpochRecord(3, epoch, scores))
+        improved = tracker.offer(scores, _tracker.KeptEpoch(epoch, W * epoch, head[1], edited=True))
+        going.append(tracker.goes_on(epoch, improved))
+        W.zero_()  # the kept head is a copy: later changes to the offered one do not reach it
+    # epoch 2 was best; past n_epochs the run stops 2 epochs later, at epoch 4
+    assert going == [True, True, True, False, True]
+    assert tracker.kept.epoch == 5 and tracker.kept.edited  # the offer after a stop still counts
+    assert tracker.history["worst_group_loss"] == [0.5, 0.4, 0.45, 0.41, 0.3]
+    assert set(tracker.history) == set(_scores._SCORES)  # no edits: no outer loss, no control
+
+
+def test_run_tracker_records_the_edits_columns_only_with_edits():
+    settings = _edit_settings(n_epochs=2, compare_unedited=True)
+    records = []
+    tracker = _tracker.RunTracker(
+        settings, _tracker.KeptEpoch(0, *_zero_head()), number=1, on_epoch=records.append
+    )
+    tracker.record(_tracker.EpochRecord(1, 1, _scores_of(0.7, 0.5), _scores_of(0.6, 0.4), 0.25))
+    tracker.record(_tracker.EpochRecord(1, 2, _scores_of(0.7, 0.5), None, 0.2))
+    assert tracker.history["unedited_worst_group_loss"][0] == 0.4
+    assert np.isnan(tracker.history["unedited_worst_group_loss"][1])
+    assert tracker.history["outer_loss"] == [0.25, 0.2]
+    # progress reads the lower worst-group loss of the epoch's head and its control
+    assert [record.worst_group_loss for record in records] == [0.4, 0.5]
+
+
+def test_run_tracker_says_a_run_cut_short_at_max_epochs_is_still_improving():
+    settings = _no_edit_settings(n_epochs=2, max_epochs=3, n_iter_no_change=5)
+    head = _zero_head()
+    tracker = _tracker.RunTracker(settings, _tracker.KeptEpoch(0, *head))
+    support = _supports.Support(*(torch.zeros(1),) * 5)
+    for epoch in (1, 2, 3):
+        tracker.offer(_scores_of(0.5 + epoch / 10, 0.5), _tracker.KeptEpoch(epoch, *head))
+    assert tracker.last_epoch == 3
+    assert tracker.result(support, torch.arange(2)).still_improving
+    tracker.diverged = True
+    assert not tracker.result(support, torch.arange(2)).still_improving

@@ -212,6 +212,14 @@ def test_max_epochs_below_n_epochs_is_an_error(spurious):
         MetaAugmentedHeadClassifier(n_epochs=10, max_epochs=5).fit(*spurious)
 
 
+def test_verbose_shows_no_outer_loss_without_edits(spurious, capsys):
+    X, y, groups = spurious
+    MetaAugmentedHeadClassifier(**{**FAST, "outer_steps": 0}, verbose=2).fit(X, y, groups)
+    out = capsys.readouterr().out
+    epochs = [line for line in out.splitlines() if "epoch" in line and "worst-group acc" in line]
+    assert len(epochs) == 16 and not any("outer loss" in line for line in epochs)
+
+
 def test_verbose_prints_every_epoch(spurious, capsys):
     X, y, groups = spurious
     MetaAugmentedHeadClassifier(**FAST, verbose=2).fit(X, y, groups)
@@ -220,6 +228,7 @@ def test_verbose_prints_every_epoch(spurious, capsys):
     assert len(epochs) == 16  # two splits x two runs x four epochs
     assert "run 4/4, epoch   4/4" in out and "worst-group loss" in out
     assert "best epoch" in out and "held-out rows" in out
+    assert all("outer loss" in line for line in epochs)  # FAST edits the supports
     geometry = [line for line in out.splitlines() if "geometry:" in line]
     assert len(geometry) == 1 and "standardised, " in geometry[0] and "whitened)" in geometry[0]
 

@@ -11,15 +11,14 @@ Off by default (``outer_steps=0``).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ._losses import _one_hot, _per_row_cross_entropy, _row_weights
 from ._optimizers import _Adam, _head_optimizer
-from ._scores import _SCORES, _group_scores, _selection_score
-from ._supports import _row_index, _update_head
-from ._types import RunResult
+from ._scores import _group_scores
+from ._supports import StepSizes, Support, _row_index, _update_head
+from ._tracker import EpochRecord, KeptEpoch, RunTracker
+from ._types import HeldoutRows, HSFMSettings, RunResult, RunRows
 
 
 def support_hypergradient(
@@ -182,26 +181,36 @@ def _clipped_support_step(S, grad_S, mass, optimizer, max_norm) -> bool:
     return True
 
 
-def _bilevel_run(support, run, heldout, head, n_classes, settings, steps, on_epoch) -> RunResult:
+def _bilevel_run(
+    support: Support,
+    run: RunRows,
+    heldout: HeldoutRows,
+    head,
+    settings: HSFMSettings,
+    steps: StepSizes,
+    *,
+    number: int = 0,
+    on_epoch=None,
+) -> RunResult:
     """Steps 3-4 of the method for one support draw: epochs of (a) to (d).
 
-    ``head`` is the initial ``(W, b)``, ``steps`` the ``(inner_lr, head_lr)``.
+    ``head`` is the initial ``(W, b)``; ``support`` is edited in place (the
+    caller's draw). ``number`` names the run in its progress records.
     """
     W0, b0 = head
-    inner_lr, head_lr = steps
     heldout_X, heldout_y, heldout_cells = heldout.X, heldout.y, heldout.cells
-    S, support_labels, support_index, support_weight, support_mass = support  # S: its own copy
-    Y_support = _one_hot(support_labels, n_classes, S.dtype)
+    S = support.rows
+    Y_support = _one_hot(support.labels, W0.shape[0], S.dtype)
     W, b = W0.clone(), b0.clone()
     support_optimizer = _Adam([S], settings.outer_lr)
-    head_optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
+    head_optimizer = _head_optimizer([W, b], settings.head_update, steps.head_lr)
     # without edits (outer_steps=0) the control would repeat the head update exactly
     compare_unedited = settings.compare_unedited and settings.outer_steps > 0
     if compare_unedited:
         # the control: the same head update on the support as drawn
         S_unedited, W_unedited, b_unedited = S.clone(), W0.clone(), b0.clone()
         unedited_optimizer = _head_optimizer(
-            [W_unedited, b_unedited], settings.head_update, head_lr
+            [W_unedited, b_unedited], settings.head_update, steps.head_lr
         )
     # Scores come from logits of every held-out row, indexed afterwards: a fold
     # of rows is never copied (the logits are n x n_classes, the rows n x d).
@@ -213,42 +222,23 @@ def _bilevel_run(support, run, heldout, head, n_classes, settings, steps, on_epo
     selection_y = heldout_y[selection_rows]
     selection_cells = heldout_cells[selection_rows]
     selection_weight = heldout.weight[selection_rows]
-
-    history: dict[str, list[float]] = {
-        key: [] for key in (*_SCORES, *(f"unedited_{key}" for key in _SCORES), "outer_loss")
-    }
-    best = (-math.inf, -math.inf)
-    best_S = S.clone()  # the support at the best epoch; the initial one until then
-    best_state = (W0, b0, 0, False)
-    diverged = False
-    epochs_without_improvement = 0
+    # until an epoch beats it, the start head on the support as drawn is kept
+    tracker = RunTracker(
+        settings, KeptEpoch(0, W0, b0, S.clone()), number=number, on_epoch=on_epoch
+    )
 
     def selection_scores(logits):
         return _group_scores(
             logits[selection_rows], selection_y, selection_cells, heldout.n_cells, selection_weight
         )
 
-    def keep_if_best(scores, head_W, head_b, support_rows, epoch, edited) -> bool:
-        nonlocal best, best_state
-        score = _selection_score(scores, settings.selection_metric)
-        if not score > best:
-            return False
-        best = score
-        best_state = (head_W.clone(), head_b.clone(), epoch, edited)
-        best_S.copy_(support_rows)
-        return True
-
     # logits of the current head on every held-out row: scored in (d), mined in the next (a)
     logits = torch.addmm(b, heldout_X, W.T)
     # with the comparison, epoch 0 (the start head, the least edited of all)
     # competes too: a run never ends worse on its selection rows than it started
     if settings.compare_unedited and torch.isfinite(logits[selection_rows]).all():
-        keep_if_best(selection_scores(logits), W, b, S, 0, edited=False)
-    # past n_epochs, a run goes on only while its best epoch is recent: a run
-    # cut short while its selection score still falls loses the most
-    last_epoch = settings.n_epochs if settings.max_epochs is None else settings.max_epochs
-    epoch = 0
-    for epoch in range(1, last_epoch + 1):
+        tracker.offer(selection_scores(logits), KeptEpoch(0, W, b, S))
+    for epoch in range(1, tracker.last_epoch + 1):
         # (a) hard set under the current head (none is needed without edits)
         if settings.outer_steps:
             losses = _per_row_cross_entropy(logits[shaping_rows], shaping_y)
@@ -260,7 +250,7 @@ def _bilevel_run(support, run, heldout, head, n_classes, settings, steps, on_epo
                 shaping_weight,
             )
             H = heldout_X[shaping_index[hard]]
-            Y_hard = _one_hot(shaping_y[hard], n_classes, heldout_X.dtype)
+            Y_hard = _one_hot(shaping_y[hard], W0.shape[0], heldout_X.dtype)
             hard_weight = hard_weight / hard_weight.sum()
 
         # (b) outer steps: edit the support set through the unrolled inner loop
@@ -273,77 +263,46 @@ def _bilevel_run(support, run, heldout, head, n_classes, settings, steps, on_epo
                 Y_hard,
                 W,
                 b,
-                inner_lr=inner_lr,
+                inner_lr=steps.inner_lr,
                 inner_steps=settings.inner_steps,
-                support_weight=support_weight,
+                support_weight=support.loss_weight,
                 weight_decay=settings.weight_decay,
                 hard_weight=hard_weight,
             )
             if not (
                 torch.isfinite(outer_loss)
                 and _clipped_support_step(
-                    S, grad_S, support_mass, support_optimizer, settings.max_grad_norm
+                    S, grad_S, support.mass, support_optimizer, settings.max_grad_norm
                 )
             ):
-                diverged = True
+                tracker.diverged = True
                 break
             outer_losses.append(float(outer_loss))
-        if diverged:
+        if tracker.diverged:
             break
 
         # (c) head update on the edited (detached) support set
-        _update_head(S, Y_support, W, b, support_weight, head_optimizer, settings)
+        _update_head(S, Y_support, W, b, support.loss_weight, head_optimizer, settings)
         logits = torch.addmm(b, heldout_X, W.T)
         if not torch.isfinite(logits[selection_rows]).all():
-            diverged = True
+            tracker.diverged = True
             break
 
         # (d) model selection on the held-out rows, among the edited and the unedited head
         scores = selection_scores(logits)
         unedited_scores = None
         if compare_unedited:
-            unedited = (S_unedited, Y_support, W_unedited, b_unedited, support_weight)
+            unedited = (S_unedited, Y_support, W_unedited, b_unedited, support.loss_weight)
             _update_head(*unedited, unedited_optimizer, settings)
             unedited_logits = torch.addmm(b_unedited, heldout_X, W_unedited.T)
             if torch.isfinite(unedited_logits[selection_rows]).all():
                 unedited_scores = selection_scores(unedited_logits)
-        record = {
-            "epoch": epoch,
-            **scores,
-            **{
-                f"unedited_{key}": math.nan if unedited_scores is None else unedited_scores[key]
-                for key in _SCORES
-            },
-            "outer_loss": sum(outer_losses) / len(outer_losses) if outer_losses else math.nan,
-        }
-        for key in history:
-            history[key].append(record[key])
-        if on_epoch is not None:
-            on_epoch(record)
-        improved = keep_if_best(scores, W, b, S, epoch, edited=True)
+        outer_loss = sum(outer_losses) / len(outer_losses) if outer_losses else None
+        tracker.record(EpochRecord(number, epoch, scores, unedited_scores, outer_loss))
+        improved = tracker.offer(scores, KeptEpoch(epoch, W, b, S, edited=True))
         if unedited_scores is not None:
-            improved |= keep_if_best(
-                unedited_scores, W_unedited, b_unedited, S_unedited, epoch, edited=False
-            )
-        epochs_without_improvement = 0 if improved else epochs_without_improvement + 1
-        if epoch >= settings.n_epochs and epochs_without_improvement >= settings.n_iter_no_change:
+            control = KeptEpoch(epoch, W_unedited, b_unedited, S_unedited)
+            improved |= tracker.offer(unedited_scores, control)
+        if not tracker.goes_on(epoch, improved):
             break
-
-    best_W, best_b, best_epoch, kept_edits = best_state
-    return RunResult(
-        weight=best_W,
-        bias=best_b,
-        support_edited=best_S,
-        support_labels=support_labels,
-        support_index=support_index,
-        selection_index=_row_index(selection_rows, heldout_X),
-        best_epoch=best_epoch,
-        history=history,
-        diverged=diverged,
-        kept_edits=kept_edits,
-        still_improving=(
-            settings.max_epochs is not None
-            and not diverged
-            and best_epoch == settings.max_epochs > settings.n_epochs
-        ),
-    )
+    return tracker.result(support, _row_index(selection_rows, heldout_X))

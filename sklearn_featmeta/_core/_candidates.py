@@ -89,9 +89,12 @@ def balanced_paths(
         geometries["balanced_isotropic"] = isotropic_factor
     paths = {name: [] for name in geometries}
     for run in runs:
-        S, labels, _, weight, _ = source.draw(run)
+        support = source.draw(run)
+        S = support.rows
         # every geometry's path from the one support: they share its passes
-        problem = problem_of_tensors(S, labels, weight, n_classes, list(geometries.values()))
+        problem = problem_of_tensors(
+            S, support.labels, support.loss_weight, n_classes, list(geometries.values())
+        )
         fits = regression_paths(problem, BALANCED_L2_PATH)
         weights, biases = [], []
         for factor, heads in zip(geometries.values(), fits, strict=True):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable
 
 import torch
@@ -19,9 +18,10 @@ from ._candidates import (
 )
 from ._geometry import _transformed_rows, _unwhiten, whitening_transform
 from ._losses import fit_softmax_head
-from ._runs import _head_update_runs, _report_run, _unedited_probe, runs_in_one_batch
+from ._runs import _geometry_probe, _head_update_runs, runs_in_one_batch
 from ._scores import _batched_logits
-from ._supports import SupportSource, _step_sizes
+from ._supports import StepSizes, SupportSource, _step_sizes
+from ._tracker import EpochRecord
 from ._types import HeldoutRows, HSFMResult, HSFMSettings, Rows, RunRows
 
 
@@ -36,7 +36,7 @@ def fit_hsfm(
     initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
     isotropic_factor: torch.Tensor | None = None,
     covariance_rows: tuple[torch.Tensor, torch.Tensor] | None = None,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
     release_pool: bool = False,
 ) -> HSFMResult:
     """Run HSFM (docs/architecture.md) on standardised features and return the selected head.
@@ -85,9 +85,7 @@ def fit_hsfm(
     if whitening is not None and settings.choose_whitening:
         # the standardised geometry's steps serve the probe and, if it wins, the runs
         standardised_steps = _step_sizes(source.draw(runs[0]), settings)
-        probe_scores = _probe_geometries(
-            source, runs, initial_head, n_classes, whitening, standardised_steps
-        )
+        probe_scores = _probe_geometries(source, runs, initial_head, whitening, standardised_steps)
         if not probe_scores["whitened"] < probe_scores["standardised"]:
             whitening = None
     if release_pool and settings.support_source == "annotated":
@@ -96,11 +94,10 @@ def fit_hsfm(
         # the runs work in whitened coordinates; heads and supports are mapped back at the end
         heldout = dataclasses.replace(heldout, X=_transformed_rows(heldout.X, whitening))
         source = SupportSource(pool, heldout, settings)
-    results, (inner_lr, head_lr) = _run_all(
+    results, steps = _run_all(
         source,
         runs,
         _head_in(initial_head, whitening),
-        n_classes,
         whitening,
         standardised_steps if whitening is None else None,
         on_epoch,
@@ -118,8 +115,8 @@ def fit_hsfm(
         bias=bias,
         initial_weight=initial_head[0],
         initial_bias=initial_head[1],
-        inner_lr=inner_lr,
-        head_lr=head_lr,
+        inner_lr=steps.inner_lr,
+        head_lr=steps.head_lr,
         runs=results,
         support_from_heldout=settings.support_source == "annotated",
         whitened=whitening is not None,
@@ -174,13 +171,11 @@ def _head_in(head, whitening):
     return head if whitening is None else (_unwhiten(head[0], whitening), head[1])
 
 
-def _probe_geometries(source, runs, head, n_classes, whitening, standardised_steps):
-    """:func:`_unedited_probe` of both geometries, on the same support draws as the runs."""
+def _probe_geometries(source, runs, head, whitening, standardised_steps: StepSizes):
+    """:func:`_geometry_probe` of both geometries, on the same support draws as the runs."""
     whitened_steps = _step_sizes(source.draw(runs[0], whitening), source.settings)
     return {
-        geometry: _unedited_probe(
-            source, runs, _head_in(head, transform), n_classes, transform, steps[1]
-        )
+        geometry: _geometry_probe(source, runs, _head_in(head, transform), transform, steps.head_lr)
         for geometry, transform, steps in (
             ("standardised", None, standardised_steps),
             ("whitened", whitening, whitened_steps),
@@ -188,10 +183,10 @@ def _probe_geometries(source, runs, head, n_classes, whitening, standardised_ste
     }
 
 
-def _run_all(source, runs, head, n_classes, whitening, steps, on_epoch):
+def _run_all(source, runs, head, whitening, steps: StepSizes | None, on_epoch):
     """Every run from ``head``: batched without edits, one by one with them.
 
-    ``steps``: ``(inner_lr, head_lr)`` when known, else from the first run's support.
+    ``steps``: the step sizes when known, else from the first run's support.
     Returns the runs' results and the steps they used.
     """
     settings = source.settings
@@ -201,16 +196,24 @@ def _run_all(source, runs, head, n_classes, whitening, steps, on_epoch):
         supports = [source.draw(run, transform) for run in runs]
         steps = steps or _step_sizes(supports[0], settings)
         results = _head_update_runs(
-            supports, runs, source.heldout, head, n_classes, settings, steps[1], on_epoch
+            supports, runs, source.heldout, head, settings, steps.head_lr, on_epoch
         )
         return results, steps
     results = []
     for number, run in enumerate(runs):
         support = source.draw(run, transform)
         steps = steps or _step_sizes(support, settings)  # the first run's, for every run
-        report = None if on_epoch is None else functools.partial(_report_run, on_epoch, number)
         results.append(
-            _bilevel_run(support, run, source.heldout, head, n_classes, settings, steps, report)
+            _bilevel_run(
+                support,
+                run,
+                source.heldout,
+                head,
+                settings,
+                steps,
+                number=number,
+                on_epoch=on_epoch,
+            )
         )
     return results, steps
 

@@ -10,9 +10,10 @@ import torch
 
 from ._losses import _one_hot
 from ._optimizers import _head_optimizer
-from ._scores import _SCORES, _batched_logits, _selection_score, _SelectionScores
+from ._scores import _batched_logits, _SelectionScores
 from ._softmax import product_over_row_blocks
-from ._supports import SupportSource, _row_index
+from ._supports import Support, SupportSource, _row_index
+from ._tracker import EpochRecord, KeptEpoch, RunTracker
 from ._types import HSFMSettings, RunResult
 
 
@@ -24,15 +25,11 @@ def runs_in_one_batch(settings: HSFMSettings) -> bool:
     return settings.outer_steps == 0
 
 
-def _report_run(on_epoch, number: int, record: dict) -> None:
-    on_epoch({"run": number, **record})
+def _geometry_probe(source: SupportSource, runs, head, whitening, head_lr) -> float:
+    """How well a geometry suits the head updates: the runs' updates without keep-best.
 
-
-def _unedited_probe(source: SupportSource, runs, head, n_classes, whitening, head_lr) -> float:
-    """How well a geometry suits the head updates, before any support edit.
-
-    For every run, the head update alone (the unedited control of
-    :func:`_bilevel_run`: ``n_epochs`` times ``inner_steps`` steps on the
+    For every run, the head update alone (the runs of
+    :func:`_head_update_runs`: ``n_epochs`` times ``inner_steps`` steps on the
     support as drawn, from the initial head; never more epochs, so that both
     geometries get the same budget) in standardised coordinates
     (``whitening`` None) or whitened ones (``whitening`` = ``T``); the score
@@ -42,16 +39,12 @@ def _unedited_probe(source: SupportSource, runs, head, n_classes, whitening, hea
     step size of the geometry, from its first support, as the runs get theirs.
     """
     settings, heldout = source.settings, source.heldout
-    supports = [source.draw(run, whitening) for run in runs]
-    S, Y, weight = _stacked_supports(supports, n_classes)
-    del supports
-    W0, b0 = head
-    W = W0.expand(len(runs), *W0.shape).clone()
-    b = b0.expand(len(runs), *b0.shape).clone()
+    S, Y, weight = _stacked_supports([source.draw(run, whitening) for run in runs], head)
+    W, b = _batch_of(head, len(runs))
     optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
     score = _SelectionScores(runs, heldout)
     best_losses = [math.inf] * len(runs)
-    for _ in range(settings.n_epochs):  # every run at once (:func:`_head_update_runs`)
+    for _ in range(settings.n_epochs):  # every run at once, as in _head_update_runs
         _update_heads(S, Y, weight, W, b, optimizer, settings)
         logits = _batched_logits(heldout.X, W if whitening is None else W @ whitening, b)
         for number, scores in enumerate(score(logits)):
@@ -60,21 +53,29 @@ def _unedited_probe(source: SupportSource, runs, head, n_classes, whitening, hea
     return sum(best_losses) / len(best_losses)
 
 
-def _stacked_supports(supports, n_classes: int):
+def _batch_of(head, n_runs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_runs`` copies of ``head`` as a batch of heads ``(runs, k, d)``, ``(runs, k)``."""
+    W0, b0 = head
+    return W0.expand(n_runs, *W0.shape).clone(), b0.expand(n_runs, *b0.shape).clone()
+
+
+def _stacked_supports(supports: list[Support], head):
     """The runs' supports as ``(S, Y, weight)`` of shapes (runs, rows, d), (runs, rows, k), (runs, rows).
 
-    Shorter supports are padded with zero rows of zero loss weight, which add
-    nothing to a head's gradient.
+    ``k``: the classes of ``head``. Shorter supports are padded with zero rows
+    of zero loss weight, which add nothing to a head's gradient.
     """
-    n_rows = max(support[0].shape[0] for support in supports)
-    first = supports[0][0]
+    n_rows = max(support.rows.shape[0] for support in supports)
+    n_classes = head[0].shape[0]
+    first = supports[0].rows
     S = first.new_zeros(len(supports), n_rows, first.shape[1])
     Y = first.new_zeros(len(supports), n_rows, n_classes)
     weight = first.new_zeros(len(supports), n_rows)
-    for run, (rows, labels, _, loss_weight, _) in enumerate(supports):
-        S[run, : rows.shape[0]] = rows
-        Y[run, : rows.shape[0]] = _one_hot(labels, n_classes, first.dtype)
-        weight[run, : rows.shape[0]] = loss_weight
+    for run, support in enumerate(supports):
+        rows = support.rows.shape[0]
+        S[run, :rows] = support.rows
+        Y[run, :rows] = _one_hot(support.labels, n_classes, first.dtype)
+        weight[run, :rows] = support.loss_weight
     return S, Y, weight
 
 
@@ -124,61 +125,42 @@ def _update_heads(S, Y, weight, W, b, optimizer, settings) -> None:
     optimizer.steps += settings.inner_steps
 
 
-def _head_update_runs(supports, runs, heldout, head, n_classes, settings, head_lr, on_epoch):
+def _head_update_runs(
+    supports: list[Support], runs, heldout, head, settings, head_lr: float, on_epoch=None
+) -> list[RunResult]:
     """Every run without support edits (``outer_steps=0``), as one batched program.
 
     Runs are a leading batch dimension: each head takes its ``inner_steps``
     per epoch on its own support, all heads at once, and is scored on its
-    run's selection rows. A run that stops (``n_iter_no_change`` epochs
-    without improving past ``n_epochs``, or non-finite logits) leaves the
-    batch with its kept epoch, so the others do not carry it. The same runs
-    as :func:`_bilevel_run` with ``outer_steps=0``, to rounding.
+    run's selection rows. A run that stops (its :class:`RunTracker` says so,
+    or non-finite logits) leaves the batch with its kept epoch, so the others
+    do not carry it. The same runs as :func:`_bilevel_run` with
+    ``outer_steps=0``, to rounding.
     """
-    S, Y, weight = _stacked_supports(supports, n_classes)
-    W0, b0 = head
-    W = W0.expand(len(runs), *W0.shape).clone()
-    b = b0.expand(len(runs), *b0.shape).clone()
+    S, Y, weight = _stacked_supports(supports, head)
+    W, b = _batch_of(head, len(runs))
     optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
     score = _SelectionScores(runs, heldout)
     batch = list(range(len(runs)))  # the runs still in the batch, by number
-    best = [(-math.inf, -math.inf)] * len(runs)
-    kept = [(W0, b0, 0)] * len(runs)
-    keys = (*_SCORES, *(f"unedited_{key}" for key in _SCORES), "outer_loss")
-    history = [{key: [] for key in keys} for _ in runs]
-    diverged, stale = [False] * len(runs), [0] * len(runs)
-
-    def keep_if_best(position, scores, epoch) -> bool:
-        number = batch[position]
-        key = _selection_score(scores, settings.selection_metric)
-        if not key > best[number]:
-            return False
-        best[number] = key
-        kept[number] = (W[position].clone(), b[position].clone(), epoch)
-        return True
-
+    start = KeptEpoch(0, *head)
+    trackers = [RunTracker(settings, start, number=number, on_epoch=on_epoch) for number in batch]
     if settings.compare_unedited:  # epoch 0, the start head, competes as in _bilevel_run
         logits = _batched_logits(heldout.X, W, b)
         for position, scores in enumerate(score(logits)):
             if scores is not None:
-                keep_if_best(position, scores, 0)
-    last_epoch = settings.n_epochs if settings.max_epochs is None else settings.max_epochs
-    no_edit = {f"unedited_{key}": math.nan for key in _SCORES} | {"outer_loss": math.nan}
-    for epoch in range(1, last_epoch + 1):
+                trackers[position].offer(scores, KeptEpoch(0, W[position], b[position]))
+    for epoch in range(1, trackers[0].last_epoch + 1):
         _update_heads(S, Y, weight, W, b, optimizer, settings)
         logits = _batched_logits(heldout.X, W, b)
         going = []
         for position, scores in enumerate(score(logits)):
-            number = batch[position]
+            tracker = trackers[batch[position]]
             if scores is None:
-                diverged[number] = True
+                tracker.diverged = True
                 continue
-            record = {"epoch": epoch, **scores, **no_edit}
-            for key, values in history[number].items():
-                values.append(record[key])
-            if on_epoch is not None:
-                on_epoch({"run": number, **record})
-            stale[number] = 0 if keep_if_best(position, scores, epoch) else stale[number] + 1
-            if epoch < settings.n_epochs or stale[number] < settings.n_iter_no_change:
+            tracker.record(EpochRecord(tracker.number, epoch, scores))
+            trained = KeptEpoch(epoch, W[position], b[position], edited=True)
+            if tracker.goes_on(epoch, tracker.offer(scores, trained)):
                 going.append(position)
         if not going:
             break
@@ -188,26 +170,7 @@ def _head_update_runs(supports, runs, heldout, head, n_classes, settings, head_l
             optimizer = optimizer.subset(index, [W, b])
             score = score.subset(index)
             batch = [batch[position] for position in going]
-    results = []
-    for number, (run, support) in enumerate(zip(runs, supports, strict=True)):
-        best_W, best_b, best_epoch = kept[number]
-        results.append(
-            RunResult(
-                weight=best_W,
-                bias=best_b,
-                support_edited=support[0],
-                support_labels=support[1],
-                support_index=support[2],
-                selection_index=_row_index(run.selection_rows, heldout.X),
-                best_epoch=best_epoch,
-                history=history[number],
-                diverged=diverged[number],
-                kept_edits=best_epoch > 0,
-                still_improving=(
-                    settings.max_epochs is not None
-                    and not diverged[number]
-                    and best_epoch == settings.max_epochs > settings.n_epochs
-                ),
-            )
-        )
-    return results
+    return [
+        tracker.result(support, _row_index(run.selection_rows, heldout.X))
+        for tracker, run, support in zip(trackers, runs, supports, strict=True)
+    ]

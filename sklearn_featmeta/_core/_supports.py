@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -41,20 +42,45 @@ def inner_lr_from_lipschitz(
     return scale / max(lipschitz, 1e-12)
 
 
-def _step_sizes(support, settings: HSFMSettings) -> tuple[float, float]:
+@dataclass(frozen=True)
+class StepSizes:
+    """The step sizes of a fit's runs: the inner loop's (the map the support is
+    edited through) and the head update's."""
+
+    inner_lr: float
+    head_lr: float
+
+
+def _step_sizes(support: Support, settings: HSFMSettings) -> StepSizes:
     """Inner and head step sizes, from a support set when ``inner_lr`` is None."""
-    S, _, _, support_weight, _ = support
     if settings.inner_lr is None:
         inner_lr = inner_lr_from_lipschitz(
-            S, 1.0, support_weight, weight_decay=settings.weight_decay
+            support.rows, 1.0, support.loss_weight, weight_decay=settings.weight_decay
         )
     else:
         inner_lr = float(settings.inner_lr)
-    return inner_lr, inner_lr if settings.head_lr is None else float(settings.head_lr)
+    return StepSizes(inner_lr, inner_lr if settings.head_lr is None else float(settings.head_lr))
 
 
-def _support(run: RunRows, pool: Rows, heldout: HeldoutRows, settings: HSFMSettings):
-    """(rows, labels, index into the source, loss weights, masses) of a run's initial support.
+@dataclass(frozen=True)
+class Support:
+    """A run's support set as drawn: its rows, their class codes, which rows of the
+    source they are (``index``), their loss weights (summing to one) and the sample
+    weight taken from each (``mass``)."""
+
+    rows: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+    loss_weight: torch.Tensor
+    mass: torch.Tensor
+
+    def transformed(self, transform: torch.Tensor) -> Support:
+        """The same support, its rows times ``transform`` (a new tensor)."""
+        return dataclasses.replace(self, rows=self.rows @ transform)
+
+
+def _support(run: RunRows, pool: Rows, heldout: HeldoutRows, settings: HSFMSettings) -> Support:
+    """A run's initial support, its rows a new tensor (edits change it in place).
 
     From the pool: loss weights proportional to the rows' masses (equal for
     unit sample weights). From the annotated rows: every (class, group) cell
@@ -63,8 +89,8 @@ def _support(run: RunRows, pool: Rows, heldout: HeldoutRows, settings: HSFMSetti
     index, mass = run.support_index, run.support_mass
     if settings.support_source == "annotated":
         weight = _cell_balanced(mass, heldout.cells[index], heldout.n_cells)
-        return heldout.X[index], heldout.y[index], index, weight, mass  # a gather: a new tensor
-    return pool.X[index], pool.y[index], index, mass / mass.sum(), mass
+        return Support(heldout.X[index], heldout.y[index], index, weight, mass)  # a gather: new
+    return Support(pool.X[index], pool.y[index], index, mass / mass.sum(), mass)
 
 
 def _cell_balanced(mass: torch.Tensor, cells: torch.Tensor, n_cells: int) -> torch.Tensor:
@@ -98,7 +124,7 @@ class SupportSource:
     heldout: HeldoutRows
     settings: HSFMSettings
 
-    def draw(self, run: RunRows, transform: torch.Tensor | None = None):
+    def draw(self, run: RunRows, transform: torch.Tensor | None = None) -> Support:
         """:func:`_support` of ``run``, its rows times ``transform`` when one is given."""
         support = _support(run, self.pool, self.heldout, self.settings)
-        return support if transform is None else (support[0] @ transform, *support[1:])
+        return support if transform is None else support.transformed(transform)

@@ -34,7 +34,7 @@ class HSFMSettings:
     ``whitening_ridge`` (None in the paper) whitens the standardised features
     before the runs (:func:`whitening_transform`); with ``choose_whitening``
     they are whitened only where that scores better on held-out rows
-    (:func:`_unedited_probe`). With ``balanced_candidates`` (cross-fitted
+    (:func:`._runs._geometry_probe`). With ``balanced_candidates`` (cross-fitted
     runs only) group-balanced logistic regressions compete with the runs'
     heads (:func:`best_balanced`). ``erm_class_factor`` (None: one) weighs
     each class's pool rows in the ERM head's loss (``class_weight``).
@@ -122,7 +122,7 @@ class RunResult:
     @property
     def epochs_made(self) -> int:
         """Epochs the run completed (``n_epochs`` to ``max_epochs``; fewer if it diverged)."""
-        return len(self.history["outer_loss"])
+        return len(self.history["worst_group_accuracy"])
 
 
 @dataclass
