@@ -444,6 +444,32 @@ def test_group_scores():
     )
 
 
+def test_batched_selection_scores_are_each_heads_scores_on_its_own_rows():
+    """One batched scorer: each run's scores are :func:`_group_scores` on its selection rows
+    (with sample weights), and logits that overflow outside a run's rows do not reach its
+    scores."""
+    heldout, runs = _cross_fitted_problem(seed=4)
+    runs = runs[:3]
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 160, 2, dtype=torch.float64, generator=g)
+    outside = torch.ones(160, dtype=torch.bool)
+    outside[runs[1].selection_rows] = False
+    logits[1, outside] = float("inf")
+    score = _scores._SelectionScores(runs, heldout)
+    for number, scores in enumerate(score(logits)):
+        rows = runs[number].selection_rows
+        expected = _scores._group_scores(
+            logits[number, rows], heldout.y[rows], heldout.cells[rows], 4, heldout.weight[rows]
+        )
+        assert scores == pytest.approx(expected, rel=1e-12)
+    # a run leaves the batch: the others' scores do not change
+    subset = score.subset(torch.tensor([0, 2]))
+    assert subset(logits[[0, 2]]) == [score(logits)[0], score(logits)[2]]
+    # non-finite logits on a run's own rows: no scores for that run
+    logits[2, runs[2].selection_rows[0]] = float("nan")
+    assert score(logits)[2] is None and score(logits)[0] is not None
+
+
 def test_best_epoch_is_the_lowest_worst_group_loss():
     settings = _edit_settings(
         n_epochs=8,

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from ._scores import _group_scores
+from ._scores import Cells, _group_scores
 from ._softmax import head_as_tensors, problem_of_tensors, regression_paths
 from ._supports import SupportSource, _cell_balanced
 from ._types import HeadChoice, HeldoutRows, RunRows, Verdict
@@ -49,12 +49,8 @@ def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
         accuracy += _group_scores(logits, y, cells, heldout.n_cells, weight)["worst_group_accuracy"]
         scaled = logits[None] / temperatures.to(logits.device)[:, None, None]
         losses = torch.logsumexp(scaled, 2) - scaled[:, torch.arange(y.shape[0]), y]
-        # per (temperature, cell) weighted mean loss, by one product with the cells' indicators
-        members = torch.nn.functional.one_hot(cells, heldout.n_cells).to(logits.dtype)
-        members *= weight[:, None]
-        cell_weight = members.sum(0)
-        cell_losses = (losses @ members)[:, cell_weight > 0] / cell_weight[cell_weight > 0]
-        loss += cell_losses.max(1).values.cpu()
+        # the worst cell's weighted mean loss at every temperature at once
+        loss += Cells.of(cells, heldout.n_cells, weight).worst_mean(losses * weight).cpu()
     return {
         "worst_group_accuracy": accuracy / len(runs),
         "worst_group_loss": float(loss.min()) / len(runs),
@@ -141,9 +137,12 @@ def _worst_cell_outcomes(run_logits, incumbent_logits, runs, heldout: HeldoutRow
         rows = run.selection_rows
         y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows].double()
         incumbent_correct = (incumbent.argmax(1) == y).double()
-        totals = torch.bincount(cells, weights=weight, minlength=heldout.n_cells)
-        hits = torch.bincount(cells, weights=incumbent_correct * weight, minlength=heldout.n_cells)
-        accuracy = torch.where(totals > 0, hits / totals.clamp(min=1e-300), torch.inf)
+        run_cells = Cells.of(cells, heldout.n_cells, weight)
+        accuracy = torch.where(
+            run_cells.present,
+            run_cells.sums(incumbent_correct * weight) / run_cells.totals,
+            math.inf,
+        )
         in_cell = cells == int(accuracy.argmin())
         challenger_correct = (challenger.argmax(1) == y).double()
         outcomes.append((weight[in_cell], challenger_correct[in_cell], incumbent_correct[in_cell]))

@@ -1,16 +1,83 @@
-"""Per-cell scores of heads on held-out rows: accuracy and loss by (class, group) cell."""
+"""Per-cell scores of heads on held-out rows: accuracy and loss by (class, group) cell.
+
+Every per-cell reduction of the core goes through :class:`Cells`: a weighted
+sum per cell is one product of the rows' weighted values with the cells'
+indicators, for one head or a batch of them (a leading axis).
+"""
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 
 import torch
 
-from ._losses import _per_row_cross_entropy
 from ._types import HeldoutRows, RunRows
 
 _SCORES = ("worst_group_accuracy", "average_accuracy", "heldout_loss", "worst_group_loss")
+
+
+@dataclass(frozen=True)
+class Cells:
+    """The (class, group) cells of a set of rows, and the rows' weights.
+
+    ``indicators``: one-hot, (rows, n_cells); ``weight``: (..., rows), a
+    leading axis where runs weigh the rows differently (zero: not the run's
+    row); ``totals``: each cell's weight, (..., n_cells).
+    """
+
+    indicators: torch.Tensor
+    weight: torch.Tensor
+    totals: torch.Tensor
+
+    @classmethod
+    def of(cls, cells: torch.Tensor, n_cells: int, weight: torch.Tensor) -> Cells:
+        indicators = torch.nn.functional.one_hot(cells, n_cells).to(weight.dtype)
+        return cls(indicators, weight, weight @ indicators)
+
+    @property
+    def present(self) -> torch.Tensor:
+        """The cells with weight."""
+        return self.totals > 0
+
+    def sums(self, weighted_values: torch.Tensor) -> torch.Tensor:
+        """Per-cell sums of values already times :attr:`weight`: (..., rows) -> (..., n_cells)."""
+        return weighted_values @ self.indicators
+
+    def worst_accuracy(self, weighted_correct: torch.Tensor) -> torch.Tensor:
+        """The lowest weighted accuracy of a present cell (``weighted_correct``: correct x weight)."""
+        return torch.where(self.present, self.sums(weighted_correct) / self.totals, math.inf).amin(
+            -1
+        )
+
+    def worst_mean(self, weighted_losses: torch.Tensor) -> torch.Tensor:
+        """The highest weighted mean of a present cell (``weighted_losses``: losses x weight)."""
+        means = self.sums(weighted_losses) / self.totals
+        return torch.where(self.present, means, -math.inf).amax(-1)
+
+
+def _scores_of(logits: torch.Tensor, y: torch.Tensor, cells: Cells, rows=None) -> torch.Tensor:
+    """The :data:`_SCORES` of a batch of heads, shape (4, runs), from logits (runs, rows, k).
+
+    ``rows`` (bool, (runs, rows)) marks each head's rows where not all are:
+    the others count zero even where their logits overflow.
+    """
+    weight = cells.weight
+    losses = -torch.log_softmax(logits, 2).gather(2, y.expand(logits.shape[0], -1)[:, :, None])
+    losses = losses[:, :, 0] * weight
+    if rows is not None:
+        losses = torch.where(rows, losses, 0.0)
+    correct = (logits.argmax(2) == y).to(weight.dtype) * weight
+    total = weight.sum(-1)
+    return torch.stack(
+        [
+            cells.worst_accuracy(correct),
+            correct.sum(-1) / total,
+            losses.sum(-1) / total,
+            cells.worst_mean(losses),
+        ]
+    )
 
 
 def _group_scores(
@@ -20,24 +87,14 @@ def _group_scores(
     n_groups: int,
     weight: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Worst-group and average accuracy, mean and worst-group mean cross-entropy.
+    """Worst-group and average accuracy, mean and worst-group mean cross-entropy of one head.
 
     Means are weighted by ``weight`` (sample weights) when given.
     """
     if weight is None:
         weight = torch.ones(y.shape[0], dtype=logits.dtype, device=logits.device)
-    correct = (logits.argmax(1) == y).to(logits.dtype) * weight
-    losses = _per_row_cross_entropy(logits, y) * weight
-    totals = torch.bincount(groups, weights=weight, minlength=n_groups)
-    present = totals > 0
-    hits = torch.bincount(groups, weights=correct, minlength=n_groups)[present]
-    group_losses = torch.bincount(groups, weights=losses, minlength=n_groups)[present]
-    return {
-        "worst_group_accuracy": float((hits / totals[present]).min()),
-        "average_accuracy": float(correct.sum() / weight.sum()),
-        "heldout_loss": float(losses.sum() / weight.sum()),
-        "worst_group_loss": float((group_losses / totals[present]).max()),
-    }
+    scores = _scores_of(logits[None], y, Cells.of(groups, n_groups, weight.to(logits.dtype)))
+    return dict(zip(_SCORES, scores[:, 0].tolist(), strict=True))
 
 
 def _selection_score(scores: dict[str, float], metric: str) -> tuple[float, float]:
@@ -62,33 +119,19 @@ class _SelectionScores:
         self.mask = torch.zeros(len(runs), n_rows, dtype=torch.bool, device=heldout.y.device)
         for number, run in enumerate(runs):
             self.mask[number, run.selection_rows] = True
-        self.weight = heldout.weight * self.mask  # (runs, rows)
-        self.members = torch.nn.functional.one_hot(heldout.cells, heldout.n_cells).to(
-            heldout.weight.dtype
-        )
+        self.cells = Cells.of(heldout.cells, heldout.n_cells, heldout.weight * self.mask)
         self.y = heldout.y
 
     def subset(self, index: torch.Tensor) -> _SelectionScores:
         """The scores of the runs ``index`` of this batch only."""
         subset = copy.copy(self)
-        subset.mask, subset.weight = self.mask[index], self.weight[index]
+        weight, indicators = self.cells.weight[index], self.cells.indicators
+        subset.mask, subset.cells = self.mask[index], Cells(indicators, weight, weight @ indicators)
         return subset
 
     def __call__(self, logits: torch.Tensor) -> list[dict[str, float] | None]:
         """Each run's scores; None for a run whose logits on its selection rows are not finite."""
-        weight, members = self.weight, self.members
-        losses = -torch.log_softmax(logits, 2).gather(
-            2, self.y.expand(logits.shape[0], -1)[:, :, None]
-        )[:, :, 0]
-        correct = (logits.argmax(2) == self.y).to(weight.dtype) * weight
-        # rows outside a run's selection count zero, even where its logits overflow
-        losses = torch.where(self.mask, losses * weight, 0.0)
-        totals = weight @ members
-        present = totals > 0
-        accuracy = torch.where(present, (correct @ members) / totals, math.inf).amin(1)
-        group_loss = torch.where(present, (losses @ members) / totals, -math.inf).amax(1)
-        total = weight.sum(1)
-        scores = torch.stack([accuracy, correct.sum(1) / total, losses.sum(1) / total, group_loss])
+        scores = _scores_of(logits, self.y, self.cells, self.mask)
         finite = (torch.isfinite(logits).all(2) | ~self.mask).all(1).tolist()
         return [
             dict(zip(_SCORES, run_scores, strict=True)) if run_finite else None
