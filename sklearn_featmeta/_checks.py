@@ -47,7 +47,7 @@ def check_split(
     y_encoded,
     weights,
     pool,
-    heldout,
+    annotated,
     *,
     groups_split_rows: bool,
     support_source: str,
@@ -57,8 +57,8 @@ def check_split(
     warning where a class has fewer pool rows than a pool support takes."""
     n_classes = classes.shape[0]
     pool_counts = np.bincount(y_encoded[pool], minlength=n_classes)
-    heldout_counts = np.bincount(y_encoded[heldout], minlength=n_classes)
-    if heldout.size == 0:
+    annotated_counts = np.bincount(y_encoded[annotated], minlength=n_classes)
+    if annotated.size == 0:
         raise ValueError(
             "No rows are left for the held-out set: give at least two rows per class "
             "(or rows with known groups)."
@@ -72,9 +72,9 @@ def check_split(
         )
     # A hold-out drawn by us may miss a class of a single row; one the user
     # drew by marking groups must not, or that class is never evaluated.
-    if groups_split_rows and (heldout_counts == 0).any():
+    if groups_split_rows and (annotated_counts == 0).any():
         raise ValueError(
-            f"Class(es) {classes[heldout_counts == 0].tolist()} have no rows with "
+            f"Class(es) {classes[annotated_counts == 0].tolist()} have no rows with "
             "a known group, so the hard set and model selection cannot see them. Give "
             "some of their rows a known group."
         )
@@ -92,7 +92,7 @@ def check_split(
         )
 
 
-def warn_small_heldout(cells, n_cells: int, n_runs: int, support_source: str) -> None:
+def warn_small_annotated(cells, n_cells: int, n_runs: int, support_source: str) -> None:
     """Warn where a held-out cell is too small to select on, or too few rows to cross-fit."""
     counts = np.bincount(cells, minlength=n_cells)
     if counts.min() < MIN_HELDOUT_ROWS_PER_GROUP:
@@ -113,13 +113,13 @@ def warn_small_heldout(cells, n_cells: int, n_runs: int, support_source: str) ->
         )
 
 
-def warn_degenerate(estimator, X_heldout, y_heldout) -> None:
+def warn_degenerate(estimator, X_annotated, y_annotated) -> None:
     """Warn where the fitted head is flat or predicts one class on the held-out rows."""
-    scores = estimator.decision_function(X_heldout)
+    scores = estimator.decision_function(X_annotated)
     spread = float(np.ptp(scores, axis=0).max())
     predicted = predicted_indices(scores)  # not estimator.predict: one product with the rows
     if spread < FLAT_HEAD_SPREAD or (
-        np.unique(predicted).size == 1 and np.unique(y_heldout).size > 1
+        np.unique(predicted).size == 1 and np.unique(y_annotated).size > 1
     ):
         warnings.warn(
             f"The fitted head is degenerate: its logits vary by {spread:.2g} over the "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._core import HeldoutRows, HSFMSettings, Rows, RunRows
+from ._core import AnnotatedRows, HSFMSettings, Rows, RunRows
 from ._preprocessing import standardized
 from ._rows import FitData
 
@@ -33,7 +33,7 @@ def core_settings(estimator, data: FitData, whitening_ridge: float | None) -> HS
         support_source=estimator.support_source,
         max_grad_norm=estimator.max_grad_norm,
         n_iter_no_change=estimator.n_iter_no_change,
-        weight_decay=estimator.head_l2,
+        head_l2=estimator.head_l2,
         selection_metric=estimator.selection_metric,
         compare_unedited=estimator.compare_unedited,
         balanced_candidates=estimator.balanced_candidates,
@@ -64,7 +64,7 @@ class CoreRows:
     """The rows of a fit as the core takes them (standardised, on the fit's device)."""
 
     pool: Rows
-    heldout: HeldoutRows
+    annotated: AnnotatedRows
     runs: list[RunRows]
     covariance_rows: tuple[torch.Tensor, torch.Tensor] | None
 
@@ -83,8 +83,10 @@ def core_rows(
 
     ``group_hard_set``: the hard set is drawn per (class, group) cell, else per class.
     """
-    X, y, pool, heldout, cells = data.X, data.y, data.pool, data.heldout, data.cells
-    hard_cells, n_hard_cells = (cells, data.n_cells) if group_hard_set else (y[heldout], n_classes)
+    X, y, pool, annotated, cells = data.X, data.y, data.pool, data.annotated, data.cells
+    hard_cells, n_hard_cells = (
+        (cells, data.n_cells) if group_hard_set else (y[annotated], n_classes)
+    )
 
     def standardized_rows(index):
         return tensors(standardized(X, index, data.mean, data.scale, X.dtype, n_threads))
@@ -93,10 +95,10 @@ def core_rows(
         pool=Rows(
             standardized_rows(pool), tensors(y[pool], torch.int64), tensors(data.weights[pool])
         ),
-        heldout=HeldoutRows(
-            standardized_rows(heldout),
-            tensors(y[heldout], torch.int64),
-            tensors(data.weights[heldout]),
+        annotated=AnnotatedRows(
+            standardized_rows(annotated),
+            tensors(y[annotated], torch.int64),
+            tensors(data.weights[annotated]),
             cells=tensors(cells, torch.int64),
             n_cells=data.n_cells,
             hard_set_cells=tensors(hard_cells, torch.int64),

@@ -22,7 +22,7 @@ from ._checks import (
     validated_rows,
     warn_about_runs,
     warn_degenerate,
-    warn_small_heldout,
+    warn_small_annotated,
 )
 from ._groups import as_group_array, encode_groups
 from ._linear import (
@@ -42,7 +42,7 @@ from ._rows import (
     fit_data,
     group_free_rows,
 )
-from ._sampling import split_pool_and_heldout
+from ._sampling import split_pool_and_annotated
 from ._threads import auto_threads, fit_threads
 
 AUTO_WHITENING_RIDGE = 0.1
@@ -573,7 +573,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         rng = check_random_state(self.random_state)
         if group_codes is None:
             return self._fit_without_groups(X, y_encoded, weights, rng)
-        pool, heldout, heldout_groups = split_pool_and_heldout(
+        pool, annotated, annotated_groups = split_pool_and_annotated(
             X, y_encoded, group_codes, weights, self.validation_fraction, rng
         )
         groups_split_rows = group_codes is not None and (group_codes < 0).any()
@@ -582,7 +582,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             y_encoded,
             weights,
             pool,
-            heldout,
+            annotated,
             groups_split_rows=groups_split_rows,
             support_source=self.support_source,
             support_size_per_class=self.support_size_per_class,
@@ -597,7 +597,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 X,
                 y_encoded,
                 weights,
-                (pool, heldout, heldout_groups),
+                (pool, annotated, annotated_groups),
                 class_factor=class_factor(self.classes_, y_encoded, weights, self.class_weight),
                 standardize=self.standardize,
                 n_threads=self.n_threads_,
@@ -613,14 +613,14 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 n_threads=self.n_threads_,
             )
             covariance_rows = draw_covariance_rows(data, rng, self._whitening_ridge(data))
-            warn_small_heldout(cells, n_cells, len(runs), self.support_source)
+            warn_small_annotated(cells, n_cells, len(runs), self.support_source)
             initial_head = standardised_softmax_head(self.initial_head, n_classes, mean, scale)
 
             device = _core.resolve_device(self.device)
             result = self._run_core(data, runs, covariance_rows, device, initial_head)
-        support_rows = heldout if result.support_from_heldout else pool
+        support_rows = annotated if result.support_from_annotated else pool
         self._store_result(result, X, support_rows, mean, scale, device)
-        warn_degenerate(self, X[heldout], y_encoded[heldout])
+        warn_degenerate(self, X[annotated], y_encoded[annotated])
         return self
 
     def _fit_without_groups(self, X, y, weights, rng) -> MetaAugmentedHeadClassifier:
@@ -727,14 +727,14 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         progress = Progress(self, len(runs), _core.runs_in_one_batch(settings))
         if self.verbose:
             print(
-                f"[{type(self).__name__}] {data.pool.size} training rows, {data.heldout.size} "
+                f"[{type(self).__name__}] {data.pool.size} training rows, {data.annotated.size} "
                 f"held-out rows in {data.n_cells} groups, {data.X.shape[1]} features, "
                 f"{len(runs)} run(s), device {device}"
             )
         erm_weight = (data.weights * data.class_factor[data.y])[data.pool].sum()
         result = _core.fit_hsfm(
             rows.pool,
-            rows.heldout,
+            rows.annotated,
             rows.runs,
             settings,
             n_classes=n_classes,
@@ -762,10 +762,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             return tensor.detach().cpu().double().numpy()
 
         self.coef_, self.intercept_ = softmax_to_fitted_head(
-            numpy(result.weight), numpy(result.bias), mean, scale
+            numpy(result.coef), numpy(result.intercept), mean, scale
         )
         self.initial_coef_, self.initial_intercept_ = softmax_to_fitted_head(
-            numpy(result.initial_weight), numpy(result.initial_bias), mean, scale
+            numpy(result.initial_coef), numpy(result.initial_intercept), mean, scale
         )
         runs = result.runs
         if self.outer_steps > 0:  # the supports are the fit's record only where they were edited

@@ -39,7 +39,7 @@ class FitData:
     y: np.ndarray  # class codes
     weights: np.ndarray  # sample weights (all positive)
     pool: np.ndarray  # row indices of the training pool
-    heldout: np.ndarray  # row indices of the held-out (annotated) rows
+    annotated: np.ndarray  # row indices of the held-out (annotated) rows
     cells: np.ndarray  # (class, group) cell of each held-out row
     n_cells: int
     mean: np.ndarray
@@ -69,19 +69,19 @@ def draw_run_rows(
     """
     cap = support_size_per_class
     X, y, weights, moments = data.X, data.y, data.weights, (data.mean, data.scale)
-    pool, heldout, cells = data.pool, data.heldout, data.cells
+    pool, annotated, cells = data.pool, data.annotated, data.cells
     if support_source == "pool":
         keys = draw_keys(content_hashes(X, pool, *moments, n_threads), rng)
         mass = take_by_weight(y[pool], keys, weights[pool], cap)
         every_row = slice(None)
         return [(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
-    y_heldout, weights_heldout = y[heldout], weights[heldout]
-    hashes = content_hashes(X, heldout, *moments, n_threads)
+    y_annotated, weights_annotated = y[annotated], weights[annotated]
+    hashes = content_hashes(X, annotated, *moments, n_threads)
     folds = cross_fitting_folds(
-        hashes, cells, y_heldout, weights_heldout, n_classes, n_repeats, rng
+        hashes, cells, y_annotated, weights_annotated, n_classes, n_repeats, rng
     )
     if folds is None:
-        mass = take_by_weight(cells, draw_keys(hashes, rng), weights_heldout, cap)
+        mass = take_by_weight(cells, draw_keys(hashes, rng), weights_annotated, cap)
         every_row = slice(None)
         return [(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
     runs = []
@@ -89,7 +89,7 @@ def draw_run_rows(
         first, second = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
         for shaping, selection in ((second, first), (first, second)):
             keys = draw_keys(hashes[shaping], rng)
-            mass = take_by_weight(cells[shaping], keys, weights_heldout[shaping], cap)
+            mass = take_by_weight(cells[shaping], keys, weights_annotated[shaping], cap)
             runs.append((shaping[mass > 0], mass[mass > 0], shaping, selection))
     return runs
 
@@ -130,11 +130,11 @@ def _moments(X, rows, weights, standardize: bool, n_threads: int):
 def fit_data(X, y, weights, split, *, class_factor, standardize: bool, n_threads: int) -> FitData:
     """The fit's rows once ``split`` (pool, held-out rows, their groups) is drawn: the
     pool's moments and the held-out rows' (class, group) cells."""
-    pool, heldout, heldout_groups = split
+    pool, annotated, annotated_groups = split
     mean, scale = _moments(X, pool, weights[pool], standardize, n_threads)
-    cells, n_cells = cell_codes(y[heldout], heldout_groups)
+    cells, n_cells = cell_codes(y[annotated], annotated_groups)
     return FitData(
-        X, y, weights, pool, heldout, cells, n_cells, mean, scale, class_factor=class_factor
+        X, y, weights, pool, annotated, cells, n_cells, mean, scale, class_factor=class_factor
     )
 
 

@@ -122,7 +122,7 @@ def stratified_split(
     return mask
 
 
-def split_pool_and_heldout(
+def split_pool_and_annotated(
     X: np.ndarray,
     y: np.ndarray,
     group_codes: np.ndarray | None,
@@ -147,9 +147,9 @@ def split_pool_and_heldout(
     -------
     pool : ndarray of int
         Row indices of the training pool.
-    heldout : ndarray of int
+    annotated : ndarray of int
         Row indices of the held-out rows.
-    heldout_groups : ndarray of int
+    annotated_groups : ndarray of int
         Group code of each held-out row; the class code when there are no
         known groups (selection then uses worst-class accuracy).
 
@@ -164,18 +164,18 @@ def split_pool_and_heldout(
         group_codes = np.full(y.shape[0], -1, dtype=np.int64)
     known = group_codes >= 0
     if known.any() and not known.all():
-        heldout_mask = known
+        annotated_mask = known
     else:
         strata = cell_codes(y, group_codes)[0] if known.all() else y
         every_row = np.arange(y.shape[0])
         mean, scale = weighted_moments(X, every_row, weights)
         hashes = content_hashes(X, every_row, mean, scale)
         keys = draw_keys(hashes, random_state)
-        heldout_mask = stratified_split(strata, keys, weights, validation_fraction)
-    heldout = np.flatnonzero(heldout_mask)
-    pool = np.flatnonzero(~heldout_mask)
-    heldout_groups = group_codes[heldout] if known.any() else y[heldout]
-    return pool, heldout, heldout_groups
+        annotated_mask = stratified_split(strata, keys, weights, validation_fraction)
+    annotated = np.flatnonzero(annotated_mask)
+    pool = np.flatnonzero(~annotated_mask)
+    annotated_groups = group_codes[annotated] if known.any() else y[annotated]
+    return pool, annotated, annotated_groups
 
 
 def cross_fitting_folds(

@@ -151,7 +151,7 @@ def test_the_fit_falls_back_on_a_balanced_head_where_the_runs_cannot_move():
 def _cell_rows(y, cells):
     torch = pytest.importorskip("torch")
     n = len(y)
-    return _types.HeldoutRows(
+    return _types.AnnotatedRows(
         torch.zeros(n, 1, dtype=torch.float64),
         torch.tensor(y),
         torch.ones(n, dtype=torch.float64),
@@ -174,7 +174,7 @@ def test_worst_group_standard_error_is_the_paired_error_on_the_incumbents_worst_
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 60)
     cells = np.repeat([0, 1, 2], 20)
-    heldout = _cell_rows(y, cells)
+    annotated = _cell_rows(y, cells)
     runs = [
         _types.RunRows(torch.arange(0), torch.ones(0), rows, rows)
         for rows in (torch.arange(0, 60, 2), torch.arange(1, 60, 2))
@@ -187,7 +187,7 @@ def test_worst_group_standard_error_is_the_paired_error_on_the_incumbents_worst_
         [challenger[r.selection_rows] for r in runs],
         [incumbent[r.selection_rows] for r in runs],
         runs,
-        heldout,
+        annotated,
     )
     variances = []
     for run in runs:
@@ -202,7 +202,7 @@ def test_worst_group_standard_error_is_the_paired_error_on_the_incumbents_worst_
         [incumbent[r.selection_rows] for r in runs],
         [incumbent[r.selection_rows] for r in runs],
         runs,
-        heldout,
+        annotated,
     )
     assert same == 0.0
 
@@ -211,7 +211,7 @@ def test_the_runs_replace_the_balanced_head_only_when_they_lead_by_more_than_the
     torch = pytest.importorskip("torch")
     y = np.tile([0, 1], 20)
     cells = y.copy()  # two runs of 20 rows, ten in each cell
-    heldout = _cell_rows(y, cells)
+    annotated = _cell_rows(y, cells)
     halves = (torch.arange(20), torch.arange(20, 40))
     runs = [_types.RunRows(torch.arange(0), torch.ones(0), rows, rows) for rows in halves]
     incumbent_correct = np.ones(40, dtype=bool)
@@ -221,7 +221,7 @@ def test_the_runs_replace_the_balanced_head_only_when_they_lead_by_more_than_the
         chosen="balanced_standardised", run_logits=[incumbent[rows] for rows in halves]
     )
     balanced.scores = {
-        "balanced_standardised": _candidates.candidate_score(balanced.run_logits, runs, heldout)
+        "balanced_standardised": _candidates.candidate_score(balanced.run_logits, runs, annotated)
     }
     # (rows of cell 1 fixed, rows broken) per run -> whether the runs' heads win
     for fixed, broken, expected in ((2, 1, False), (4, 0, True), (1, 1, False)):
@@ -231,7 +231,7 @@ def test_the_runs_replace_the_balanced_head_only_when_they_lead_by_more_than_the
             correct[[offset + r for r in (9, 11, 13)[:broken]]] = False
         challenger = _logits_for(correct, y)
         logits = [challenger[rows] for rows in halves]
-        verdict = _candidates.weigh_challenger(logits, balanced.run_logits, runs, heldout)
+        verdict = _candidates.weigh_challenger(logits, balanced.run_logits, runs, annotated)
         assert verdict.challenger_wins is expected
         assert verdict.lead == pytest.approx((fixed - broken) / 10)
         # per run, ten rows of differences d in {-1, 0, 1}: var(d) / 10, over two runs
@@ -253,7 +253,7 @@ def _small_cell_contest(fixed_rows, broken_rows=(), cell_size=9, misses=4):
     per_run = cell_size + big
     y = np.tile(np.r_[np.zeros(cell_size, int), np.ones(big, int)], 2)
     cells = y.copy()
-    heldout = _cell_rows(y, cells)
+    annotated = _cell_rows(y, cells)
     halves = (torch.arange(per_run), torch.arange(per_run, 2 * per_run))
     runs = [_types.RunRows(torch.arange(0), torch.ones(0), rows, rows) for rows in halves] * 2
     incumbent_correct = np.ones(2 * per_run, dtype=bool)
@@ -267,10 +267,10 @@ def _small_cell_contest(fixed_rows, broken_rows=(), cell_size=9, misses=4):
         chosen="balanced_standardised", run_logits=[incumbent[run.selection_rows] for run in runs]
     )
     balanced.scores = {
-        "balanced_standardised": _candidates.candidate_score(balanced.run_logits, runs, heldout)
+        "balanced_standardised": _candidates.candidate_score(balanced.run_logits, runs, annotated)
     }
     logits = [challenger[run.selection_rows] for run in runs]
-    return _candidates.weigh_challenger(logits, balanced.run_logits, runs, heldout)
+    return _candidates.weigh_challenger(logits, balanced.run_logits, runs, annotated)
 
 
 @pytest.mark.parametrize("n_fixed", [1, 2])
@@ -317,15 +317,15 @@ def test_rows_lost_elsewhere_in_the_cell_count_against_the_lead():
 def test_discordant_rows_count_sample_weight_as_copies():
     torch = pytest.importorskip("torch")
     y = np.array([0, 0, 0, 1, 1, 1])
-    heldout = _cell_rows(y, y)
-    heldout.weight = torch.tensor([3.0, 1, 1, 1, 1, 1], dtype=torch.float64)
+    annotated = _cell_rows(y, y)
+    annotated.weight = torch.tensor([3.0, 1, 1, 1, 1, 1], dtype=torch.float64)
     run = _types.RunRows(torch.arange(0), torch.ones(0), slice(None), slice(None))
     incumbent = _logits_for(np.array([False, True, False, True, True, True]), y)
     challenger = _logits_for(np.array([True, True, False, True, True, True]), y)
     # one run: row 0 of weight 3 is three rows the challenger alone gets right
-    tail = _candidates.discordant_rows_tail([challenger], [incumbent], [run], heldout)
+    tail = _candidates.discordant_rows_tail([challenger], [incumbent], [run], annotated)
     assert tail == pytest.approx(0.125)
-    assert _candidates.discordant_rows_tail([incumbent], [incumbent], [run], heldout) == 1.0
+    assert _candidates.discordant_rows_tail([incumbent], [incumbent], [run], annotated) == 1.0
 
 
 def test_candidate_score_ignores_the_scale_of_the_logits():
@@ -335,7 +335,7 @@ def test_candidate_score_ignores_the_scale_of_the_logits():
     # informative but noisy logits: the best temperature lies inside the grid
     signal = torch.nn.functional.one_hot(y, 2).to(torch.float64)
     logits = 2 * signal + torch.randn(40, 2, generator=generator, dtype=torch.float64)
-    heldout = _types.HeldoutRows(
+    annotated = _types.AnnotatedRows(
         torch.zeros(40, 1, dtype=torch.float64),
         y,
         torch.ones(40, dtype=torch.float64),
@@ -345,8 +345,8 @@ def test_candidate_score_ignores_the_scale_of_the_logits():
         n_hard_set_cells=2,
     )
     run = _types.RunRows(torch.arange(0), torch.ones(0), slice(None), slice(None))
-    score = _candidates.candidate_score([logits], [run], heldout)
-    doubled = _candidates.candidate_score([logits * 2.0], [run], heldout)
+    score = _candidates.candidate_score([logits], [run], annotated)
+    doubled = _candidates.candidate_score([logits * 2.0], [run], annotated)
     assert doubled["worst_group_loss"] == pytest.approx(score["worst_group_loss"])
     assert doubled["worst_group_accuracy"] == score["worst_group_accuracy"]
     plain = _scores._group_scores(logits, y, y, 2)
@@ -359,7 +359,9 @@ def test_candidate_score_ignores_the_scale_of_the_logits():
     )
     assert score["worst_group_loss"] == pytest.approx(looped, rel=1e-12)
     # a nearly flat head scores about log 2 on every group, but loses on accuracy
-    flat = _candidates.candidate_score([logits * 1e-6 + torch.tensor([1e-3, 0.0])], [run], heldout)
+    flat = _candidates.candidate_score(
+        [logits * 1e-6 + torch.tensor([1e-3, 0.0])], [run], annotated
+    )
     assert flat["worst_group_accuracy"] == 0.0
     assert _candidates._rank(score) < _candidates._rank(flat)
 

@@ -119,7 +119,7 @@ def test_core_settings_have_no_defaults_of_their_own():
         y=rows % 2,
         weights=np.ones(40),
         pool=rows[:30],
-        heldout=rows[30:],
+        annotated=rows[30:],
         cells=rows[30:] % 2,
         n_cells=2,
         mean=np.zeros(2),

@@ -29,7 +29,7 @@ PAPER_CORE = {
     "max_grad_norm": 10.0,
     "max_epochs": None,
     "n_iter_no_change": 5,
-    "weight_decay": 0.0,
+    "head_l2": 0.0,
     "selection_metric": "worst_group_accuracy",
     "compare_unedited": False,
     "whitening_ridge": None,
@@ -228,18 +228,18 @@ def _pool_run(pool_y, size_per_class, seed):
     return _types.RunRows(index, torch.ones(index.numel()), every_row, every_row)
 
 
-def _heldout(X, y, cells, n_cells):
+def _annotated(X, y, cells, n_cells):
     """Held-out rows whose hard set is mined per (class, group) cell, with unit weights."""
     weight = torch.ones(y.numel(), dtype=X.dtype)
-    return _types.HeldoutRows(X, y, weight, cells, n_cells, cells, n_cells)
+    return _types.AnnotatedRows(X, y, weight, cells, n_cells, cells, n_cells)
 
 
 def _fit_one_run(settings, seed=0, **kwargs):
     X, y = _fit_problem(seed)
     pool = _types.Rows(X[:80].clone(), y[:80], torch.ones(80))
     run = _pool_run(y[:80], settings.support_size_per_class, seed)
-    heldout = _heldout(X[80:].clone(), y[80:], y[80:], 2)
-    return _fit.fit_hsfm(pool, heldout, [run], settings, n_classes=2, erm_l2=1e-2, **kwargs)
+    annotated = _annotated(X[80:].clone(), y[80:], y[80:], 2)
+    return _fit.fit_hsfm(pool, annotated, [run], settings, n_classes=2, erm_l2=1e-2, **kwargs)
 
 
 def test_divergence_stops_and_keeps_finite_head(monkeypatch):
@@ -262,7 +262,7 @@ def test_divergence_stops_and_keeps_finite_head(monkeypatch):
     assert run.diverged
     assert len(run.history["outer_loss"]) == 2
     assert run.best_epoch in (1, 2)
-    for tensor in (run.weight, run.bias, run.support_edited):
+    for tensor in (run.coef, run.intercept, run.support_edited):
         assert torch.isfinite(tensor).all()
 
 
@@ -389,7 +389,7 @@ def test_annotated_support_is_cross_fitted():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(300, 6, generator=g)
     y = (X[:, 0] > 0).long()
-    heldout_cells = y[200:] * 2 + (X[200:, 1] > 0).long()
+    annotated_cells = y[200:] * 2 + (X[200:, 1] > 0).long()
     settings = _core_settings(
         support_size_per_class=1000,
         inner_steps=3,
@@ -408,15 +408,15 @@ def test_annotated_support_is_cross_fitted():
             runs.append(_types.RunRows(shaping, torch.ones(shaping.numel()), shaping, selection))
     pool_X = X[:200].clone()
     pool = _types.Rows(pool_X, y[:200], torch.ones(200))
-    heldout = _heldout(X[200:].clone(), y[200:], heldout_cells, 4)
-    result = _fit.fit_hsfm(pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2)
-    assert result.support_from_heldout and len(result.runs) == 4
+    annotated = _annotated(X[200:].clone(), y[200:], annotated_cells, 4)
+    result = _fit.fit_hsfm(pool, annotated, runs, settings, n_classes=2, erm_l2=1e-2)
+    assert result.support_from_annotated and len(result.runs) == 4
     assert torch.equal(pool_X, X[:200])  # no input is changed ...
     released = _fit.fit_hsfm(
-        pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2, release_pool=True
+        pool, annotated, runs, settings, n_classes=2, erm_l2=1e-2, release_pool=True
     )
     assert pool_X.numel() == 0  # ... unless the caller hands the pool over
-    torch.testing.assert_close(released.weight, result.weight, rtol=0, atol=0)
+    torch.testing.assert_close(released.coef, result.coef, rtol=0, atol=0)
     selections = [set(run.selection_index.tolist()) for run in result.runs]
     for first, second in (selections[:2], selections[2:]):  # the two runs of one split
         assert first.isdisjoint(second) and first | second == set(range(100))
@@ -425,9 +425,7 @@ def test_annotated_support_is_cross_fitted():
     for run, selection in zip(result.runs, selections, strict=True):
         # ... and draws its support (every row: cap 1000 per cell) from the other
         assert set(run.support_index.tolist()) == set(range(100)) - selection
-    torch.testing.assert_close(
-        result.weight, torch.stack([run.weight for run in result.runs]).mean(0)
-    )
+    torch.testing.assert_close(result.coef, torch.stack([run.coef for run in result.runs]).mean(0))
 
 
 def test_group_scores():
@@ -448,18 +446,22 @@ def test_batched_selection_scores_are_each_heads_scores_on_its_own_rows():
     """One batched scorer: each run's scores are :func:`_group_scores` on its selection rows
     (with sample weights), and logits that overflow outside a run's rows do not reach its
     scores."""
-    heldout, runs = _cross_fitted_problem(seed=4)
+    annotated, runs = _cross_fitted_problem(seed=4)
     runs = runs[:3]
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 160, 2, dtype=torch.float64, generator=g)
     outside = torch.ones(160, dtype=torch.bool)
     outside[runs[1].selection_rows] = False
     logits[1, outside] = float("inf")
-    score = _scores._SelectionScores(runs, heldout)
+    score = _scores._SelectionScores(runs, annotated)
     for number, scores in enumerate(score(logits)):
         rows = runs[number].selection_rows
         expected = _scores._group_scores(
-            logits[number, rows], heldout.y[rows], heldout.cells[rows], 4, heldout.weight[rows]
+            logits[number, rows],
+            annotated.y[rows],
+            annotated.cells[rows],
+            4,
+            annotated.weight[rows],
         )
         assert scores == pytest.approx(expected, rel=1e-12)
     # a run leaves the batch: the others' scores do not change
@@ -487,7 +489,7 @@ def test_best_epoch_is_the_lowest_worst_group_loss():
 
 def test_weight_decay_hypergradient_matches_oracle_and_finite_differences():
     S, Y_support, H, Y_hard, W, b = _problem(n_support=6, n_features=4, n_classes=3, seed=5)
-    kwargs = {"inner_lr": 0.5, "inner_steps": 6, "weight_decay": 0.3}
+    kwargs = {"inner_lr": 0.5, "inner_steps": 6, "head_l2": 0.3}
     loss, grad = _bilevel.support_hypergradient(S, Y_support, H, Y_hard, W, b, **kwargs)
     loss_ref, grad_ref = _bilevel.support_hypergradient_autograd(
         S, Y_support, H, Y_hard, W, b, **kwargs
@@ -506,7 +508,7 @@ def test_weight_decay_hypergradient_matches_oracle_and_finite_differences():
 def test_weight_decay_raises_the_lipschitz_bound():
     S = torch.randn(50, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     plain = _supports.inner_lr_from_lipschitz(S)
-    decayed = _supports.inner_lr_from_lipschitz(S, weight_decay=0.5)
+    decayed = _supports.inner_lr_from_lipschitz(S, head_l2=0.5)
     assert 1 / decayed == pytest.approx(1 / plain + 0.5)
 
 
@@ -539,17 +541,17 @@ def test_unedited_head_is_kept_where_the_edits_do_worse():
     W, b = _plain_descent(
         run.support_edited,
         run.support_labels,
-        result.initial_weight,
-        result.initial_bias,
+        result.initial_coef,
+        result.initial_intercept,
         result.head_lr,
         3 * run.best_epoch,
     )
-    torch.testing.assert_close(run.weight, W)
-    torch.testing.assert_close(run.bias, b)
+    torch.testing.assert_close(run.coef, W)
+    torch.testing.assert_close(run.intercept, b)
     # the history scores that unedited head too, next to the edited one
     X, y = _fit_problem()
-    heldout = X[80:]  # the core works in the coordinates it is given
-    scores = _scores._group_scores(heldout @ W.T + b, y[80:], y[80:], 2)
+    annotated = X[80:]  # the core works in the coordinates it is given
+    scores = _scores._group_scores(annotated @ W.T + b, y[80:], y[80:], 2)
     assert set(scores) == set(_scores._SCORES)
     unedited = run.history["unedited_worst_group_loss"]
     assert unedited[run.best_epoch - 1] == pytest.approx(scores["worst_group_loss"], rel=1e-5)
@@ -568,14 +570,16 @@ def test_unedited_head_is_kept_where_the_edits_do_worse():
 def test_start_head_is_kept_where_no_epoch_beats_it():
     """Epoch 0 competes: a run whose every update scores worse keeps its start head."""
     X, y = _fit_problem()
-    heldout_scores = _scores._group_scores
+    annotated_scores = _scores._group_scores
     settings = _compared_settings(outer_lr=3.0, n_epochs=3)
     # the held-out optimum as start: every update moves away from it on the selection rows
     best = _losses.fit_softmax_head(X[80:], y[80:], 2, l2=1e-4)[:2]
     (run,) = _fit_one_run(settings, initial_head=best).runs
     assert run.best_epoch == 0 and not run.kept_edits
-    torch.testing.assert_close(run.weight, best[0])
-    start_loss = heldout_scores(X[80:] @ best[0].T + best[1], y[80:], y[80:], 2)["worst_group_loss"]
+    torch.testing.assert_close(run.coef, best[0])
+    start_loss = annotated_scores(X[80:] @ best[0].T + best[1], y[80:], y[80:], 2)[
+        "worst_group_loss"
+    ]
     assert start_loss < min(
         run.history["worst_group_loss"] + run.history["unedited_worst_group_loss"]
     )
@@ -637,14 +641,14 @@ def _cross_fitted_problem(seed=0):
     y = (X[:, 0] + 0.5 * torch.randn(160, dtype=torch.float64, generator=g) > 0).long()
     cells = y * 2 + (X[:, 1] > 0.3).long()
     weight = 1.0 + torch.rand(160, dtype=torch.float64, generator=g)  # sample weights
-    heldout = _types.HeldoutRows(X, y, weight, cells, 4, cells, 4)
+    annotated = _types.AnnotatedRows(X, y, weight, cells, 4, cells, 4)
     runs = []
     for _ in range(2):  # two splits
         order = torch.randperm(160, generator=g)
         for shaping, selection in ((order[:70], order[70:]), (order[70:], order[:70])):
             support = shaping[: 40 + 10 * len(runs)]  # supports of 40 to 70 rows
             runs.append(_types.RunRows(support, weight[support], shaping, selection))
-    return heldout, runs
+    return annotated, runs
 
 
 def _no_edit_settings(**fields):
@@ -674,30 +678,30 @@ def _zero_head(n_features=6):
         {},
         {"head_update": "adam", "compare_unedited": True},
         {"n_epochs": 1, "max_epochs": 30, "n_iter_no_change": 2, "head_update": "adam"},
-        {"weight_decay": 0.05, "selection_metric": "worst_group_loss", "compare_unedited": True},
+        {"head_l2": 0.05, "selection_metric": "worst_group_loss", "compare_unedited": True},
     ],
     ids=["paper", "adam-compared", "extended-by-loss", "weight-decay"],
 )
 def test_batched_runs_match_the_run_by_run_loop(fields):
     """Without edits, the runs as one batched program are the runs one by one (float64)."""
-    heldout, runs = _cross_fitted_problem()
+    annotated, runs = _cross_fitted_problem()
     settings = _no_edit_settings(**fields)
-    supports = [_supports._support(run, None, heldout, settings) for run in runs]
+    supports = [_supports._support(run, None, annotated, settings) for run in runs]
     steps = _supports._step_sizes(supports[0], settings)
     head = (0.1 * torch.ones(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     records = []
     batched = _runs._head_update_runs(
-        supports, runs, heldout, head, settings, steps.head_lr, records.append
+        supports, runs, annotated, head, settings, steps.head_lr, records.append
     )
     one_by_one = [
-        _bilevel._bilevel_run(support, run, heldout, head, settings, steps)
+        _bilevel._bilevel_run(support, run, annotated, head, settings, steps)
         for support, run in zip(supports, runs, strict=True)
     ]
     if "max_epochs" in fields:  # runs that stop at different epochs: the masking is exercised
         assert len({run.epochs_made for run in batched}) > 1
     for together, alone in zip(batched, one_by_one, strict=True):
-        torch.testing.assert_close(together.weight, alone.weight, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(together.bias, alone.bias, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(together.coef, alone.coef, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(together.intercept, alone.intercept, rtol=1e-12, atol=1e-12)
         assert together.best_epoch == alone.best_epoch
         assert (together.kept_edits, together.still_improving, together.diverged) == (
             alone.kept_edits,
@@ -721,9 +725,9 @@ def test_batched_runs_match_the_run_by_run_loop(fields):
 @pytest.mark.parametrize("n_threads", [1, 2])
 def test_runs_stepping_in_cache_groups_are_the_runs_stepping_together(monkeypatch, n_threads):
     """Groups of runs that fit in a cache (here: one run, two runs) make the same steps."""
-    heldout, runs = _cross_fitted_problem(seed=3)
+    annotated, runs = _cross_fitted_problem(seed=3)
     settings = _no_edit_settings(n_epochs=1, max_epochs=30, n_iter_no_change=2, head_update="adam")
-    supports = [_supports._support(run, None, heldout, settings) for run in runs]
+    supports = [_supports._support(run, None, annotated, settings) for run in runs]
     head_lr = _supports._step_sizes(supports[0], settings).head_lr
     head = (0.1 * torch.ones(2, 6, dtype=torch.float64), torch.zeros(2, dtype=torch.float64))
     support_bytes = _runs._stacked_supports(supports, head)[0][0].numel() * 8
@@ -733,7 +737,7 @@ def test_runs_stepping_in_cache_groups_are_the_runs_stepping_together(monkeypatc
         fits = []
         for budget in (_runs.CACHED_SUPPORT_BYTES, support_bytes, 2 * support_bytes):
             monkeypatch.setattr(_runs, "CACHED_SUPPORT_BYTES", budget)
-            fits.append(_runs._head_update_runs(supports, runs, heldout, head, settings, head_lr))
+            fits.append(_runs._head_update_runs(supports, runs, annotated, head, settings, head_lr))
     finally:
         torch.set_num_threads(previous)
     together, *grouped = fits
@@ -742,23 +746,23 @@ def test_runs_stepping_in_cache_groups_are_the_runs_stepping_together(monkeypatc
         for alone, with_all in zip(fit, together, strict=True):
             assert alone.best_epoch == with_all.best_epoch
             if n_threads == 1:  # a batched product computes every run alone: the same bits
-                assert torch.equal(alone.weight, with_all.weight)
+                assert torch.equal(alone.coef, with_all.coef)
                 assert alone.history == with_all.history
             else:  # a lone run's products go over its rows on the threads: rounding apart
-                torch.testing.assert_close(alone.weight, with_all.weight, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(alone.coef, with_all.coef, rtol=1e-12, atol=1e-12)
 
 
 def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
-    heldout, runs = _cross_fitted_problem(seed=1)
+    annotated, runs = _cross_fitted_problem(seed=1)
     settings = _no_edit_settings(inner_steps=2, n_epochs=5)
 
-    source = _supports.SupportSource(None, heldout, settings)
+    source = _supports.SupportSource(None, annotated, settings)
     head = _zero_head()
     steps = _supports._step_sizes(source.draw(runs[0]), settings)
     probe = _runs._geometry_probe(source, runs, head, None, steps.head_lr)
     best = [
         min(
-            _bilevel._bilevel_run(source.draw(run), run, heldout, head, settings, steps).history[
+            _bilevel._bilevel_run(source.draw(run), run, annotated, head, settings, steps).history[
                 "worst_group_loss"
             ]
         )
@@ -769,24 +773,24 @@ def test_batched_probe_is_the_best_loss_of_each_run_without_edits():
 
 def test_a_diverging_run_of_the_batch_stops_alone():
     """A run whose logits overflow stops with its best finite epoch; the others go on."""
-    heldout, runs = _cross_fitted_problem(seed=2)
+    annotated, runs = _cross_fitted_problem(seed=2)
     settings = _no_edit_settings(inner_steps=1)
-    supports = [_supports._support(run, None, heldout, settings) for run in runs]
+    supports = [_supports._support(run, None, annotated, settings) for run in runs]
     # the second run's support is scaled up: the same step makes its logits overflow
     supports[1] = dataclasses.replace(supports[1], rows=supports[1].rows * 1e155)
     head = _zero_head()
     head_lr = _supports._step_sizes(supports[0], settings).head_lr
-    result = _runs._head_update_runs(supports, runs, heldout, head, settings, head_lr)
+    result = _runs._head_update_runs(supports, runs, annotated, head, settings, head_lr)
     assert [run.diverged for run in result] == [False, True, False, False]
     assert all(run.epochs_made == 6 for run in result if not run.diverged)
-    assert all(torch.isfinite(run.weight).all() for run in result)
+    assert all(torch.isfinite(run.coef).all() for run in result)
 
 
 def test_a_whitened_fit_changes_none_of_its_inputs():
     g = torch.Generator().manual_seed(3)
     X = torch.randn(300, 6, generator=g, dtype=torch.float64)
     y = (X[:, 0] > 0).long()
-    heldout_cells = y[200:] * 2 + (X[200:, 1] > 0).long()
+    annotated_cells = y[200:] * 2 + (X[200:, 1] > 0).long()
     settings = _no_edit_settings(whitening_ridge=0.1, choose_whitening=False)
     folds = (torch.arange(100) % 2).bool()
     runs = [
@@ -797,10 +801,10 @@ def test_a_whitened_fit_changes_none_of_its_inputs():
         )
     ]
     pool = _types.Rows(X[:200].clone(), y[:200], torch.ones(200, dtype=torch.float64))
-    heldout = _heldout(X[200:].clone(), y[200:], heldout_cells, 4)
-    result = _fit.fit_hsfm(pool, heldout, runs, settings, n_classes=2, erm_l2=1e-2)
+    annotated = _annotated(X[200:].clone(), y[200:], annotated_cells, 4)
+    result = _fit.fit_hsfm(pool, annotated, runs, settings, n_classes=2, erm_l2=1e-2)
     assert result.whitened
-    assert torch.equal(pool.X, X[:200]) and torch.equal(heldout.X, X[200:])
+    assert torch.equal(pool.X, X[:200]) and torch.equal(annotated.X, X[200:])
 
 
 def _scores_of(worst_group_accuracy, worst_group_loss):

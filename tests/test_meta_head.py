@@ -242,7 +242,7 @@ def test_no_output_when_quiet(spurious, capsys):
 # --------------------------------------------------------------------------- #
 # groups semantics
 # --------------------------------------------------------------------------- #
-def test_partial_groups_split_pool_and_heldout(spurious):
+def test_partial_groups_split_pool_and_annotated(spurious):
     """Paper protocol: unknown-group rows feed the support set; known rows never do."""
     X, y, groups = spurious
     params = {**POOL_SUPPORT, "support_size_per_class": 40}
@@ -709,9 +709,9 @@ def test_whitened_head_scores_what_the_core_scored(spurious):
     X, y, groups = spurious
     model = MetaAugmentedHeadClassifier(**FAST, **POOL_SUPPORT, whitening_ridge=0.1)
     model.fit(X, y, groups)
-    heldout = groups != -1
-    proba = model.predict_proba(X[heldout])
-    loss = -np.log(proba[np.arange(heldout.sum()), np.searchsorted(model.classes_, y[heldout])])
+    annotated = groups != -1
+    proba = model.predict_proba(X[annotated])
+    loss = -np.log(proba[np.arange(annotated.sum()), np.searchsorted(model.classes_, y[annotated])])
     epoch = model.history_["epoch"] == model.best_epoch_[0]
     column = "heldout_loss" if model.kept_edits_[0] else "unedited_heldout_loss"
     np.testing.assert_allclose(loss.mean(), model.history_[column][epoch][0], rtol=1e-4)

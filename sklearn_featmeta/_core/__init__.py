@@ -21,14 +21,14 @@ from ._device import resolve_device
 from ._fit import fit_hsfm
 from ._runs import runs_in_one_batch
 from ._tracker import EpochRecord
-from ._types import ONE_STANDARD_ERROR_TAIL, HeldoutRows, HSFMResult, HSFMSettings, Rows, RunRows
+from ._types import ONE_STANDARD_ERROR_TAIL, AnnotatedRows, HSFMResult, HSFMSettings, Rows, RunRows
 
 __all__ = [
     "ONE_STANDARD_ERROR_TAIL",
     "EpochRecord",
     "HSFMResult",
     "HSFMSettings",
-    "HeldoutRows",
+    "AnnotatedRows",
     "Rows",
     "RunRows",
     "fit_hsfm",

@@ -18,7 +18,7 @@ from ._optimizers import _Adam, _head_optimizer
 from ._scores import _group_scores
 from ._supports import StepSizes, Support, _row_index, _update_head
 from ._tracker import EpochRecord, KeptEpoch, RunTracker
-from ._types import HeldoutRows, HSFMSettings, RunResult, RunRows
+from ._types import AnnotatedRows, HSFMSettings, RunResult, RunRows
 
 
 def support_hypergradient(
@@ -32,14 +32,14 @@ def support_hypergradient(
     inner_lr: float,
     inner_steps: int,
     support_weight: torch.Tensor | None = None,
-    weight_decay: float = 0.0,
+    head_l2: float = 0.0,
     hard_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outer loss after the unrolled inner loop, and its gradient with respect to ``S``.
 
     Inner loop: ``inner_steps`` steps of gradient descent with step ``inner_lr``
     on the cross-entropy of ``(S, Y_support)`` (mean over rows, or weighted by
-    ``support_weight``, summing to one) plus ``weight_decay / 2 * ||W||^2``,
+    ``support_weight``, summing to one) plus ``head_l2 / 2 * ||W||^2``,
     starting from ``(W, b)``.
     Outer loss: mean cross-entropy of the adapted head on ``(H, Y_hard)`` (or
     weighted by ``hard_weight``, summing to one).
@@ -53,12 +53,12 @@ def support_hypergradient(
     ``R_t = J_t(S @ A_W.T + A_b) / n`` applies the per-row softmax Jacobian
     (``1 / n`` being the row weights)
     ``J = diag(p) - p p^T``. Weight decay scales ``W_t`` (and so ``A_W``) by
-    ``1 - lr * weight_decay`` per step; it does not depend on ``S``.
+    ``1 - lr * head_l2`` per step; it does not depend on ``S``.
     """
     # Scale factors are folded into fused multiply-adds: this loop runs
     # epochs x outer_steps x inner_steps times, so its op count is the cost.
     step = inner_lr
-    decay = 1.0 - inner_lr * weight_decay
+    decay = 1.0 - inner_lr * head_l2
     row_weight = _row_weights(S, support_weight)
     weights, residuals, probabilities = [], [], []
     W_t, b_t = W, b
@@ -107,7 +107,7 @@ def support_hypergradient_autograd(
     inner_lr: float,
     inner_steps: int,
     support_weight: torch.Tensor | None = None,
-    weight_decay: float = 0.0,
+    head_l2: float = 0.0,
     hard_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference implementation of :func:`support_hypergradient` by autograd.
@@ -125,7 +125,7 @@ def support_hypergradient_autograd(
         per_row = torch.nn.functional.cross_entropy(S @ W_t.T + b_t, y_support, reduction="none")
         inner_loss = (row_weight * per_row).sum()
         grad_W, grad_b = torch.autograd.grad(inner_loss, (W_t, b_t), create_graph=True)
-        W_t = W_t - inner_lr * (grad_W + weight_decay * W_t)
+        W_t = W_t - inner_lr * (grad_W + head_l2 * W_t)
         b_t = b_t - inner_lr * grad_b
     per_hard_row = torch.nn.functional.cross_entropy(
         H @ W_t.T + b_t, Y_hard.argmax(1), reduction="none"
@@ -184,7 +184,7 @@ def _clipped_support_step(S, grad_S, mass, optimizer, max_norm) -> bool:
 def _bilevel_run(
     support: Support,
     run: RunRows,
-    heldout: HeldoutRows,
+    annotated: AnnotatedRows,
     head,
     settings: HSFMSettings,
     steps: StepSizes,
@@ -198,7 +198,7 @@ def _bilevel_run(
     caller's draw). ``number`` names the run in its progress records.
     """
     W0, b0 = head
-    heldout_X, heldout_y, heldout_cells = heldout.X, heldout.y, heldout.cells
+    annotated_X, annotated_y, annotated_cells = annotated.X, annotated.y, annotated.cells
     S = support.rows
     Y_support = _one_hot(support.labels, W0.shape[0], S.dtype)
     W, b = W0.clone(), b0.clone()
@@ -215,13 +215,13 @@ def _bilevel_run(
     # Scores come from logits of every held-out row, indexed afterwards: a fold
     # of rows is never copied (the logits are n x n_classes, the rows n x d).
     shaping_rows, selection_rows = run.shaping_rows, run.selection_rows
-    shaping_index = _row_index(shaping_rows, heldout_X)
-    shaping_y = heldout_y[shaping_rows]
-    shaping_cells = heldout.hard_set_cells[shaping_rows]
-    shaping_weight = heldout.weight[shaping_rows]
-    selection_y = heldout_y[selection_rows]
-    selection_cells = heldout_cells[selection_rows]
-    selection_weight = heldout.weight[selection_rows]
+    shaping_index = _row_index(shaping_rows, annotated_X)
+    shaping_y = annotated_y[shaping_rows]
+    shaping_cells = annotated.hard_set_cells[shaping_rows]
+    shaping_weight = annotated.weight[shaping_rows]
+    selection_y = annotated_y[selection_rows]
+    selection_cells = annotated_cells[selection_rows]
+    selection_weight = annotated.weight[selection_rows]
     # until an epoch beats it, the start head on the support as drawn is kept
     tracker = RunTracker(
         settings, KeptEpoch(0, W0, b0, S.clone()), number=number, on_epoch=on_epoch
@@ -229,11 +229,15 @@ def _bilevel_run(
 
     def selection_scores(logits):
         return _group_scores(
-            logits[selection_rows], selection_y, selection_cells, heldout.n_cells, selection_weight
+            logits[selection_rows],
+            selection_y,
+            selection_cells,
+            annotated.n_cells,
+            selection_weight,
         )
 
     # logits of the current head on every held-out row: scored in (d), mined in the next (a)
-    logits = torch.addmm(b, heldout_X, W.T)
+    logits = torch.addmm(b, annotated_X, W.T)
     # with the comparison, epoch 0 (the start head, the least edited of all)
     # competes too: a run never ends worse on its selection rows than it started
     if settings.compare_unedited and torch.isfinite(logits[selection_rows]).all():
@@ -245,12 +249,12 @@ def _bilevel_run(
             hard, hard_weight = select_hard_set(
                 losses,
                 shaping_cells,
-                heldout.n_hard_set_cells,
+                annotated.n_hard_set_cells,
                 settings.hard_set_size,
                 shaping_weight,
             )
-            H = heldout_X[shaping_index[hard]]
-            Y_hard = _one_hot(shaping_y[hard], W0.shape[0], heldout_X.dtype)
+            H = annotated_X[shaping_index[hard]]
+            Y_hard = _one_hot(shaping_y[hard], W0.shape[0], annotated_X.dtype)
             hard_weight = hard_weight / hard_weight.sum()
 
         # (b) outer steps: edit the support set through the unrolled inner loop
@@ -266,7 +270,7 @@ def _bilevel_run(
                 inner_lr=steps.inner_lr,
                 inner_steps=settings.inner_steps,
                 support_weight=support.loss_weight,
-                weight_decay=settings.weight_decay,
+                head_l2=settings.head_l2,
                 hard_weight=hard_weight,
             )
             if not (
@@ -283,7 +287,7 @@ def _bilevel_run(
 
         # (c) head update on the edited (detached) support set
         _update_head(S, Y_support, W, b, support.loss_weight, head_optimizer, settings)
-        logits = torch.addmm(b, heldout_X, W.T)
+        logits = torch.addmm(b, annotated_X, W.T)
         if not torch.isfinite(logits[selection_rows]).all():
             tracker.diverged = True
             break
@@ -294,7 +298,7 @@ def _bilevel_run(
         if compare_unedited:
             unedited = (S_unedited, Y_support, W_unedited, b_unedited, support.loss_weight)
             _update_head(*unedited, unedited_optimizer, settings)
-            unedited_logits = torch.addmm(b_unedited, heldout_X, W_unedited.T)
+            unedited_logits = torch.addmm(b_unedited, annotated_X, W_unedited.T)
             if torch.isfinite(unedited_logits[selection_rows]).all():
                 unedited_scores = selection_scores(unedited_logits)
         outer_loss = sum(outer_losses) / len(outer_losses) if outer_losses else None
@@ -305,4 +309,4 @@ def _bilevel_run(
             improved |= tracker.offer(unedited_scores, control)
         if not tracker.goes_on(epoch, improved):
             break
-    return tracker.result(support, _row_index(selection_rows, heldout_X))
+    return tracker.result(support, _row_index(selection_rows, annotated_X))

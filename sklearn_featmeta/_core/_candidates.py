@@ -12,7 +12,7 @@ import torch
 from ._scores import Cells, _group_scores
 from ._softmax import head_as_tensors, problem_of_tensors, regression_paths
 from ._supports import SupportSource, _cell_balanced
-from ._types import HeadChoice, HeldoutRows, RunRows, Verdict
+from ._types import AnnotatedRows, HeadChoice, RunRows, Verdict
 
 BALANCED_L2_PATH = (100.0, 10.0, 1.0, 0.1, 0.01, 0.001)
 """L2 strengths of the balanced heads (on a support loss of total weight one), strong to weak.
@@ -28,7 +28,7 @@ CALIBRATION_TEMPERATURES = tuple(float(2.0**exponent) for exponent in np.arange(
 """Temperatures a candidate's logits are divided by before its loss is compared (the best counts)."""
 
 
-def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
+def candidate_score(run_logits, runs, annotated: AnnotatedRows) -> dict[str, float]:
     """How well heads do on their runs' selection rows: what candidates are compared by.
 
     ``run_logits``: for every run, its head's logits on the run's selection
@@ -45,12 +45,14 @@ def candidate_score(run_logits, runs, heldout: HeldoutRows) -> dict[str, float]:
     loss, accuracy = torch.zeros_like(temperatures), 0.0
     for logits, run in zip(run_logits, runs, strict=True):
         rows = run.selection_rows
-        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows]
-        accuracy += _group_scores(logits, y, cells, heldout.n_cells, weight)["worst_group_accuracy"]
+        y, cells, weight = annotated.y[rows], annotated.cells[rows], annotated.weight[rows]
+        accuracy += _group_scores(logits, y, cells, annotated.n_cells, weight)[
+            "worst_group_accuracy"
+        ]
         scaled = logits[None] / temperatures.to(logits.device)[:, None, None]
         losses = torch.logsumexp(scaled, 2) - scaled[:, torch.arange(y.shape[0]), y]
         # the worst cell's weighted mean loss at every temperature at once
-        loss += Cells.of(cells, heldout.n_cells, weight).worst_mean(losses * weight).cpu()
+        loss += Cells.of(cells, annotated.n_cells, weight).worst_mean(losses * weight).cpu()
     return {
         "worst_group_accuracy": accuracy / len(runs),
         "worst_group_loss": float(loss.min()) / len(runs),
@@ -99,7 +101,7 @@ def balanced_paths(
                 weights.append(W if factor is None else W * factor)  # standardised coordinates
                 biases.append(b)
         # every head of the run in one pass over the held-out rows, then its selection rows
-        logits = torch.addmm(torch.cat(biases), source.heldout.X, torch.cat(weights).T)
+        logits = torch.addmm(torch.cat(biases), source.annotated.X, torch.cat(weights).T)
         logits = logits[run.selection_rows].split(n_classes, dim=1)
         for number, name in enumerate(geometries):
             steps = len(BALANCED_L2_PATH)
@@ -107,7 +109,7 @@ def balanced_paths(
     return paths
 
 
-def best_balanced(paths: dict[str, list[list[torch.Tensor]]], runs, heldout) -> HeadChoice:
+def best_balanced(paths: dict[str, list[list[torch.Tensor]]], runs, annotated) -> HeadChoice:
     """The balanced geometry and L2 strength with the best score on the runs' selection rows.
 
     Every candidate is scored on the same selection rows of the same runs
@@ -116,7 +118,7 @@ def best_balanced(paths: dict[str, list[list[torch.Tensor]]], runs, heldout) -> 
     choice = HeadChoice(scores={})
     for name, run_logits in paths.items():
         step_scores = [
-            candidate_score([logits[step] for logits in run_logits], runs, heldout)
+            candidate_score([logits[step] for logits in run_logits], runs, annotated)
             for step in range(len(BALANCED_L2_PATH))
         ]
         step = min(range(len(step_scores)), key=lambda i: _rank(step_scores[i]))
@@ -129,15 +131,15 @@ def best_balanced(paths: dict[str, list[list[torch.Tensor]]], runs, heldout) -> 
     return choice
 
 
-def _worst_cell_outcomes(run_logits, incumbent_logits, runs, heldout: HeldoutRows):
+def _worst_cell_outcomes(run_logits, incumbent_logits, runs, annotated: AnnotatedRows):
     """Per run, on the incumbent's worst (class, group) cell of the run's selection rows:
     ``(weight, challenger_correct, incumbent_correct)`` of its rows (float64)."""
     outcomes = []
     for challenger, incumbent, run in zip(run_logits, incumbent_logits, runs, strict=True):
         rows = run.selection_rows
-        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows].double()
+        y, cells, weight = annotated.y[rows], annotated.cells[rows], annotated.weight[rows].double()
         incumbent_correct = (incumbent.argmax(1) == y).double()
-        run_cells = Cells.of(cells, heldout.n_cells, weight)
+        run_cells = Cells.of(cells, annotated.n_cells, weight)
         accuracy = torch.where(
             run_cells.present,
             run_cells.sums(incumbent_correct * weight) / run_cells.totals,
@@ -153,7 +155,7 @@ def worst_group_standard_error(
     run_logits: list[torch.Tensor],
     incumbent_logits: list[torch.Tensor],
     runs: list[RunRows],
-    heldout: HeldoutRows,
+    annotated: AnnotatedRows,
 ) -> float:
     """Standard error of a challenger's worst-group accuracy minus an incumbent's, over runs.
 
@@ -165,7 +167,9 @@ def worst_group_standard_error(
     annotated rows, so the splits count as one measurement: the variance of
     the mean over runs is the runs' mean variance over two.
     """
-    return _paired_standard_error(_worst_cell_outcomes(run_logits, incumbent_logits, runs, heldout))
+    return _paired_standard_error(
+        _worst_cell_outcomes(run_logits, incumbent_logits, runs, annotated)
+    )
 
 
 def _paired_standard_error(outcomes) -> float:
@@ -182,7 +186,7 @@ def discordant_rows_tail(
     run_logits: list[torch.Tensor],
     incumbent_logits: list[torch.Tensor],
     runs: list[RunRows],
-    heldout: HeldoutRows,
+    annotated: AnnotatedRows,
 ) -> float:
     """Chance of the challenger's lead on the rows where the two heads disagree, were it luck.
 
@@ -196,7 +200,7 @@ def discordant_rows_tail(
     the standard error's normal approximation, on a cell of a dozen rows,
     calls it one standard error or more.
     """
-    return _sign_test_tail(_worst_cell_outcomes(run_logits, incumbent_logits, runs, heldout))
+    return _sign_test_tail(_worst_cell_outcomes(run_logits, incumbent_logits, runs, annotated))
 
 
 def _sign_test_tail(outcomes) -> float:
@@ -218,19 +222,19 @@ def weigh_challenger(
     challenger: list[torch.Tensor],
     incumbent: list[torch.Tensor],
     runs: list[RunRows],
-    heldout: HeldoutRows,
+    annotated: AnnotatedRows,
 ) -> Verdict:
     """A challenger head against an incumbent, by their logits on every run's selection rows."""
     run_leads = []
     for pair, run in zip(zip(challenger, incumbent, strict=True), runs, strict=True):
         rows = run.selection_rows
-        y, cells, weight = heldout.y[rows], heldout.cells[rows], heldout.weight[rows]
+        y, cells, weight = annotated.y[rows], annotated.cells[rows], annotated.weight[rows]
         ours, theirs = (
-            _group_scores(logits, y, cells, heldout.n_cells, weight)["worst_group_accuracy"]
+            _group_scores(logits, y, cells, annotated.n_cells, weight)["worst_group_accuracy"]
             for logits in pair
         )
         run_leads.append(ours - theirs)
-    outcomes = _worst_cell_outcomes(challenger, incumbent, runs, heldout)  # once for both
+    outcomes = _worst_cell_outcomes(challenger, incumbent, runs, annotated)  # once for both
     return Verdict(
         lead=sum(run_leads) / len(run_leads),
         margin=_paired_standard_error(outcomes),
@@ -242,7 +246,7 @@ def weigh_challenger(
 def refit_balanced(
     choice: HeadChoice,
     runs: list[RunRows],
-    heldout: HeldoutRows,
+    annotated: AnnotatedRows,
     n_classes: int,
     isotropic_factor: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,12 +257,12 @@ def refit_balanced(
     ratio of that support's sample weight to all the annotated rows', the
     same strength per row of data. Every (class, group) cell weighs the same.
     """
-    row_weight = _cell_balanced(heldout.weight, heldout.cells, heldout.n_cells)
+    row_weight = _cell_balanced(annotated.weight, annotated.cells, annotated.n_cells)
     support_mass = sum(float(run.support_mass.sum()) for run in runs) / len(runs)
-    l2 = choice.balanced_l2 * support_mass / float(heldout.weight.sum())
+    l2 = choice.balanced_l2 * support_mass / float(annotated.weight.sum())
     factor = isotropic_factor if choice.chosen == "balanced_isotropic" else None
-    X = heldout.X if factor is None else heldout.X * factor
-    problem = problem_of_tensors(X, heldout.y, row_weight, n_classes)
+    X = annotated.X if factor is None else annotated.X * factor
+    problem = problem_of_tensors(X, annotated.y, row_weight, n_classes)
     head, _, _ = problem.minimize(l2, problem.zeros())
-    W, b = head_as_tensors(head, heldout.X)
+    W, b = head_as_tensors(head, annotated.X)
     return (W if factor is None else W * factor), b

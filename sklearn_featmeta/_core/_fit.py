@@ -22,12 +22,12 @@ from ._runs import _geometry_probe, _head_update_runs, runs_in_one_batch
 from ._scores import _batched_logits
 from ._supports import StepSizes, SupportSource, _step_sizes
 from ._tracker import EpochRecord
-from ._types import HeldoutRows, HSFMResult, HSFMSettings, Rows, RunRows
+from ._types import AnnotatedRows, HSFMResult, HSFMSettings, Rows, RunRows
 
 
 def fit_hsfm(
     pool: Rows,
-    heldout: HeldoutRows,
+    annotated: AnnotatedRows,
     runs: list[RunRows],
     settings: HSFMSettings,
     *,
@@ -52,7 +52,7 @@ def fit_hsfm(
     pool : Rows
         Training pool, standardised. Source of the ERM head (and of the
         support set, for ``"pool"``).
-    heldout : HeldoutRows
+    annotated : AnnotatedRows
         Held-out rows, standardised. No input is changed: a whitened fit
         works on a whitened copy of the held-out rows.
     runs : list of RunRows
@@ -77,7 +77,7 @@ def fit_hsfm(
         caller that hands over rows it will not use again (a large pool is
         most of a fit's memory). False: no input is changed.
     """
-    source = SupportSource(pool, heldout, settings)
+    source = SupportSource(pool, annotated, settings)
     initial_head, erm_converged = _initial_head(pool, settings, n_classes, erm_l2, initial_head)
     balanced = _balanced_candidate(source, runs, n_classes, isotropic_factor)
     whitening = _whitening(pool, settings, covariance_rows)
@@ -92,8 +92,8 @@ def fit_hsfm(
         pool.X.set_()  # served its purpose; the runs draw from the annotated rows
     if whitening is not None:
         # the runs work in whitened coordinates; heads and supports are mapped back at the end
-        heldout = dataclasses.replace(heldout, X=_transformed_rows(heldout.X, whitening))
-        source = SupportSource(pool, heldout, settings)
+        annotated = dataclasses.replace(annotated, X=_transformed_rows(annotated.X, whitening))
+        source = SupportSource(pool, annotated, settings)
     results, steps = _run_all(
         source,
         runs,
@@ -102,23 +102,23 @@ def fit_hsfm(
         standardised_steps if whitening is None else None,
         on_epoch,
     )
-    choice = _choose(balanced, results, runs, heldout)
+    choice = _choose(balanced, results, runs, annotated)
     if whitening is not None:
         _map_back(results, whitening)
     if choice.head is None:  # the runs' mean head
-        weight = torch.stack([r.weight for r in results]).mean(0)
-        bias = torch.stack([r.bias for r in results]).mean(0)
+        coef = torch.stack([r.coef for r in results]).mean(0)
+        intercept = torch.stack([r.intercept for r in results]).mean(0)
     else:
-        weight, bias = choice.head
+        coef, intercept = choice.head
     return HSFMResult(
-        weight=weight,
-        bias=bias,
-        initial_weight=initial_head[0],
-        initial_bias=initial_head[1],
+        coef=coef,
+        intercept=intercept,
+        initial_coef=initial_head[0],
+        initial_intercept=initial_head[1],
         inner_lr=steps.inner_lr,
         head_lr=steps.head_lr,
         runs=results,
-        support_from_heldout=settings.support_source == "annotated",
+        support_from_annotated=settings.support_source == "annotated",
         whitened=whitening is not None,
         probe_scores=probe_scores,
         erm_converged=erm_converged,
@@ -144,14 +144,14 @@ def _balanced_candidate(source: SupportSource, runs, n_classes: int, isotropic_f
 
     In standardised coordinates: drawn before any whitening.
     """
-    settings, heldout = source.settings, source.heldout
+    settings, annotated = source.settings, source.annotated
     if not (settings.balanced_candidates and settings.support_source == "annotated"):
         return None
     if len(runs) < 2:
         return None
     paths = balanced_paths(source, runs, n_classes, isotropic_factor)
-    balanced = best_balanced(paths, runs, heldout)
-    balanced.head = refit_balanced(balanced, runs, heldout, n_classes, isotropic_factor)
+    balanced = best_balanced(paths, runs, annotated)
+    balanced.head = refit_balanced(balanced, runs, annotated, n_classes, isotropic_factor)
     return balanced
 
 
@@ -196,7 +196,7 @@ def _run_all(source, runs, head, whitening, steps: StepSizes | None, on_epoch):
         supports = [source.draw(run, transform) for run in runs]
         steps = steps or _step_sizes(supports[0], settings)
         results = _head_update_runs(
-            supports, runs, source.heldout, head, settings, steps.head_lr, on_epoch
+            supports, runs, source.annotated, head, settings, steps.head_lr, on_epoch
         )
         return results, steps
     results = []
@@ -207,7 +207,7 @@ def _run_all(source, runs, head, whitening, steps: StepSizes | None, on_epoch):
             _bilevel_run(
                 support,
                 run,
-                source.heldout,
+                source.annotated,
                 head,
                 settings,
                 steps,
@@ -218,17 +218,19 @@ def _run_all(source, runs, head, whitening, steps: StepSizes | None, on_epoch):
     return results, steps
 
 
-def _choose(balanced, results, runs, heldout) -> HeadChoice:
+def _choose(balanced, results, runs, annotated) -> HeadChoice:
     """The runs' mean head against the best balanced one (:func:`weigh_challenger`)."""
     if balanced is None:
         return HeadChoice()
     # the runs' heads and the rows are in the same coordinates here: their logits are right
     every_row = _batched_logits(  # every run's head in one pass over the held-out rows
-        heldout.X, torch.stack([r.weight for r in results]), torch.stack([r.bias for r in results])
+        annotated.X,
+        torch.stack([r.coef for r in results]),
+        torch.stack([r.intercept for r in results]),
     )
     run_logits = [logits[run.selection_rows] for logits, run in zip(every_row, runs, strict=True)]
-    scores = {"runs": candidate_score(run_logits, runs, heldout), **balanced.scores}
-    verdict = weigh_challenger(run_logits, balanced.run_logits, runs, heldout)
+    scores = {"runs": candidate_score(run_logits, runs, annotated), **balanced.scores}
+    verdict = weigh_challenger(run_logits, balanced.run_logits, runs, annotated)
     if verdict.challenger_wins:
         return HeadChoice(scores=scores, verdict=verdict)
     return dataclasses.replace(balanced, scores=scores, verdict=verdict, run_logits=None)
@@ -242,4 +244,4 @@ def _map_back(results, whitening) -> None:
     sizes = [len(r.support_edited) for r in results]  # one solve for every run's support
     edited = _unwhiten(torch.cat([r.support_edited for r in results]), whitening).split(sizes)
     for r, support in zip(results, edited, strict=True):
-        r.weight, r.support_edited = r.weight @ whitening, support
+        r.coef, r.support_edited = r.coef @ whitening, support

@@ -38,15 +38,15 @@ def _geometry_probe(source: SupportSource, runs, head, whitening, head_lr) -> fl
     stay standardised: whitened heads are mapped back to score them. ``head_lr``: the
     step size of the geometry, from its first support, as the runs get theirs.
     """
-    settings, heldout = source.settings, source.heldout
+    settings, annotated = source.settings, source.annotated
     S, Y, weight = _stacked_supports([source.draw(run, whitening) for run in runs], head)
     W, b = _batch_of(head, len(runs))
     optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
-    score = _SelectionScores(runs, heldout)
+    score = _SelectionScores(runs, annotated)
     best_losses = [math.inf] * len(runs)
     for _ in range(settings.n_epochs):  # every run at once, as in _head_update_runs
         _update_heads(S, Y, weight, W, b, optimizer, settings)
-        logits = _batched_logits(heldout.X, W if whitening is None else W @ whitening, b)
+        logits = _batched_logits(annotated.X, W if whitening is None else W @ whitening, b)
         for number, scores in enumerate(score(logits)):
             if scores is not None:
                 best_losses[number] = min(best_losses[number], scores["worst_group_loss"])
@@ -119,14 +119,14 @@ def _update_heads(S, Y, weight, W, b, optimizer, settings) -> None:
                 grad_W = product_over_row_blocks(residual[0].T, S_group[0])[None]
             else:
                 grad_W = torch.bmm(residual.transpose(1, 2), S_group)
-            if settings.weight_decay:
-                grad_W.add_(W_group, alpha=settings.weight_decay)
+            if settings.head_l2:
+                grad_W.add_(W_group, alpha=settings.head_l2)
             group_optimizer.step([grad_W, residual.sum(1)])
     optimizer.steps += settings.inner_steps
 
 
 def _head_update_runs(
-    supports: list[Support], runs, heldout, head, settings, head_lr: float, on_epoch=None
+    supports: list[Support], runs, annotated, head, settings, head_lr: float, on_epoch=None
 ) -> list[RunResult]:
     """Every run without support edits (``outer_steps=0``), as one batched program.
 
@@ -140,18 +140,18 @@ def _head_update_runs(
     S, Y, weight = _stacked_supports(supports, head)
     W, b = _batch_of(head, len(runs))
     optimizer = _head_optimizer([W, b], settings.head_update, head_lr)
-    score = _SelectionScores(runs, heldout)
+    score = _SelectionScores(runs, annotated)
     batch = list(range(len(runs)))  # the runs still in the batch, by number
     start = KeptEpoch(0, *head)
     trackers = [RunTracker(settings, start, number=number, on_epoch=on_epoch) for number in batch]
     if settings.compare_unedited:  # epoch 0, the start head, competes as in _bilevel_run
-        logits = _batched_logits(heldout.X, W, b)
+        logits = _batched_logits(annotated.X, W, b)
         for position, scores in enumerate(score(logits)):
             if scores is not None:
                 trackers[position].offer(scores, KeptEpoch(0, W[position], b[position]))
     for epoch in range(1, trackers[0].last_epoch + 1):
         _update_heads(S, Y, weight, W, b, optimizer, settings)
-        logits = _batched_logits(heldout.X, W, b)
+        logits = _batched_logits(annotated.X, W, b)
         going = []
         for position, scores in enumerate(score(logits)):
             tracker = trackers[batch[position]]
@@ -171,6 +171,6 @@ def _head_update_runs(
             score = score.subset(index)
             batch = [batch[position] for position in going]
     return [
-        tracker.result(support, _row_index(run.selection_rows, heldout.X))
+        tracker.result(support, _row_index(run.selection_rows, annotated.X))
         for tracker, run, support in zip(trackers, runs, supports, strict=True)
     ]

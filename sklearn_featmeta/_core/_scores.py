@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._types import HeldoutRows, RunRows
+from ._types import AnnotatedRows, RunRows
 
 _SCORES = ("worst_group_accuracy", "average_accuracy", "heldout_loss", "worst_group_loss")
 
@@ -114,13 +114,13 @@ def _batched_logits(X: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.
 class _SelectionScores:
     """:func:`_group_scores` of a batch of heads, each on its run's selection rows."""
 
-    def __init__(self, runs: list[RunRows], heldout: HeldoutRows):
-        n_rows = heldout.y.shape[0]
-        self.mask = torch.zeros(len(runs), n_rows, dtype=torch.bool, device=heldout.y.device)
+    def __init__(self, runs: list[RunRows], annotated: AnnotatedRows):
+        n_rows = annotated.y.shape[0]
+        self.mask = torch.zeros(len(runs), n_rows, dtype=torch.bool, device=annotated.y.device)
         for number, run in enumerate(runs):
             self.mask[number, run.selection_rows] = True
-        self.cells = Cells.of(heldout.cells, heldout.n_cells, heldout.weight * self.mask)
-        self.y = heldout.y
+        self.cells = Cells.of(annotated.cells, annotated.n_cells, annotated.weight * self.mask)
+        self.y = annotated.y
 
     def subset(self, index: torch.Tensor) -> _SelectionScores:
         """The scores of the runs ``index`` of this batch only."""

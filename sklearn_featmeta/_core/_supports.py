@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ._losses import _row_weights, softmax_head_gradient
-from ._types import HeldoutRows, HSFMSettings, Rows, RunRows
+from ._types import AnnotatedRows, HSFMSettings, Rows, RunRows
 
 
 def inner_lr_from_lipschitz(
@@ -16,7 +16,7 @@ def inner_lr_from_lipschitz(
     scale: float = 1.0,
     support_weight: torch.Tensor | None = None,
     n_power_iter: int = 50,
-    weight_decay: float = 0.0,
+    head_l2: float = 0.0,
 ) -> float:
     """``scale / L`` for the Lipschitz constant ``L`` of the support loss's gradient.
 
@@ -24,7 +24,7 @@ def inner_lr_from_lipschitz(
     is bounded by ``||diag(sqrt(w)) [S, 1]||_2^2 / 2`` (the softmax Jacobian has
     norm at most 1/2; ``w = 1/n`` for a plain mean), so a step of ``1 / L`` is a
     safe gradient-descent step whatever the scale of the features; weight decay
-    adds ``weight_decay`` to ``L``. The spectral norm comes from a deterministic
+    adds ``head_l2`` to ``L``. The spectral norm comes from a deterministic
     power iteration.
     """
     root_weight = _row_weights(S, support_weight).sqrt()
@@ -38,7 +38,7 @@ def inner_lr_from_lipschitz(
         if sigma_sq <= 0:
             break
         v = u / sigma_sq
-    lipschitz = float(sigma_sq) / 2.0 + weight_decay
+    lipschitz = float(sigma_sq) / 2.0 + head_l2
     return scale / max(lipschitz, 1e-12)
 
 
@@ -55,7 +55,7 @@ def _step_sizes(support: Support, settings: HSFMSettings) -> StepSizes:
     """Inner and head step sizes, from a support set when ``inner_lr`` is None."""
     if settings.inner_lr is None:
         inner_lr = inner_lr_from_lipschitz(
-            support.rows, 1.0, support.loss_weight, weight_decay=settings.weight_decay
+            support.rows, 1.0, support.loss_weight, head_l2=settings.head_l2
         )
     else:
         inner_lr = float(settings.inner_lr)
@@ -79,7 +79,7 @@ class Support:
         return dataclasses.replace(self, rows=self.rows @ transform)
 
 
-def _support(run: RunRows, pool: Rows, heldout: HeldoutRows, settings: HSFMSettings) -> Support:
+def _support(run: RunRows, pool: Rows, annotated: AnnotatedRows, settings: HSFMSettings) -> Support:
     """A run's initial support, its rows a new tensor (edits change it in place).
 
     From the pool: loss weights proportional to the rows' masses (equal for
@@ -88,8 +88,8 @@ def _support(run: RunRows, pool: Rows, heldout: HeldoutRows, settings: HSFMSetti
     """
     index, mass = run.support_index, run.support_mass
     if settings.support_source == "annotated":
-        weight = _cell_balanced(mass, heldout.cells[index], heldout.n_cells)
-        return Support(heldout.X[index], heldout.y[index], index, weight, mass)  # a gather: new
+        weight = _cell_balanced(mass, annotated.cells[index], annotated.n_cells)
+        return Support(annotated.X[index], annotated.y[index], index, weight, mass)  # a gather: new
     return Support(pool.X[index], pool.y[index], index, mass / mass.sum(), mass)
 
 
@@ -103,8 +103,8 @@ def _update_head(S, Y_support, W, b, support_weight, optimizer, settings) -> Non
     """Step (c): ``inner_steps`` optimiser steps of the head on the (detached) support."""
     for _ in range(settings.inner_steps):
         _, grad_W, grad_b = softmax_head_gradient(S, Y_support, W, b, support_weight)
-        if settings.weight_decay:
-            grad_W.add_(W, alpha=settings.weight_decay)
+        if settings.head_l2:
+            grad_W.add_(W, alpha=settings.head_l2)
         optimizer.step([grad_W, grad_b])
 
 
@@ -121,10 +121,10 @@ class SupportSource:
     (``settings.support_source``)."""
 
     pool: Rows
-    heldout: HeldoutRows
+    annotated: AnnotatedRows
     settings: HSFMSettings
 
     def draw(self, run: RunRows, transform: torch.Tensor | None = None) -> Support:
         """:func:`_support` of ``run``, its rows times ``transform`` when one is given."""
-        support = _support(run, self.pool, self.heldout, self.settings)
+        support = _support(run, self.pool, self.annotated, self.settings)
         return support if transform is None else support.transformed(transform)

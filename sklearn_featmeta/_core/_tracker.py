@@ -64,8 +64,8 @@ class KeptEpoch:
     """
 
     epoch: int
-    weight: torch.Tensor
-    bias: torch.Tensor
+    coef: torch.Tensor
+    intercept: torch.Tensor
     support: torch.Tensor | None = None
     edited: bool = False
 
@@ -106,8 +106,8 @@ class RunTracker:
         support = None if candidate.support is None else candidate.support.clone()
         self.kept = KeptEpoch(
             candidate.epoch,
-            candidate.weight.clone(),
-            candidate.bias.clone(),
+            candidate.coef.clone(),
+            candidate.intercept.clone(),
             support,
             candidate.edited,
         )
@@ -138,8 +138,8 @@ class RunTracker:
         """The run's :class:`RunResult`: its kept epoch, on ``support`` (a ``Support``)."""
         kept, settings = self.kept, self.settings
         return RunResult(
-            weight=kept.weight,
-            bias=kept.bias,
+            coef=kept.coef,
+            intercept=kept.intercept,
             support_edited=support.rows if kept.support is None else kept.support,
             support_labels=support.labels,
             support_index=support.index,

@@ -29,7 +29,7 @@ class HSFMSettings:
     unedited support, by the same steps, and the kept epoch may be of either
     head, or the start head itself (epoch 0): the edits stay only where they
     beat not editing on held-out rows.
-    ``weight_decay`` adds ``weight_decay / 2 * ||W||^2`` (not the bias) to the
+    ``head_l2`` adds ``head_l2 / 2 * ||W||^2`` (not the bias) to the
     support loss of both the inner loop and the head update (0 in the paper).
     ``whitening_ridge`` (None in the paper) whitens the standardised features
     before the runs (:func:`whitening_transform`); with ``choose_whitening``
@@ -53,7 +53,7 @@ class HSFMSettings:
     max_grad_norm: float
     max_epochs: int | None
     n_iter_no_change: int
-    weight_decay: float
+    head_l2: float
     selection_metric: str
     compare_unedited: bool
     whitening_ridge: float | None
@@ -72,7 +72,7 @@ class Rows:
 
 
 @dataclass
-class HeldoutRows(Rows):
+class AnnotatedRows(Rows):
     """The held-out (annotated) rows, with the groups that score them and mine the hard set.
 
     ``cells``: the (class, group) cell of every row, ``0 .. n_cells - 1``, the
@@ -105,10 +105,10 @@ class RunRows:
 
 @dataclass
 class RunResult:
-    """One bilevel run: the selected head and support, in standardised space."""
+    """One run: the selected head ``(coef, intercept)`` and support, in standardised space."""
 
-    weight: torch.Tensor
-    bias: torch.Tensor
+    coef: torch.Tensor
+    intercept: torch.Tensor
     support_edited: torch.Tensor
     support_labels: torch.Tensor
     support_index: torch.Tensor  # rows of the support's source (pool or held-out)
@@ -129,17 +129,19 @@ class RunResult:
 class HSFMResult:
     """What :func:`fit_hsfm` returns; heads and supports in the coordinates it was given.
 
-    ``weight`` and ``bias`` are the mean of the runs' selected heads.
+    ``coef`` and ``intercept``: the fitted head (the mean of the runs'
+    selected heads, or the chosen balanced head); ``initial_coef`` and
+    ``initial_intercept``: the head the runs started from.
     """
 
-    weight: torch.Tensor
-    bias: torch.Tensor
-    initial_weight: torch.Tensor
-    initial_bias: torch.Tensor
+    coef: torch.Tensor
+    intercept: torch.Tensor
+    initial_coef: torch.Tensor
+    initial_intercept: torch.Tensor
     inner_lr: float
     head_lr: float
     runs: list[RunResult]
-    support_from_heldout: bool
+    support_from_annotated: bool
     whitened: bool = False
     probe_scores: dict[str, float] | None = None  # with choose_whitening: geometry -> score
     erm_converged: bool = True
