@@ -132,3 +132,20 @@ def cell_codes(y: np.ndarray, group_codes: np.ndarray) -> tuple[np.ndarray, int]
     _, codes = np.unique(np.stack([y, group_codes]), axis=1, return_inverse=True)
     codes = codes.ravel()
     return codes, int(codes.max()) + 1 if codes.size else 0
+
+
+def known_group_codes(groups, n_rows: int) -> np.ndarray | None:
+    """``groups`` of a fit as codes (:func:`encode_groups`), or None where no row's group is
+    known (with a warning: the fit goes on as without groups)."""
+    if groups is None:
+        return None
+    group_codes, _ = encode_groups(as_group_array(groups, n_rows))
+    if (group_codes < 0).all():
+        warnings.warn(
+            "No row of groups is known (all -1 / None / NaN): fitting as with "
+            "groups=None (the ERM head, or the reweighted head where it stays close).",
+            UserWarning,
+            stacklevel=4,
+        )
+        return None
+    return group_codes

@@ -24,7 +24,7 @@ from ._checks import (
     warn_degenerate,
     warn_small_annotated,
 )
-from ._groups import as_group_array, encode_groups
+from ._groups import known_group_codes
 from ._linear import (
     LinearHeadMixin,
     softmax_to_fitted_head,
@@ -548,80 +548,80 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self : object
             Fitted estimator.
         """
+        self._check_epochs()
+        X, y_encoded, self.classes_, groups, weights = validated_rows(
+            self, X, y, groups, sample_weight
+        )
+        group_codes = known_group_codes(groups, X.shape[0])
+        rng = check_random_state(self.random_state)
+        if group_codes is None:
+            return self._fit_without_groups(X, y_encoded, weights, rng)
+        split = self._split_rows(X, y_encoded, group_codes, weights, rng)
+        from . import _core  # torch stays out of prediction and unpickling
+
+        pool, annotated, _ = split
+        self.n_threads_ = (
+            auto_threads(pool.size * X.shape[1]) if self.n_threads is None else self.n_threads
+        )
+        with fit_threads(self.n_threads_):
+            data, runs, covariance_rows = self._draw_rows(X, y_encoded, weights, split, rng)
+            initial_head = standardised_softmax_head(
+                self.initial_head, self.classes_.shape[0], data.mean, data.scale
+            )
+            device = _core.resolve_device(self.device)
+            result = self._run_core(data, runs, covariance_rows, device, initial_head)
+        support_rows = annotated if result.support_from_annotated else pool
+        self._store_result(result, X, support_rows, data.mean, data.scale, device)
+        warn_degenerate(self, X[annotated], y_encoded[annotated])
+        return self
+
+    def _check_epochs(self) -> None:
         if self.max_epochs is not None and self.max_epochs < self.n_epochs:
             raise ValueError(
                 f"max_epochs={self.max_epochs} is below n_epochs={self.n_epochs}: every run "
                 "makes n_epochs epochs. Set max_epochs to at least n_epochs, or to None for "
                 "exactly n_epochs."
             )
-        X, y_encoded, self.classes_, groups, weights = validated_rows(
-            self, X, y, groups, sample_weight
-        )
-        n_classes = self.classes_.shape[0]
-        group_codes = None
-        if groups is not None:
-            group_codes, _ = encode_groups(as_group_array(groups, X.shape[0]))
-            if (group_codes < 0).all():
-                warnings.warn(
-                    "No row of groups is known (all -1 / None / NaN): fitting as with "
-                    "groups=None (the ERM head, or the reweighted head where it stays close).",
-                    UserWarning,
-                    stacklevel=3,
-                )
-                group_codes = None
 
-        rng = check_random_state(self.random_state)
-        if group_codes is None:
-            return self._fit_without_groups(X, y_encoded, weights, rng)
-        pool, annotated, annotated_groups = split_pool_and_annotated(
-            X, y_encoded, group_codes, weights, self.validation_fraction, rng
-        )
-        groups_split_rows = group_codes is not None and (group_codes < 0).any()
+    def _split_rows(self, X, y, group_codes, weights, rng):
+        """The pool, the annotated rows and their groups, checked (:func:`check_split`)."""
+        split = split_pool_and_annotated(X, y, group_codes, weights, self.validation_fraction, rng)
+        pool, annotated, _ = split
         check_split(
             self.classes_,
-            y_encoded,
+            y,
             weights,
             pool,
             annotated,
-            groups_split_rows=groups_split_rows,
+            groups_split_rows=bool((group_codes < 0).any()),
             support_source=self.support_source,
             support_size_per_class=self.support_size_per_class,
         )
-        from . import _core  # torch stays out of prediction and unpickling
+        return split
 
-        self.n_threads_ = (
-            auto_threads(pool.size * X.shape[1]) if self.n_threads is None else self.n_threads
+    def _draw_rows(self, X, y, weights, split, rng):
+        """The fit's rows (:class:`FitData`), every run's rows and the whitening covariance's."""
+        data = fit_data(
+            X,
+            y,
+            weights,
+            split,
+            class_factor=class_factor(self.classes_, y, weights, self.class_weight),
+            standardize=self.standardize,
+            n_threads=self.n_threads_,
         )
-        with fit_threads(self.n_threads_):
-            data = fit_data(
-                X,
-                y_encoded,
-                weights,
-                (pool, annotated, annotated_groups),
-                class_factor=class_factor(self.classes_, y_encoded, weights, self.class_weight),
-                standardize=self.standardize,
-                n_threads=self.n_threads_,
-            )
-            mean, scale, cells, n_cells = data.mean, data.scale, data.cells, data.n_cells
-            runs = draw_run_rows(
-                data,
-                rng,
-                support_source=self.support_source,
-                support_size_per_class=self.support_size_per_class,
-                n_classes=n_classes,
-                n_repeats=self.n_repeats,
-                n_threads=self.n_threads_,
-            )
-            covariance_rows = draw_covariance_rows(data, rng, self._whitening_ridge(data))
-            warn_small_annotated(cells, n_cells, len(runs), self.support_source)
-            initial_head = standardised_softmax_head(self.initial_head, n_classes, mean, scale)
-
-            device = _core.resolve_device(self.device)
-            result = self._run_core(data, runs, covariance_rows, device, initial_head)
-        support_rows = annotated if result.support_from_annotated else pool
-        self._store_result(result, X, support_rows, mean, scale, device)
-        warn_degenerate(self, X[annotated], y_encoded[annotated])
-        return self
+        runs = draw_run_rows(
+            data,
+            rng,
+            support_source=self.support_source,
+            support_size_per_class=self.support_size_per_class,
+            n_classes=self.classes_.shape[0],
+            n_repeats=self.n_repeats,
+            n_threads=self.n_threads_,
+        )
+        covariance_rows = draw_covariance_rows(data, rng, self._whitening_ridge(data))
+        warn_small_annotated(data.cells, data.n_cells, len(runs), self.support_source)
+        return data, runs, covariance_rows
 
     def _fit_without_groups(self, X, y, weights, rng) -> MetaAugmentedHeadClassifier:
         """``fit`` where no row has a known group: :func:`._groupfree.fit_without_groups`.
