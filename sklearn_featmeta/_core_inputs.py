@@ -106,12 +106,12 @@ def core_rows(
         ),
         runs=[
             RunRows(
-                tensors.index(index),
-                tensors(mass),
-                tensors.index(shaping),
-                tensors.index(selection),
+                tensors.index(run.support_index),
+                tensors(run.support_mass),
+                tensors.index(run.shaping_rows),
+                tensors.index(run.selection_rows),
             )
-            for index, mass, shaping, selection in runs
+            for run in runs
         ],
         covariance_rows=None
         if covariance_rows is None

@@ -52,6 +52,21 @@ class FitData:
         return max(self.pool.size, float(self.weights[self.pool].sum()))
 
 
+@dataclass(frozen=True)
+class DrawnRun:
+    """One run's rows as NumPy indices (the core's ``RunRows`` once on the device).
+
+    ``support_index`` and ``support_mass``: the support's rows of its source
+    (pool or annotated rows) and the sample weight taken from each;
+    ``shaping_rows`` and ``selection_rows``: annotated rows (a slice for all).
+    """
+
+    support_index: np.ndarray
+    support_mass: np.ndarray
+    shaping_rows: np.ndarray | slice
+    selection_rows: np.ndarray | slice
+
+
 def draw_run_rows(
     data: FitData,
     rng,
@@ -61,8 +76,8 @@ def draw_run_rows(
     n_classes: int,
     n_repeats: int,
     n_threads: int,
-):
-    """The rows of every run (``RunRows`` as NumPy index arrays): support, shaping, selection.
+) -> list[DrawnRun]:
+    """The rows of every run: support, shaping, selection.
 
     Random choices are keyed by row content (:mod:`._groups`), so a row of
     integer weight k is drawn as k copies of it would be.
@@ -74,7 +89,7 @@ def draw_run_rows(
         keys = draw_keys(content_hashes(X, pool, *moments, n_threads), rng)
         mass = take_by_weight(y[pool], keys, weights[pool], cap)
         every_row = slice(None)
-        return [(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
+        return [DrawnRun(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
     y_annotated, weights_annotated = y[annotated], weights[annotated]
     hashes = content_hashes(X, annotated, *moments, n_threads)
     folds = cross_fitting_folds(
@@ -83,14 +98,14 @@ def draw_run_rows(
     if folds is None:
         mass = take_by_weight(cells, draw_keys(hashes, rng), weights_annotated, cap)
         every_row = slice(None)
-        return [(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
+        return [DrawnRun(np.flatnonzero(mass), mass[mass > 0], every_row, every_row)]
     runs = []
     for split in folds:
         first, second = np.flatnonzero(split == 0), np.flatnonzero(split == 1)
         for shaping, selection in ((second, first), (first, second)):
             keys = draw_keys(hashes[shaping], rng)
             mass = take_by_weight(cells[shaping], keys, weights_annotated[shaping], cap)
-            runs.append((shaping[mass > 0], mass[mass > 0], shaping, selection))
+            runs.append(DrawnRun(shaping[mass > 0], mass[mass > 0], shaping, selection))
     return runs
 
 
