@@ -183,12 +183,12 @@ def test_worst_group_standard_error_is_the_paired_error_on_the_incumbents_worst_
     challenger_correct = rng.random(60) < 0.7
     incumbent = _logits_for(incumbent_correct, y)
     challenger = _logits_for(challenger_correct, y)
-    se = _candidates.worst_group_standard_error(
+    se = _candidates.weigh_challenger(
         [challenger[r.selection_rows] for r in runs],
         [incumbent[r.selection_rows] for r in runs],
         runs,
         annotated,
-    )
+    ).margin
     variances = []
     for run in runs:
         rows = run.selection_rows.numpy()
@@ -198,12 +198,12 @@ def test_worst_group_standard_error_is_the_paired_error_on_the_incumbents_worst_
         variances.append(d.var() / d.size)  # unit weights: the population variance over n
     assert se == pytest.approx(np.sqrt(np.mean(variances) / 2), rel=1e-12)
     assert se > 0
-    same = _candidates.worst_group_standard_error(
+    same = _candidates.weigh_challenger(
         [incumbent[r.selection_rows] for r in runs],
         [incumbent[r.selection_rows] for r in runs],
         runs,
         annotated,
-    )
+    ).margin
     assert same == 0.0
 
 
@@ -323,9 +323,9 @@ def test_discordant_rows_count_sample_weight_as_copies():
     incumbent = _logits_for(np.array([False, True, False, True, True, True]), y)
     challenger = _logits_for(np.array([True, True, False, True, True, True]), y)
     # one run: row 0 of weight 3 is three rows the challenger alone gets right
-    tail = _candidates.discordant_rows_tail([challenger], [incumbent], [run], annotated)
+    tail = _candidates.weigh_challenger([challenger], [incumbent], [run], annotated).tail
     assert tail == pytest.approx(0.125)
-    assert _candidates.discordant_rows_tail([incumbent], [incumbent], [run], annotated) == 1.0
+    assert _candidates.weigh_challenger([incumbent], [incumbent], [run], annotated).tail == 1.0
 
 
 def test_candidate_score_ignores_the_scale_of_the_logits():

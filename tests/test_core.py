@@ -281,17 +281,8 @@ def test_best_epoch_is_the_best_heldout_worst_group_accuracy():
 
 def test_early_stopping():
     """With n_epochs=1 a run stops n_iter_no_change epochs after its best one."""
-    settings = _core_settings(
-        support_size_per_class=8,
-        inner_steps=3,
-        inner_lr=None,
-        outer_lr=1e-6,
-        outer_steps=1,
-        hard_set_size=10,
-        n_epochs=1,
-        head_lr=1e-9,
-        max_epochs=50,
-        n_iter_no_change=3,
+    settings = _edit_settings(
+        outer_lr=1e-6, outer_steps=1, n_epochs=1, head_lr=1e-9, max_epochs=50, n_iter_no_change=3
     )
     (result,) = _fit_one_run(settings).runs
     assert len(result.history["outer_loss"]) == result.best_epoch + 3 < 50
@@ -299,13 +290,10 @@ def test_early_stopping():
 
 def _improving_settings(**epochs):
     """A head that creeps towards the held-out optimum: the selection loss falls every epoch."""
-    return _core_settings(
-        support_size_per_class=8,
+    return _edit_settings(
         inner_steps=1,
-        inner_lr=None,
         outer_lr=1e-6,
         outer_steps=1,
-        hard_set_size=10,
         head_lr=1e-3,
         selection_metric="worst_group_loss",
         **epochs,

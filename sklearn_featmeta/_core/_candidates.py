@@ -151,29 +151,18 @@ def _worst_cell_outcomes(run_logits, incumbent_logits, runs, annotated: Annotate
     return outcomes
 
 
-def worst_group_standard_error(
-    run_logits: list[torch.Tensor],
-    incumbent_logits: list[torch.Tensor],
-    runs: list[RunRows],
-    annotated: AnnotatedRows,
-) -> float:
+def _paired_standard_error(outcomes) -> float:
     """Standard error of a challenger's worst-group accuracy minus an incumbent's, over runs.
 
-    Paired, on the rows both heads are scored on: in every run, on the
-    incumbent's worst (class, group) cell of the run's selection rows, the
-    weighted mean of ``correct(challenger) - correct(incumbent)`` per row has
-    the variance ``sum w^2 (d - mean d)^2 / (sum w)^2``. The two runs of a
-    split are scored on disjoint rows, but every split re-uses the same
-    annotated rows, so the splits count as one measurement: the variance of
-    the mean over runs is the runs' mean variance over two.
+    From :func:`_worst_cell_outcomes`. Paired, on the rows both heads are
+    scored on: in every run, on the incumbent's worst (class, group) cell of
+    the run's selection rows, the weighted mean of ``correct(challenger) -
+    correct(incumbent)`` per row has the variance ``sum w^2 (d - mean d)^2 /
+    (sum w)^2``. The two runs of a split are scored on disjoint rows, but
+    every split re-uses the same annotated rows, so the splits count as one
+    measurement: the variance of the mean over runs is the runs' mean
+    variance over two.
     """
-    return _paired_standard_error(
-        _worst_cell_outcomes(run_logits, incumbent_logits, runs, annotated)
-    )
-
-
-def _paired_standard_error(outcomes) -> float:
-    """:func:`worst_group_standard_error` of :func:`_worst_cell_outcomes`."""
     variances = []
     for w, challenger, incumbent in outcomes:
         difference = challenger - incumbent
@@ -182,29 +171,19 @@ def _paired_standard_error(outcomes) -> float:
     return math.sqrt(sum(variances) / len(variances) / 2)
 
 
-def discordant_rows_tail(
-    run_logits: list[torch.Tensor],
-    incumbent_logits: list[torch.Tensor],
-    runs: list[RunRows],
-    annotated: AnnotatedRows,
-) -> float:
+def _sign_test_tail(outcomes) -> float:
     """Chance of the challenger's lead on the rows where the two heads disagree, were it luck.
 
-    On the incumbent's worst cell of each run's selection rows (as
-    :func:`worst_group_standard_error`), ``b`` rows are right by the
-    challenger only and ``c`` by the incumbent only (sample weights as
-    copies; summed over runs and divided by the splits, which re-use the same
-    rows). The exact one-sided sign test: the chance that ``b + c`` fair coins
-    give ``b`` or more heads, ``I_(1/2)(b, c + 1)``; 1 when ``b`` is 0. A lead
-    of one or two rows is at best 0.5 or 0.25 whatever the cell's size, where
-    the standard error's normal approximation, on a cell of a dozen rows,
-    calls it one standard error or more.
+    From :func:`_worst_cell_outcomes`: on the incumbent's worst cell of each
+    run's selection rows, ``b`` rows are right by the challenger only and
+    ``c`` by the incumbent only (sample weights as copies; summed over runs
+    and divided by the splits, which re-use the same rows). The exact
+    one-sided sign test: the chance that ``b + c`` fair coins give ``b`` or
+    more heads, ``I_(1/2)(b, c + 1)``; 1 when ``b`` is 0. A lead of one or
+    two rows is at best 0.5 or 0.25 whatever the cell's size, where the
+    standard error's normal approximation, on a cell of a dozen rows, calls
+    it one standard error or more.
     """
-    return _sign_test_tail(_worst_cell_outcomes(run_logits, incumbent_logits, runs, annotated))
-
-
-def _sign_test_tail(outcomes) -> float:
-    """:func:`discordant_rows_tail` of :func:`_worst_cell_outcomes` (one entry per run)."""
     import scipy.special  # a dependency; only the choice needs it
 
     favourable = unfavourable = 0.0

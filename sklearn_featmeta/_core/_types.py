@@ -163,8 +163,8 @@ class Verdict:
     The challenger is the runs' heads, the incumbent the best balanced
     head. ``lead``: its mean
     worst-group accuracy minus the incumbent's;
-    ``margin``: its standard error (:func:`worst_group_standard_error`);
-    ``tail``: :func:`discordant_rows_tail`; ``weakest_run_lead``: the
+    ``margin``: its standard error (:func:`._candidates._paired_standard_error`);
+    ``tail``: :func:`._candidates._sign_test_tail`; ``weakest_run_lead``: the
     smallest lead over the incumbent in one run, on the run's own selection
     rows.
     """
