@@ -45,7 +45,7 @@ def row_hashes(X: np.ndarray) -> np.ndarray:
     block = block_rows(bits.shape[1])
     with np.errstate(over="ignore"):
         for start in range(0, bits.shape[0], block):
-            rows = bits[start : start + block].astype(np.uint64)
+            rows = bits[start : start + block].astype(np.uint64, copy=False)
             hashes[start : start + block] = (rows * multipliers).sum(axis=1, dtype=np.uint64)
     return _mix(hashes)
 

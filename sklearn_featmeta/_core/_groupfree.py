@@ -156,23 +156,25 @@ def fit_without_groups(
         return GroupFreeResult(erm_head, erm_head, "erm", converged=converged)
 
     folds = [(~second_fold, second_fold), (second_fold, ~second_fold)]
+    fold_rows = [X[train] for train, _ in folds]  # a copy each, for both heads of the fold
     fold_heads, p_true, erm_correct = [], np.empty(y.size), np.empty(y.size, dtype=bool)
-    for train, test in folds:
+    for (train, test), X_train in zip(folds, fold_rows, strict=True):
         fold_weight = erm_weight[train]
-        head, _ = _fit(X[train], y[train], fold_weight, n_classes, l2, tol=FOLD_TOLERANCE)
+        head, _ = _fit(X_train, y[train], fold_weight, n_classes, l2, tol=FOLD_TOLERANCE)
         fold_heads.append(head)
         p = _probabilities(X[test], head)
         p_true[test] = p[np.arange(test.sum()), y[test]]
         erm_correct[test] = p.argmax(1) == y[test]
+    weight = hard_row_weights(p_true, y, row_weight, reweighted_class_factor, settings.gamma)
+    reweighted_correct = np.empty(y.size, dtype=bool)
+    for (train, test), X_train, start in zip(folds, fold_rows, fold_heads, strict=True):
+        fold_weight = weight[train]
+        head, _ = _fit(X_train, y[train], fold_weight, n_classes, l2, start, FOLD_TOLERANCE)
+        reweighted_correct[test] = _probabilities(X[test], head).argmax(1) == y[test]
+    del fold_rows  # the full fits need only X
     # the folds' mean head is close to the ERM head on every row: a warm start
     start = tuple(np.mean([head[part] for head in fold_heads], axis=0) for part in (0, 1))
     erm_head, converged = _fit(X, y, erm_weight, n_classes, l2, start)
-    weight = hard_row_weights(p_true, y, row_weight, reweighted_class_factor, settings.gamma)
-    reweighted_correct = np.empty(y.size, dtype=bool)
-    for (train, test), start in zip(folds, fold_heads, strict=True):
-        fold_weight = weight[train]
-        head, _ = _fit(X[train], y[train], fold_weight, n_classes, l2, start, FOLD_TOLERANCE)
-        reweighted_correct[test] = _probabilities(X[test], head).argmax(1) == y[test]
     scores = {
         "erm": {"balanced_accuracy": balanced_accuracy(erm_correct, y, row_weight)},
         "reweighted": {"balanced_accuracy": balanced_accuracy(reweighted_correct, y, row_weight)},

@@ -77,7 +77,11 @@ class SoftmaxProblem:
         """``left @ X.T`` (logits, class-major) or ``left @ X`` (gradient), in ``X``'s dtype."""
         left = left.astype(self.X.dtype)
         if self.X_torch is None:
-            return left @ (self.X.T if right_of_X else self.X)
+            if right_of_X:
+                # as (X left^T)^T: the same bits as left @ X.T, which BLAS computes
+                # several times slower from two rows of left on (docs/decisions.md)
+                return np.ascontiguousarray((self.X @ left.T).T)
+            return left @ self.X
         X, left = self.X_torch, torch.from_numpy(left)
         if right_of_X:
             # as (X left^T)^T: torch spreads that product over X's rows, on all its threads
