@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import geometry, noise, run, speed
+from benchmarks import geometry, groupfree_screen, noise, run, speed
 from benchmarks.data import Benchmark, Split, has_negation
 from benchmarks.embed import TextEncoder, _small_cnn, train_cnn_embeddings
 from benchmarks.report import machine_line, replace_section
@@ -383,3 +383,26 @@ def test_suite_text_tasks_never_read_the_reserved_sources(monkeypatch):
             benchmark = data.BUILDERS[name](None, 0)
             assert len(benchmark.test.y) > 0
     assert set(read) == {"movieReviewSnippets", "tweets"}
+
+
+def test_groupfree_screen_on_synthetic_data(tmp_path):
+    assert groupfree_screen.main(["--synthetic", "--out", str(tmp_path)]) == 0
+    section = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- begin: groupfree-screen -->" in section
+    n_rules = len(groupfree_screen.FRACTIONS) * (
+        len(groupfree_screen.ALPHAS) + len(groupfree_screen.TOLERANCES)
+    )
+    assert section.count("| fraction ") == n_rules
+
+
+def test_groupfree_screen_takes_each_class_extremes_and_the_largest_alpha_within_tolerance():
+    y = np.array([0] * 10 + [1] * 20)
+    losses = np.r_[np.arange(10.0), 100.0 + np.arange(20.0)]
+    rows = groupfree_screen._extremes(losses, y, np.arange(30), fraction=0.2)  # k = 2 of 10
+    np.testing.assert_array_equal(rows, [0, 1, 8, 9, 10, 11, 28, 29])
+    result = {
+        f"cost_f0.1 a{alpha}": cost
+        for alpha, cost in zip(groupfree_screen.ALPHAS, [0.0, 0.004, 0.02, 0.001], strict=True)
+    }
+    assert groupfree_screen._chosen(result, 0.1, 0.005) == "f0.1 a1.0"
+    assert groupfree_screen._chosen(result, 0.1, -0.01) is None
