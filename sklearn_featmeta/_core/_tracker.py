@@ -59,8 +59,9 @@ class KeptEpoch:
     """A run's head at its best epoch so far (epoch 0: the start head).
 
     ``support``: the run's support at that epoch, where edits change it (None:
-    the support as drawn); ``edited``: whether the head was trained on an
-    edited support (False: the start head or the unedited control).
+    the support as drawn); ``edited``: the run's ``kept_edits``, whether the
+    head was trained on the run's own (edited, where edits are made) support:
+    False for the start head and for the unedited control.
     """
 
     epoch: int
