@@ -61,10 +61,8 @@ fitted head is LogisticRegression's, also on float32 features.
 """
 
 
-LOOSE_TOLERANCE = 1e-3
-"""The same for the heads no reference must equal: the fold heads, which only score rows and
-weigh them, and the reweighted head (docs/decisions.md: its test predictions move by noise,
-its fit takes a third less time)."""
+FOLD_TOLERANCE = 1e-3
+"""The same for the fold heads, which only score rows and weigh them."""
 
 
 def _fit(X, y, weight, n_classes, l2_per_weight, start=None, tol=TOLERANCE):
@@ -162,7 +160,7 @@ def fit_without_groups(
     fold_heads, p_true, erm_correct = [], np.empty(y.size), np.empty(y.size, dtype=bool)
     for (train, test), X_train in zip(folds, fold_rows, strict=True):
         fold_weight = erm_weight[train]
-        head, _ = _fit(X_train, y[train], fold_weight, n_classes, l2, tol=LOOSE_TOLERANCE)
+        head, _ = _fit(X_train, y[train], fold_weight, n_classes, l2, tol=FOLD_TOLERANCE)
         fold_heads.append(head)
         p = _probabilities(X[test], head)
         p_true[test] = p[np.arange(test.sum()), y[test]]
@@ -171,7 +169,7 @@ def fit_without_groups(
     reweighted_correct = np.empty(y.size, dtype=bool)
     for (train, test), X_train, start in zip(folds, fold_rows, fold_heads, strict=True):
         fold_weight = weight[train]
-        head, _ = _fit(X_train, y[train], fold_weight, n_classes, l2, start, LOOSE_TOLERANCE)
+        head, _ = _fit(X_train, y[train], fold_weight, n_classes, l2, start, FOLD_TOLERANCE)
         reweighted_correct[test] = _probabilities(X[test], head).argmax(1) == y[test]
     del fold_rows  # the full fits need only X
     # the folds' mean head is close to the ERM head on every row: a warm start
@@ -184,5 +182,5 @@ def fit_without_groups(
     cost = scores["erm"]["balanced_accuracy"] - scores["reweighted"]["balanced_accuracy"]
     if settings.tolerance is not None and cost > settings.tolerance:
         return GroupFreeResult(erm_head, erm_head, "erm", scores, converged)
-    head, reweighted_converged = _fit(X, y, weight, n_classes, l2, erm_head, LOOSE_TOLERANCE)
+    head, reweighted_converged = _fit(X, y, weight, n_classes, l2, erm_head)
     return GroupFreeResult(head, erm_head, "reweighted", scores, converged and reweighted_converged)
