@@ -15,7 +15,7 @@ import torch
 
 from ._losses import _one_hot, _per_row_cross_entropy, _row_weights
 from ._optimizers import _Adam, _head_optimizer
-from ._scores import _group_scores
+from ._scores import Cells, _cell_scores
 from ._supports import StepSizes, Support, _row_index, _update_head
 from ._tracker import EpochRecord, KeptEpoch, RunTracker
 from ._types import AnnotatedRows, HSFMSettings, RunResult, RunRows
@@ -227,14 +227,11 @@ def _bilevel_run(
         settings, KeptEpoch(0, W0, b0, S.clone()), number=number, on_epoch=on_epoch
     )
 
+    # the selection rows' cells, once: every epoch scores its heads on them
+    selection = Cells.of(selection_cells, annotated.n_cells, selection_weight.to(S.dtype))
+
     def selection_scores(logits):
-        return _group_scores(
-            logits[selection_rows],
-            selection_y,
-            selection_cells,
-            annotated.n_cells,
-            selection_weight,
-        )
+        return _cell_scores(logits[selection_rows], selection_y, selection)
 
     # logits of the current head on every held-out row: scored in (d), mined in the next (a)
     logits = torch.addmm(b, annotated_X, W.T)

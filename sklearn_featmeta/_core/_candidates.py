@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from ._scores import Cells, _group_scores
+from ._scores import Cells, _cell_scores, _group_scores
 from ._softmax import head_as_tensors, problem_of_tensors, regression_paths
 from ._supports import SupportSource, _cell_balanced
 from ._types import AnnotatedRows, HeadChoice, RunRows, Verdict
@@ -45,14 +45,13 @@ def candidate_score(run_logits, runs, annotated: AnnotatedRows) -> dict[str, flo
     loss, accuracy = torch.zeros_like(temperatures), 0.0
     for logits, run in zip(run_logits, runs, strict=True):
         rows = run.selection_rows
-        y, cells, weight = annotated.y[rows], annotated.cells[rows], annotated.weight[rows]
-        accuracy += _group_scores(logits, y, cells, annotated.n_cells, weight)[
-            "worst_group_accuracy"
-        ]
+        y, weight = annotated.y[rows], annotated.weight[rows].to(logits.dtype)
+        run_cells = Cells.of(annotated.cells[rows], annotated.n_cells, weight)
+        accuracy += _cell_scores(logits, y, run_cells)["worst_group_accuracy"]
         scaled = logits[None] / temperatures.to(logits.device)[:, None, None]
         losses = torch.logsumexp(scaled, 2) - scaled[:, torch.arange(y.shape[0]), y]
         # the worst cell's weighted mean loss at every temperature at once
-        loss += Cells.of(cells, annotated.n_cells, weight).worst_mean(losses * weight).cpu()
+        loss += run_cells.worst_mean(losses * weight).cpu()
     return {
         "worst_group_accuracy": accuracy / len(runs),
         "worst_group_loss": float(loss.min()) / len(runs),

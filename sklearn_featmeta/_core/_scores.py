@@ -93,8 +93,12 @@ def _group_scores(
     """
     if weight is None:
         weight = torch.ones(y.shape[0], dtype=logits.dtype, device=logits.device)
-    scores = _scores_of(logits[None], y, Cells.of(groups, n_groups, weight.to(logits.dtype)))
-    return dict(zip(_SCORES, scores[:, 0].tolist(), strict=True))
+    return _cell_scores(logits, y, Cells.of(groups, n_groups, weight.to(logits.dtype)))
+
+
+def _cell_scores(logits: torch.Tensor, y: torch.Tensor, cells: Cells) -> dict[str, float]:
+    """:func:`_group_scores` of one head on rows whose :class:`Cells` are built once."""
+    return dict(zip(_SCORES, _scores_of(logits[None], y, cells)[:, 0].tolist(), strict=True))
 
 
 def _selection_score(scores: dict[str, float], metric: str) -> tuple[float, float]:

@@ -43,6 +43,23 @@ def inner_lr_from_lipschitz(
 
 
 @dataclass(frozen=True)
+class Support:
+    """A run's support set as drawn: its rows, their class codes, which rows of the
+    source they are (``index``), their loss weights (summing to one) and the sample
+    weight taken from each (``mass``)."""
+
+    rows: torch.Tensor
+    labels: torch.Tensor
+    index: torch.Tensor
+    loss_weight: torch.Tensor
+    mass: torch.Tensor
+
+    def transformed(self, transform: torch.Tensor) -> Support:
+        """The same support, its rows times ``transform`` (a new tensor)."""
+        return dataclasses.replace(self, rows=self.rows @ transform)
+
+
+@dataclass(frozen=True)
 class StepSizes:
     """The step sizes of a fit's runs: the inner loop's (the map the support is
     edited through) and the head update's."""
@@ -60,23 +77,6 @@ def _step_sizes(support: Support, settings: HSFMSettings) -> StepSizes:
     else:
         inner_lr = float(settings.inner_lr)
     return StepSizes(inner_lr, inner_lr if settings.head_lr is None else float(settings.head_lr))
-
-
-@dataclass(frozen=True)
-class Support:
-    """A run's support set as drawn: its rows, their class codes, which rows of the
-    source they are (``index``), their loss weights (summing to one) and the sample
-    weight taken from each (``mass``)."""
-
-    rows: torch.Tensor
-    labels: torch.Tensor
-    index: torch.Tensor
-    loss_weight: torch.Tensor
-    mass: torch.Tensor
-
-    def transformed(self, transform: torch.Tensor) -> Support:
-        """The same support, its rows times ``transform`` (a new tensor)."""
-        return dataclasses.replace(self, rows=self.rows @ transform)
 
 
 def _support(run: RunRows, pool: Rows, annotated: AnnotatedRows, settings: HSFMSettings) -> Support:
