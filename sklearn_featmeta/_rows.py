@@ -171,14 +171,16 @@ def group_free_rows(
     (``draw_folds``; False: no folds, where no reweighted head is weighed)."""
     every_row = np.arange(X.shape[0])
     mean, scale = _moments(X, every_row, weights, standardize, n_threads)
-    second_fold = None
-    if draw_folds:
-        hashes = content_hashes(X, every_row, mean, scale, n_threads)
-        second_fold = stratified_split(y, draw_keys(hashes, rng), weights, 0.5)
-        n_classes = np.unique(y).size
-        if any(np.unique(y[second_fold == side]).size < n_classes for side in (False, True)):
-            second_fold = None  # too few rows of a class for out-of-fold predictions
-    X_standardized = standardized(X, every_row, mean, scale, X.dtype, n_threads)
+    if not draw_folds:
+        return GroupFreeRows(
+            standardized(X, every_row, mean, scale, X.dtype, n_threads), mean, scale, None
+        )
+    X_standardized = np.empty(X.shape, dtype=X.dtype)
+    hashes = content_hashes(X, every_row, mean, scale, n_threads, standardized_out=X_standardized)
+    second_fold = stratified_split(y, draw_keys(hashes, rng), weights, 0.5)
+    n_classes = np.unique(y).size
+    if any(np.unique(y[second_fold == side]).size < n_classes for side in (False, True)):
+        second_fold = None  # too few rows of a class for out-of-fold predictions
     return GroupFreeRows(X_standardized, mean, scale, second_fold)
 
 

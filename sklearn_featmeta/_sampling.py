@@ -34,7 +34,7 @@ def row_hashes(X: np.ndarray) -> np.ndarray:
 
     A random-multiplier linear hash of the rows' bits, scrambled; one pass over
     ``X`` in blocks, no temporary the size of ``X``. For a hash that follows
-    the data rather than its units, see :func:`._preprocessing.content_hashes`.
+    the data rather than its units, see :func:`content_hashes`.
     """
     X = np.ascontiguousarray(X)
     bits = X.view(np.uint64 if X.dtype.itemsize == 8 else np.uint32)
@@ -206,7 +206,13 @@ _KEY_GRID = 4096.0  # standardised values are keyed on a grid of 1/4096 of a sta
 
 
 def content_hashes(
-    X: np.ndarray, rows: np.ndarray, mean: np.ndarray, scale: np.ndarray, n_threads: int = 1
+    X: np.ndarray,
+    rows: np.ndarray,
+    mean: np.ndarray,
+    scale: np.ndarray,
+    n_threads: int = 1,
+    *,
+    standardized_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Hashes of the standardised rows ``X[rows]``, keying random draws.
 
@@ -214,12 +220,17 @@ def content_hashes(
     spread, so equal rows hash equal, and so do the rows of ``a * X + b``:
     random choices keyed on these hashes follow the data, not its units (nor
     the names of its classes and groups: every draw is within a class or cell).
+    ``standardized_out``: an array of shape ``(rows.size, n_features)`` that
+    also receives the standardised rows, in its dtype, the same values as
+    :func:`._preprocessing.standardized` (one pass over ``X`` serves both).
     """
     hashes = np.empty(rows.size, dtype=np.uint64)
 
     def hash_block(block):
         grid = np.subtract(X[rows[block]], mean, dtype=np.float64)  # in float64, as in standardized
         grid /= scale
+        if standardized_out is not None:
+            standardized_out[block] = grid  # rounded to its dtype, as standardized rounds
         grid *= _KEY_GRID
         hashes[block] = row_hashes(np.rint(grid, out=grid).astype(np.int64))
 

@@ -15,7 +15,7 @@ from sklearn.utils._param_validation import Interval
 from ._checks import validated_rows
 from ._groups import cell_codes, encode_groups
 from ._linear import LinearHeadMixin, raw_feature_head
-from ._preprocessing import standardized, weighted_moments
+from ._preprocessing import weighted_moments
 from ._sampling import content_hashes, draw_keys, stratified_split, take_by_weight
 from .metrics import worst_group_accuracy_score
 
@@ -135,8 +135,8 @@ class DFRClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimator):
         y_annotated, weights = y_encoded[annotated], weights[annotated]
         cells, _ = cell_codes(y_annotated, group_codes[annotated])
         mean, scale = weighted_moments(X, annotated, weights)
-        Z = standardized(X, annotated, mean, scale, np.float64)
-        hashes = content_hashes(X, annotated, mean, scale)
+        Z = np.empty((annotated.size, X.shape[1]))
+        hashes = content_hashes(X, annotated, mean, scale, standardized_out=Z)
         rng = check_random_state(self.random_state)
         data = _Annotated(Z, y_annotated, cells, weights, hashes)
         self.C_, self.tuning_scores_ = self._tune_C(data, rng)

@@ -377,3 +377,23 @@ def test_standardisation_has_the_same_bits_on_any_number_of_threads():
         _sampling.content_hashes(X, rows, *one, n_threads=1),
         _sampling.content_hashes(X, rows, *one, n_threads=2),
     )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_content_hashes_standardise_in_the_same_pass(dtype):
+    """The standardised rows that content_hashes writes out are standardized's, bit for bit,
+    in every block and dtype, and writing them changes no hash."""
+    from sklearn_featmeta import _preprocessing, _sampling
+
+    rng = np.random.default_rng(1)
+    X = (rng.normal(size=(2000, 900)) * rng.uniform(0.1, 5, 900) + 3).astype(dtype)
+    rows = rng.permutation(2000)[:1800]
+    assert len(_preprocessing._blocks(rows.size, X.shape[1])) > 1
+    mean, scale = _preprocessing.weighted_moments(X, rows, np.ones(rows.size))
+    for n_threads in (1, 2):
+        out = np.full((rows.size, X.shape[1]), np.nan, dtype=dtype)
+        hashes = _sampling.content_hashes(X, rows, mean, scale, n_threads, standardized_out=out)
+        np.testing.assert_array_equal(
+            out, _preprocessing.standardized(X, rows, mean, scale, dtype, n_threads)
+        )
+        np.testing.assert_array_equal(hashes, _sampling.content_hashes(X, rows, mean, scale))
