@@ -5,7 +5,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from sklearn_featmeta import MetaAugmentedHeadClassifier
-from sklearn_featmeta._core import _candidates, _scores, _softmax, _types
+from sklearn_featmeta._core import _candidates, _groupfree, _scores, _softmax, _types
 from sklearn_featmeta._preprocessing import isotropic_factor
 from sklearn_featmeta.datasets import make_spurious_embeddings
 from sklearn_featmeta.metrics import worst_group_accuracy_score
@@ -35,6 +35,33 @@ def test_regression_path_solves_weighted_multinomial_logistic_regression(n_rows)
         best = objective(reference.coef_, reference.intercept_, l2)
         assert best <= objective(W, b, l2) <= best + 1e-7
         np.testing.assert_allclose(W, reference.coef_, atol=3e-3 * np.abs(reference.coef_).max())
+
+
+def test_a_longer_lbfgs_memory_reaches_the_same_head_in_fewer_evaluations():
+    # ill-conditioned features (scales over three orders of magnitude), as the group-free
+    # heads' slow approach to LogisticRegression's tolerance
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 30)) * np.geomspace(0.01, 10, 30)
+    y = (X @ rng.normal(size=30) + rng.normal(size=400) > 0).astype(int)
+    problem = _softmax.SoftmaxProblem(X, y, np.full(400, 1 / 400), 2, binary=True)
+    evaluations, heads = {}, {}
+    for memory in (3, _groupfree.MEMORY):
+        count = [0]
+        loss_and_gradient = problem._loss_and_gradient
+
+        def counted(*args, count=count, loss_and_gradient=loss_and_gradient):
+            count[0] += 1
+            return loss_and_gradient(*args)
+
+        problem._loss_and_gradient = counted
+        (heads[memory], _), converged, _ = problem.minimize(
+            1e-3, problem.zeros(), max_iter=5000, tol=1e-6, gradient_stop=True, memory=memory
+        )
+        del problem._loss_and_gradient
+        assert converged
+        evaluations[memory] = count[0]
+    assert evaluations[_groupfree.MEMORY] < 0.8 * evaluations[3]
+    np.testing.assert_allclose(heads[_groupfree.MEMORY], heads[3], rtol=1e-3, atol=1e-4)
 
 
 @pytest.mark.parametrize("n_rows", [60, 12])  # more rows than features, and fewer

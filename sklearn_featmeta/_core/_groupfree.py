@@ -64,6 +64,14 @@ fitted head is LogisticRegression's, also on float32 features.
 FOLD_TOLERANCE = 1e-3
 """The same for the fold heads, which only score rows and weigh them."""
 
+MEMORY = 40
+"""The past steps L-BFGS keeps for these heads (``LogisticRegression`` keeps SciPy's 10).
+
+Their solves approach a tight tolerance slowly, where a longer memory saves
+evaluations (passes over ``X``) at a per-step cost of ``MEMORY`` times the
+head's size, small beside a pass (docs/decisions.md). The stop is the same.
+"""
+
 
 def _fit(X, y, weight, n_classes, l2_per_weight, start=None, tol=TOLERANCE):
     """``LogisticRegression`` of ``y`` on ``X`` with row weights ``weight``: ``((W, b), converged)``.
@@ -81,7 +89,7 @@ def _fit(X, y, weight, n_classes, l2_per_weight, start=None, tol=TOLERANCE):
     else:
         start = _flat(start)
     (W, b), converged, _ = problem.minimize(
-        l2_per_weight / total, start, max_iter=1000, tol=tol, gradient_stop=True
+        l2_per_weight / total, start, max_iter=1000, tol=tol, gradient_stop=True, memory=MEMORY
     )
     if problem.binary:
         W, b = np.concatenate([np.zeros_like(W), W]), np.concatenate([np.zeros_like(b), b])

@@ -124,6 +124,7 @@ class SoftmaxProblem:
         max_iter: int = 200,
         tol: float = 1e-5,
         gradient_stop: bool = False,
+        memory: int = 10,
     ):
         """``((W, b), converged, solution)`` from flat parameters ``start`` (``solution`` is flat).
 
@@ -132,6 +133,8 @@ class SoftmaxProblem:
         is within ``tol`` or, unless ``gradient_stop``, when the loss stops
         falling by more than ``X``'s rounding (in float32 that can be well
         short of ``LogisticRegression``'s head, which stops on ``tol`` alone).
+        ``memory``: the number of past steps L-BFGS keeps (SciPy's ``maxcor``;
+        10, its default, is also ``LogisticRegression``'s).
         """
         import scipy.optimize  # a dependency; torch.optim's first step imports a compiler stack
 
@@ -143,6 +146,7 @@ class SoftmaxProblem:
             method="L-BFGS-B",
             options={
                 "maxiter": max_iter,
+                "maxcor": memory,
                 "gtol": tol,
                 "ftol": 64 * np.finfo(np.float64 if gradient_stop else self.X.dtype).eps,
             },
