@@ -7,7 +7,6 @@ Stack levels point at the caller of ``fit`` (above scikit-learn's
 from __future__ import annotations
 
 import warnings
-from numbers import Real
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -34,19 +33,6 @@ def validated_rows(estimator, X, y, groups, sample_weight):
             f"contains only one class: {classes[0]!r}."
         )
     return X, y_encoded.ravel(), classes, groups, weights
-
-
-def reweight_strengths(reweight_gamma) -> tuple[float, ...]:
-    """The positive strengths of ``reweight_gamma`` (a number, or a tuple or list of them),
-    ascending; an error that names the value where one is not a finite number >= 0."""
-    values = reweight_gamma if isinstance(reweight_gamma, tuple | list) else (reweight_gamma,)
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < np.inf:
-            raise ValueError(
-                f"reweight_gamma must be a number >= 0 or a tuple of them; got {value!r} "
-                f"in {reweight_gamma!r}."
-            )
-    return tuple(sorted({float(value) for value in values if value > 0}))
 
 
 MIN_HELDOUT_ROWS_PER_GROUP = 5

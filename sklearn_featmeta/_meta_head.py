@@ -19,7 +19,6 @@ from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._checks import (
     check_split,
-    reweight_strengths,
     validated_rows,
     warn_about_runs,
     warn_degenerate,
@@ -33,7 +32,7 @@ from ._linear import (
 )
 from ._preprocessing import isotropic_factor
 from ._presets import PAPER_PRESETS
-from ._progress import Progress, report_fit, report_fit_without_groups, report_start
+from ._progress import Progress, report_fit, report_fit_without_groups
 from ._rows import (
     FitData,
     class_factor,
@@ -80,9 +79,9 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     standardised and whitened features where the pool is large enough
     (``whitening_ridge="auto"``).
 
-    **Without any known group** (``fit(X, y)``): no run; the ERM head, or the
-    strongest AFR-style reweighted head (``reweight_gamma``) that stays within
-    ``reweight_tolerance`` of it on every class's cross-fitted rows.
+    **Without any known group** (``fit(X, y)``): no run; the ERM head, or an
+    AFR-style reweighted head where it stays within ``reweight_tolerance`` of
+    it on cross-fitted rows (``reweight_gamma``).
 
     **The paper's step, opt-in** (``outer_steps > 0``): each epoch first edits
     the support in feature space so that a head adapted on it for a few
@@ -246,19 +245,19 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         (one). Also the class weights of the reweighted head (without group
         labels; None there: classes weighed equally, as AFR does). No effect on
         the group-balanced heads, which weigh every (class, group) cell equally.
-    reweight_gamma : float or tuple of float, default=(1.0, 2.0)
-        Without group labels (``fit(X, y)``, or no known group): the strengths
-        weighed for the reweighted head, which weighs up the rows an
-        out-of-fold ERM head gets wrong or is unsure of: weight
-        ``exp(-gamma * p)``, ``p`` the row's out-of-fold probability of its own
-        class (AFR, Qiu et al. 2023); two folds, drawn by row content. 0: no
-        reweighted head. Ignored when some group is known.
+    reweight_gamma : float, default=1.0
+        Without group labels (``fit(X, y)``, or no known group): how strongly
+        the reweighted head weighs up the rows an out-of-fold ERM head gets
+        wrong or is unsure of: weight ``exp(-reweight_gamma * p)``, ``p`` the
+        row's out-of-fold probability of its own class (AFR, Qiu et al. 2023);
+        two folds, drawn by row content. 0: no reweighted head. Ignored when
+        some group is known.
     reweight_tolerance : float or None, default=0.015
-        Without group labels: the most cross-fitted accuracy (on the two
-        folds) the reweighted head may give up against the ERM head on any
-        class and still be the fitted head: the strongest such head is, else
-        the ERM head. None: the strongest whatever it costs (for a search that
-        chooses ``reweight_gamma`` with group labels, README "No group labels?").
+        Without group labels: the most cross-fitted class-balanced accuracy
+        (on the two folds) the reweighted head may give up against the ERM
+        head and still be the fitted head; otherwise the ERM head is. None:
+        the reweighted head whatever it costs (for a search that chooses
+        ``reweight_gamma`` with group labels, README "No group labels?").
     standardize : bool, default=True
         Standardise the features with the training pool's (weighted) mean and
         standard deviation before fitting, so that the fit is the same for
@@ -348,16 +347,12 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         every annotated row, in that geometry). Where no row has a known
         group: ``"erm"`` (the ERM head on every row), ``"reweighted"`` (see
         ``reweight_tolerance``) or ``"initial_head"`` (the one given).
-    reweight_gamma_ : float or None
-        Strength of the fitted reweighted head, 0.0 for another head; None
-        where a group is known.
     candidate_scores_ : dict or None
         With ``balanced_candidates``: each candidate's scores on the runs'
         selection rows (``worst_group_accuracy``, the mean over runs, and
         ``worst_group_loss``, at the best temperature), the balanced ones at
-        their best L2 strength. Where no group is known, each head's
-        cross-fitted ``class_accuracy``, ``balanced_accuracy`` and (reweighted)
-        ``cost`` (:class:`._core._groupfree.GroupFreeResult`). None when
+        their best L2 strength. Where no group is known, the ``"erm"`` and
+        ``"reweighted"`` heads' cross-fitted ``balanced_accuracy``. None when
         no candidate was weighed (one run, support from the pool, or
         ``reweight_gamma=0``).
     balanced_l2_ : float or None
@@ -426,7 +421,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ],
         "erm_C": [Interval(Real, 0, None, closed="neither")],
         "class_weight": [None, dict, StrOptions({"balanced"})],
-        "reweight_gamma": [Interval(Real, 0, None, closed="left"), tuple, list],
+        "reweight_gamma": [Interval(Real, 0, None, closed="left")],
         "reweight_tolerance": [None, Interval(Real, 0, 1, closed="both")],
         "standardize": ["boolean"],
         "initial_head": [None, tuple],
@@ -462,7 +457,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         whitening_ridge="auto",
         erm_C=1.0,
         class_weight=None,
-        reweight_gamma=(1.0, 2.0),
+        reweight_gamma=1.0,
         reweight_tolerance=0.015,
         standardize=True,
         initial_head=None,
@@ -554,14 +549,13 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             Fitted estimator.
         """
         self._check_epochs()
-        gammas = reweight_strengths(self.reweight_gamma)
         X, y_encoded, self.classes_, groups, weights = validated_rows(
             self, X, y, groups, sample_weight
         )
         group_codes = known_group_codes(groups, X.shape[0])
         rng = check_random_state(self.random_state)
         if group_codes is None:
-            return self._fit_without_groups(X, y_encoded, weights, rng, gammas)
+            return self._fit_without_groups(X, y_encoded, weights, rng)
         split = self._split_rows(X, y_encoded, group_codes, weights, rng)
         from . import _core  # torch stays out of prediction and unpickling
 
@@ -629,12 +623,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         warn_small_annotated(data.cells, data.n_cells, len(runs), self.support_source)
         return data, runs, covariance_rows
 
-    def _fit_without_groups(self, X, y, weights, rng, gammas) -> MetaAugmentedHeadClassifier:
+    def _fit_without_groups(self, X, y, weights, rng) -> MetaAugmentedHeadClassifier:
         """``fit`` where no row has a known group: :func:`._groupfree.fit_without_groups`.
 
-        The ERM head on every row, or the strongest reweighted head (of
-        ``gammas``) that stays within ``reweight_tolerance`` of it on every
-        class; no pool / held-out split, no run.
+        The ERM head on every row, or the reweighted head where it stays
+        within ``reweight_tolerance`` of it; no pool / held-out split, no run.
         """
         from . import _core
         from ._core import _groupfree
@@ -651,7 +644,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 rng,
                 standardize=self.standardize,
                 n_threads=self.n_threads_,
-                draw_folds=self.initial_head is None and bool(gammas),
+                draw_folds=self.initial_head is None and self.reweight_gamma > 0,
             )
             mean, scale = rows.mean, rows.scale
             if self.initial_head is not None:
@@ -671,7 +664,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                     second_fold=rows.second_fold,
                     settings=_groupfree.GroupFreeSettings(
                         l2_per_weight=1.0 / self.erm_C,
-                        gammas=gammas,
+                        gamma=self.reweight_gamma,
                         tolerance=self.reweight_tolerance,
                     ),
                 )
@@ -686,7 +679,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self.initial_coef_, self.initial_intercept_ = softmax_to_fitted_head(
             *result.erm_head, mean, scale
         )
-        self.selected_heads_, self.reweight_gamma_ = result.chosen, result.gamma
+        self.selected_heads_ = result.chosen
         self.candidate_scores_ = result.scores or None
         # no run was made: the run attributes are empty, the choices of the runs' fit None
         self.history_ = {}
@@ -733,7 +726,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         )
         progress = Progress(self, len(runs), _core.runs_in_one_batch(settings))
         if self.verbose:
-            report_start(type(self).__name__, data, len(runs), device)
+            print(
+                f"[{type(self).__name__}] {data.pool.size} training rows, {data.annotated.size} "
+                f"held-out rows in {data.n_cells} groups, {data.X.shape[1]} features, "
+                f"{len(runs)} run(s), device {device}"
+            )
         erm_weight = (data.weights * data.class_factor[data.y])[data.pool].sum()
         result = _core.fit_hsfm(
             rows.pool,
@@ -791,7 +788,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ridge = AUTO_WHITENING_RIDGE if self.whitening_ridge == "auto" else self.whitening_ridge
         self.whitening_ridge_ = ridge if result.whitened else None
         self.whitening_scores_ = result.probe_scores
-        self.selected_heads_, self.reweight_gamma_ = result.choice.chosen, None
+        self.selected_heads_ = result.choice.chosen
         self.candidate_scores_ = result.choice.scores
         self.balanced_l2_ = result.choice.balanced_l2
         verdict = result.choice.verdict

@@ -91,30 +91,16 @@ def report_fit(name: str, result, seconds: float) -> None:
     )
 
 
-def report_start(name: str, data, n_runs: int, device) -> None:
-    """The verbose line before the runs: the fit's rows (a ``FitData``) and runs."""
-    print(
-        f"[{name}] {data.pool.size} training rows, {data.annotated.size} held-out rows in "
-        f"{data.n_cells} groups, {data.X.shape[1]} features, {n_runs} run(s), device {device}"
-    )
-
-
 def report_fit_without_groups(estimator, result, n_rows: int, seconds: float) -> None:
     """The verbose summary of ``fit(X, y)``: the head kept, the heads' cross-fitted scores."""
     name, tolerance = type(estimator).__name__, estimator.reweight_tolerance
     scores = ""
     if result.scores:
-        erm = result.scores["erm"]["balanced_accuracy"]
-        costs = ", ".join(
-            f"{head} {score['cost']:.4f}" for head, score in result.scores.items() if head != "erm"
+        scores = " (cross-fitted class-balanced accuracy: " + ", ".join(
+            f"{head} {score['balanced_accuracy']:.4f}" for head, score in result.scores.items()
         )
-        scores = (
-            f" (cross-fitted class-balanced accuracy of the ERM head {erm:.4f}; the most a "
-            f"class loses: {costs}; tolerance {tolerance})"
-        )
-    chosen = result.chosen
-    if chosen == "reweighted":
-        chosen = f"reweighted (gamma={result.gamma:g})"
+        scores += f"; tolerance {tolerance})"
     print(
-        f"[{name}] no known group, {n_rows} rows: fitted head {chosen}{scores}, in {seconds:.2f}s"
+        f"[{name}] no known group, {n_rows} rows: fitted head "
+        f"{result.chosen}{scores}, in {seconds:.2f}s"
     )

@@ -71,8 +71,6 @@ def _allowed(constraints: list) -> str:
             words.append("a whole number (seed)")
         elif constraint is str:
             words.append("text")
-        elif constraint is tuple:
-            words.append("several, comma-separated")
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
@@ -82,8 +80,6 @@ def _parser_of(name: str, constraints: list):
     intervals = [c for c in constraints if isinstance(c, Interval)]
 
     def convert(text: str):
-        if tuple in constraints and "," in text:  # a tuple of values: "1,2"
-            return tuple(convert(part) for part in text.split(","))
         word = text.strip().lower()
         if None in constraints and word == "none":
             return None
@@ -149,8 +145,6 @@ def _metavar(constraints: list) -> str:
             words.append("N" if integral else "X")
         elif constraint is str:
             words.append("TEXT")
-        elif constraint is tuple:
-            words.append("X,X,...")
     return words[0] if len(words) == 1 else "{" + ",".join(words) + "}"
 
 

@@ -251,16 +251,3 @@ def test_fit_help_lists_every_parameter_with_its_default(data_dir):
         assert option in text, option
         value = "none" if default is None else default
         assert f"[default: {value};" in text.split(option, 2)[-1], option
-
-
-def test_reweight_strengths_parse_as_one_number_or_several():
-    import argparse
-
-    from sklearn_featmeta.cli import _fit_options
-
-    convert = next(c for _, name, c, *_ in _fit_options() if name == "reweight_gamma")
-    assert convert("2") == 2.0
-    assert convert("1,2.5") == (1.0, 2.5)
-    for bad in ("1,-2", "1,x", "-1"):
-        with pytest.raises(argparse.ArgumentTypeError, match="expected"):
-            convert(bad)

@@ -40,8 +40,7 @@ def _parameter_table() -> dict[str, str]:
             continue
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         names = [name.strip(" `") for name in cells[0].split(",")]
-        # defaults are comma-separated, as are a tuple's values inside its parentheses
-        defaults = [value.strip(" `") for value in re.split(r", (?![^(]*\))", cells[1])]
+        defaults = [value.strip(" `") for value in cells[1].split(", ")]
         assert len(names) == len(defaults), line
         table.update(zip(names, defaults, strict=True))
     return table

@@ -2,14 +2,13 @@
 
 Held-out rows drawn from the training distribution reward a head that leans
 on a shortcut, so nothing here selects by held-out accuracy. The fit keeps the
-ERM head (a multinomial logistic regression on every row) unless a bounded
+ERM head (a multinomial logistic regression on every row) unless one bounded
 alternative stays close to it: a head refitted with the rows an out-of-fold
 ERM head gets wrong or is unsure of weighed up (AFR, Qiu et al. 2023: weight
 ``exp(-gamma * p)``, ``p`` the out-of-fold probability of the row's class,
-classes weighed equally). Of the strengths ``gamma`` weighed, the largest
-whose head keeps every class's cross-fitted accuracy within ``tolerance`` of
-the ERM head's is kept (docs/decisions.md: why a bound on the cost, not a
-lead, decides, and why on every class rather than on their mean).
+classes weighed equally). The alternative is kept only if its cross-fitted
+class-balanced accuracy is within ``tolerance`` of the ERM head's
+(docs/decisions.md: why a bound on the loss, not a lead, decides).
 
 NumPy arrays in, NumPy arrays out (heads in softmax form, on the standardised
 features given); no scikit-learn.
@@ -23,14 +22,7 @@ import numpy as np
 
 from ._softmax import SoftmaxProblem
 
-__all__ = [
-    "GroupFreeSettings",
-    "GroupFreeResult",
-    "fit_without_groups",
-    "hard_row_weights",
-    "reweighted_name",
-    "strongest_within",
-]
+__all__ = ["GroupFreeSettings", "GroupFreeResult", "fit_without_groups", "hard_row_weights"]
 
 
 @dataclass(frozen=True)
@@ -40,33 +32,25 @@ class GroupFreeSettings:
     ``l2_per_weight``: the ERM head's L2 strength times the total row weight
     (``1 / C`` for ``LogisticRegression(C)``); each fit divides it by its
     rows' total weight.
-    ``gammas``: the reweighting strengths weighed, positive (empty: no
-    alternative, the ERM head).
-    ``tolerance``: how much cross-fitted accuracy of any class the kept
-    alternative may give up (None: the strongest, whatever it costs).
+    ``gamma``: the reweighting strength (0: no alternative, the ERM head).
+    ``tolerance``: how much cross-fitted class-balanced accuracy the
+    alternative may give up (None: kept whatever it costs).
     """
 
     l2_per_weight: float
-    gammas: tuple[float, ...]
+    gamma: float
     tolerance: float | None
 
 
 @dataclass
 class GroupFreeResult:
-    """The fitted head, the ERM head, which was chosen and the cross-fitted scores.
-
-    ``gamma``: the strength of the kept reweighted head (0.0 for the ERM head).
-    ``scores``: per head weighed (``"erm"``, ``"reweighted (gamma=...)"``),
-    its cross-fitted ``class_accuracy`` and ``balanced_accuracy``, and for a
-    reweighted head its ``cost``: the most accuracy it gives up on a class.
-    """
+    """The fitted head, the ERM head, which was chosen and the cross-fitted scores."""
 
     head: tuple[np.ndarray, np.ndarray]
     erm_head: tuple[np.ndarray, np.ndarray]
-    chosen: str  # "erm", "reweighted" or "initial_head"
-    scores: dict[str, dict] = field(default_factory=dict)
+    chosen: str  # "erm" or "reweighted"
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
     converged: bool = True
-    gamma: float = 0.0
 
 
 TOLERANCE = 1e-4
@@ -137,24 +121,11 @@ def hard_row_weights(
     return weight * (row_weight.sum() / weight.sum())
 
 
-def class_accuracies(correct: np.ndarray, y: np.ndarray, row_weight: np.ndarray) -> np.ndarray:
-    """The weighted accuracy of each class's rows (classes that have rows, in code order)."""
+def balanced_accuracy(correct: np.ndarray, y: np.ndarray, row_weight: np.ndarray) -> float:
+    """Mean over classes of the weighted accuracy of each class's rows."""
     classes = np.unique(y)
     hits = np.bincount(y, weights=row_weight * correct)[classes]
-    return hits / np.bincount(y, weights=row_weight)[classes]
-
-
-def _scores(correct, y, row_weight, erm_accuracy=None) -> dict:
-    accuracy = class_accuracies(correct, y, row_weight)
-    scores = {"class_accuracy": accuracy, "balanced_accuracy": float(np.mean(accuracy))}
-    if erm_accuracy is not None:
-        scores["cost"] = float(np.max(erm_accuracy - accuracy))
-    return scores
-
-
-def reweighted_name(gamma: float) -> str:
-    """The key of a reweighted head in :attr:`GroupFreeResult.scores`."""
-    return f"reweighted (gamma={gamma:g})"
+    return float(np.mean(hits / np.bincount(y, weights=row_weight)[classes]))
 
 
 def fit_without_groups(
@@ -168,7 +139,7 @@ def fit_without_groups(
     second_fold: np.ndarray | None,
     settings: GroupFreeSettings,
 ) -> GroupFreeResult:
-    """The ERM head, or the strongest reweighted head that stays close to it on every class.
+    """The ERM head, or the reweighted head where it stays close to the ERM head.
 
     Parameters
     ----------
@@ -181,19 +152,19 @@ def fit_without_groups(
     n_classes : int
     erm_class_factor, reweighted_class_factor : ndarray of shape (n_classes,)
         Weight of each class's rows in the ERM head's loss and in the
-        reweighted heads' (times the sample weight).
+        reweighted head's (times the sample weight).
     second_fold : bool ndarray of shape (n_samples,) or None
         The two folds of the out-of-fold predictions; None (a fold would miss
         a class): the ERM head, no alternative.
     settings : GroupFreeSettings
     """
     erm_weight, l2 = row_weight * erm_class_factor[y], settings.l2_per_weight
-    if not settings.gammas or second_fold is None:
+    if settings.gamma == 0 or second_fold is None:
         erm_head, converged = _fit(X, y, erm_weight, n_classes, l2)
         return GroupFreeResult(erm_head, erm_head, "erm", converged=converged)
 
     folds = [(~second_fold, second_fold), (second_fold, ~second_fold)]
-    fold_rows = [X[train] for train, _ in folds]  # a copy each, for every head of the fold
+    fold_rows = [X[train] for train, _ in folds]  # a copy each, for both heads of the fold
     fold_heads, p_true, erm_correct = [], np.empty(y.size), np.empty(y.size, dtype=bool)
     for (train, test), X_train in zip(folds, fold_rows, strict=True):
         fold_weight = erm_weight[train]
@@ -202,37 +173,22 @@ def fit_without_groups(
         p = _probabilities(X[test], head)
         p_true[test] = p[np.arange(test.sum()), y[test]]
         erm_correct[test] = p.argmax(1) == y[test]
-    scores, costs = {"erm": _scores(erm_correct, y, row_weight)}, {}
-    for gamma in settings.gammas:
-        weight = hard_row_weights(p_true, y, row_weight, reweighted_class_factor, gamma)
-        correct = np.empty(y.size, dtype=bool)
-        # each strength from the fold's ERM head: no strength's stop leans on another's
-        for (train, test), X_train, start in zip(folds, fold_rows, fold_heads, strict=True):
-            head, _ = _fit(X_train, y[train], weight[train], n_classes, l2, start, FOLD_TOLERANCE)
-            correct[test] = _probabilities(X[test], head).argmax(1) == y[test]
-        scores[reweighted_name(gamma)] = _scores(
-            correct, y, row_weight, scores["erm"]["class_accuracy"]
-        )
-        costs[gamma] = scores[reweighted_name(gamma)]["cost"]
+    weight = hard_row_weights(p_true, y, row_weight, reweighted_class_factor, settings.gamma)
+    reweighted_correct = np.empty(y.size, dtype=bool)
+    for (train, test), X_train, start in zip(folds, fold_rows, fold_heads, strict=True):
+        fold_weight = weight[train]
+        head, _ = _fit(X_train, y[train], fold_weight, n_classes, l2, start, FOLD_TOLERANCE)
+        reweighted_correct[test] = _probabilities(X[test], head).argmax(1) == y[test]
     del fold_rows  # the full fits need only X
     # the folds' mean head is close to the ERM head on every row: a warm start
     start = tuple(np.mean([head[part] for head in fold_heads], axis=0) for part in (0, 1))
     erm_head, converged = _fit(X, y, erm_weight, n_classes, l2, start)
-    gamma = strongest_within(costs, settings.tolerance)
-    if gamma is None:
+    scores = {
+        "erm": {"balanced_accuracy": balanced_accuracy(erm_correct, y, row_weight)},
+        "reweighted": {"balanced_accuracy": balanced_accuracy(reweighted_correct, y, row_weight)},
+    }
+    cost = scores["erm"]["balanced_accuracy"] - scores["reweighted"]["balanced_accuracy"]
+    if settings.tolerance is not None and cost > settings.tolerance:
         return GroupFreeResult(erm_head, erm_head, "erm", scores, converged)
-    weight = hard_row_weights(p_true, y, row_weight, reweighted_class_factor, gamma)
     head, reweighted_converged = _fit(X, y, weight, n_classes, l2, erm_head)
-    converged = converged and reweighted_converged
-    return GroupFreeResult(head, erm_head, "reweighted", scores, converged, gamma)
-
-
-def strongest_within(costs: dict[float, float], tolerance: float | None) -> float | None:
-    """The largest strength whose cost is at most ``tolerance`` (None: the largest), or None.
-
-    ``costs``: strength -> the most cross-fitted accuracy its head gives up on
-    a class against the ERM head. A strength beyond one that fails is still
-    weighed: how much a head costs need not grow with its strength.
-    """
-    within = [gamma for gamma, cost in costs.items() if tolerance is None or cost <= tolerance]
-    return max(within, default=None)
+    return GroupFreeResult(head, erm_head, "reweighted", scores, converged and reweighted_converged)
