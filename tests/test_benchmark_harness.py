@@ -364,6 +364,10 @@ def test_the_wide_suite_is_fixed_in_two_disjoint_halves():
     assert len(data.TUNING_TASKS) + len(data.REPORT_TASKS) >= 12
     assert set(data.TUNING_TASKS) | set(data.REPORT_TASKS) <= set(data.BUILDERS)
     assert set(run.SUITE_HALVES) == {"tuning", "report"}
+    # the pretrained-CNN probe tasks are for tuning seeds, in neither half until it is rerun
+    probes = set(data.PRETRAINED_PROBE_TASKS)
+    assert probes <= set(data.BUILDERS) and not probes & set(data.REPORT_TASKS)
+    assert not probes & set(data.TUNING_TASKS)
 
 
 def test_suite_text_tasks_never_read_the_reserved_sources(monkeypatch):
