@@ -81,7 +81,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
 
     **Without any known group** (``fit(X, y)``): no run; the ERM head, or an
     AFR-style reweighted head where it stays within ``reweight_tolerance`` of
-    it on cross-fitted rows (``reweight_gamma``).
+    it and gives up most of the rows it changes (``reweight_gamma``).
 
     **The paper's step, opt-in** (``outer_steps > 0``): each epoch first edits
     the support in feature space so that a head adapted on it for a few
@@ -255,9 +255,11 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     reweight_tolerance : float or None, default=0.015
         Without group labels: the most cross-fitted class-balanced accuracy
         (on the two folds) the reweighted head may give up against the ERM
-        head and still be the fitted head; otherwise the ERM head is. None:
-        the reweighted head whatever it costs (for a search that chooses
-        ``reweight_gamma`` with group labels, README "No group labels?").
+        head, and be right on under half of the training rows whose class it
+        changes (winning most of them: a better fit of the training rows, not
+        less of a shortcut); otherwise the ERM head is. None: the reweighted
+        head in any case (for a search that chooses ``reweight_gamma`` with
+        group labels, README "No group labels?").
     standardize : bool, default=True
         Standardise the features with the training pool's (weighted) mean and
         standard deviation before fitting, so that the fit is the same for
@@ -352,7 +354,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         selection rows (``worst_group_accuracy``, the mean over runs, and
         ``worst_group_loss``, at the best temperature), the balanced ones at
         their best L2 strength. Where no group is known, the ``"erm"`` and
-        ``"reweighted"`` heads' cross-fitted ``balanced_accuracy``. None when
+        ``"reweighted"`` heads' cross-fitted ``balanced_accuracy`` (and the
+        latter's ``right_where_heads_disagree`` where it was fitted). None when
         no candidate was weighed (one run, support from the pool, or
         ``reweight_gamma=0``).
     balanced_l2_ : float or None

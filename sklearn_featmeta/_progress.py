@@ -100,6 +100,9 @@ def report_fit_without_groups(estimator, result, n_rows: int, seconds: float) ->
             f"{head} {score['balanced_accuracy']:.4f}" for head, score in result.scores.items()
         )
         scores += f"; tolerance {tolerance})"
+        right = result.scores["reweighted"].get("right_where_heads_disagree")
+        if right is not None:
+            scores += f"; reweighted head right on {right:.0%} of the rows it changes"
     print(
         f"[{name}] no known group, {n_rows} rows: fitted head "
         f"{result.chosen}{scores}, in {seconds:.2f}s"

@@ -10,6 +10,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from sklearn_featmeta import MetaAugmentedHeadClassifier
 from sklearn_featmeta._core import _groupfree
 from sklearn_featmeta.datasets import make_spurious_embeddings
+from sklearn_featmeta.metrics import worst_group_accuracy_score
 
 
 def _three_classes(n=1500, seed=0):
@@ -41,10 +42,14 @@ def test_without_reweighting_the_head_is_standardised_logistic_regression(class_
 
 
 def test_the_reweighted_head_is_kept_exactly_when_its_cost_is_within_the_tolerance():
-    X, y, _ = make_spurious_embeddings(n_samples=1500, n_features=16, random_state=0)
+    X, y, groups = make_spurious_embeddings(
+        n_samples=3000, n_features=16, known_group_fraction=0.5, random_state=0
+    )
+    X, y = X[groups == -1], y[groups == -1]
     free = MetaAugmentedHeadClassifier(reweight_tolerance=None, random_state=0).fit(X, y)
     assert free.selected_heads_ == "reweighted"
     scores = free.candidate_scores_
+    assert scores["reweighted"]["right_where_heads_disagree"] < 0.5  # the other test passes
     cost = scores["erm"]["balanced_accuracy"] - scores["reweighted"]["balanced_accuracy"]
     erm = MetaAugmentedHeadClassifier(reweight_gamma=0, random_state=0).fit(X, y)
     for tolerance, chosen in ((max(cost, 0) + 1e-9, "reweighted"), (cost - 1e-9, "erm")):
@@ -52,12 +57,77 @@ def test_the_reweighted_head_is_kept_exactly_when_its_cost_is_within_the_toleran
             continue
         model = MetaAugmentedHeadClassifier(reweight_tolerance=tolerance, random_state=0)
         model.fit(X, y)
-        assert model.selected_heads_ == chosen and model.candidate_scores_ == scores
+        assert model.selected_heads_ == chosen
+        # the share of the rows it changes is weighed only where it passes the bound
+        expected = (
+            scores
+            if chosen == "reweighted"
+            else {
+                **scores,
+                "reweighted": {"balanced_accuracy": scores["reweighted"]["balanced_accuracy"]},
+            }
+        )
+        assert model.candidate_scores_ == expected
         expected = free.coef_ if chosen == "reweighted" else free.initial_coef_
         np.testing.assert_array_equal(model.coef_, expected)
     # the ERM head is the same whether or not a reweighted head was weighed (within L-BFGS's tol)
     np.testing.assert_allclose(free.initial_coef_, erm.coef_, rtol=1e-2, atol=1e-3)
     assert not np.allclose(free.coef_, erm.coef_, rtol=1e-2, atol=1e-3)
+
+
+def _easy_rows_far_and_a_tight_cluster_near_the_boundary(seed):
+    # class 1: three rows in four far from class 0, the rest in a tight cluster just past the
+    # log-loss boundary; a head fitted to the hard rows moves the boundary past that cluster
+    # and wins most of the rows it changes, on held-out rows too: better in-distribution, not
+    # more robust
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 4000)
+    far = rng.random(4000) < 0.75
+    x = np.where(far, rng.normal(7.0, 1.0, 4000), rng.normal(0.85, 0.15, 4000))
+    x = np.where(y == 0, rng.normal(0.0, 0.5, 4000), x)
+    return np.c_[x, rng.normal(size=(4000, 3))], y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_head_that_wins_the_rows_it_changes_is_not_chosen(seed):
+    X, y = _easy_rows_far_and_a_tight_cluster_near_the_boundary(seed)
+    free = MetaAugmentedHeadClassifier(reweight_tolerance=None, random_state=0).fit(X, y)
+    scores = free.candidate_scores_
+    # it beats the ERM head on cross-fitted rows and on the training rows it changes
+    assert scores["reweighted"]["balanced_accuracy"] >= scores["erm"]["balanced_accuracy"]
+    assert scores["reweighted"]["right_where_heads_disagree"] > 0.55
+    assert free.selected_heads_ == "reweighted"
+    model = MetaAugmentedHeadClassifier(random_state=0).fit(X, y)
+    assert model.selected_heads_ == "erm" and model.candidate_scores_ == scores
+    np.testing.assert_array_equal(model.coef_, free.initial_coef_)
+
+
+def test_a_head_that_gives_up_majority_rows_for_the_minority_is_chosen():
+    X, y, groups = make_spurious_embeddings(
+        n_samples=6000, n_features=16, known_group_fraction=0.5, random_state=0
+    )
+    train = groups == -1  # the spurious correlation; the known rows are group-balanced
+    model = MetaAugmentedHeadClassifier(random_state=0).fit(X[train], y[train])
+    assert model.selected_heads_ == "reweighted"
+    assert model.candidate_scores_["reweighted"]["right_where_heads_disagree"] < 0.5
+    erm = (X[~train] @ model.initial_coef_.T + model.initial_intercept_).ravel() > 0
+    worst = {
+        name: worst_group_accuracy_score(y[~train], predicted, groups=groups[~train])
+        for name, predicted in (("erm", erm.astype(int)), ("reweighted", model.predict(X[~train])))
+    }
+    assert worst["reweighted"] > worst["erm"] + 0.01
+
+
+def test_right_where_heads_disagree_counts_the_rows_by_weight():
+    X = np.array([[-1.2], [-1.0], [1.0], [2.0]])
+    y = np.array([0, 1, 0, 1])
+    erm_head = (np.array([[0.0], [1.0]]), np.array([0.0, 0.0]))  # class 1 above 0
+    head = (np.array([[0.0], [1.0]]), np.array([0.0, 1.5]))  # class 1 above -1.5
+    # they disagree on the first two rows; head is right on the second only
+    weight = np.array([1.0, 3.0, 1.0, 1.0])
+    right = _groupfree.right_where_heads_disagree(X, y, weight, head, erm_head)
+    assert right == pytest.approx(0.75)
+    assert _groupfree.right_where_heads_disagree(X, y, weight, erm_head, erm_head) is None
 
 
 def test_a_head_that_weighs_up_noise_is_not_chosen():
@@ -153,3 +223,11 @@ def test_group_free_parameters_are_validated(params):
     X, y, _ = make_spurious_embeddings(n_samples=200, n_features=4, random_state=0)
     with pytest.raises(InvalidParameterError):
         MetaAugmentedHeadClassifier(**params).fit(X, y)
+
+
+def test_verbose_says_which_head_and_why(capsys):
+    X, y = _easy_rows_far_and_a_tight_cluster_near_the_boundary(0)
+    MetaAugmentedHeadClassifier(verbose=1, random_state=0).fit(X, y)
+    line = capsys.readouterr().out
+    assert "no known group, 4000 rows: fitted head erm" in line
+    assert "reweighted head right on" in line and "of the rows it changes" in line

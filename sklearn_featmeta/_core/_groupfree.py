@@ -8,7 +8,12 @@ ERM head gets wrong or is unsure of weighed up (AFR, Qiu et al. 2023: weight
 ``exp(-gamma * p)``, ``p`` the out-of-fold probability of the row's class,
 classes weighed equally). The alternative is kept only if its cross-fitted
 class-balanced accuracy is within ``tolerance`` of the ERM head's
-(docs/decisions.md: why a bound on the loss, not a lead, decides).
+(docs/decisions.md: why a bound on the loss, not a lead, decides) and if, on
+the training rows where the two heads predict differently, it is right on less
+than half (by weight): a head that leans less on a shortcut gives up some of
+the rows drawn with it, while one that wins most of the rows it changes has
+found a cheaper fit of the hard rows, on pretrained-CNN features the shortcut
+itself (docs/decisions.md, 2026-12-07 fourth).
 
 NumPy arrays in, NumPy arrays out (heads in softmax form, on the standardised
 features given); no scikit-learn.
@@ -22,7 +27,13 @@ import numpy as np
 
 from ._softmax import SoftmaxProblem
 
-__all__ = ["GroupFreeSettings", "GroupFreeResult", "fit_without_groups", "hard_row_weights"]
+__all__ = [
+    "GroupFreeSettings",
+    "GroupFreeResult",
+    "fit_without_groups",
+    "hard_row_weights",
+    "right_where_heads_disagree",
+]
 
 
 @dataclass(frozen=True)
@@ -34,7 +45,8 @@ class GroupFreeSettings:
     rows' total weight.
     ``gamma``: the reweighting strength (0: no alternative, the ERM head).
     ``tolerance``: how much cross-fitted class-balanced accuracy the
-    alternative may give up (None: kept whatever it costs).
+    alternative may give up (None: kept whatever it costs and wherever it
+    wins, no bound and no :data:`MAX_RIGHT_WHERE_HEADS_DISAGREE` test).
     """
 
     l2_per_weight: float
@@ -63,6 +75,10 @@ fitted head is LogisticRegression's, also on float32 features.
 
 FOLD_TOLERANCE = 1e-3
 """The same for the fold heads, which only score rows and weigh them."""
+
+MAX_RIGHT_WHERE_HEADS_DISAGREE = 0.5
+"""The reweighted head is kept only if it is right on less than this share of the
+training rows (by weight) where it and the ERM head predict different classes."""
 
 MEMORY = 40
 """The past steps L-BFGS keeps for these heads (``LogisticRegression`` keeps SciPy's 10).
@@ -121,6 +137,19 @@ def hard_row_weights(
     return weight * (row_weight.sum() / weight.sum())
 
 
+def right_where_heads_disagree(
+    X: np.ndarray, y: np.ndarray, row_weight: np.ndarray, head, erm_head
+) -> float | None:
+    """The weighted share of the rows where ``head`` and ``erm_head`` predict different
+    classes that ``head`` predicts right; None where they agree on every row."""
+    predicted, erm_predicted = ((X @ h[0].T + h[1]).argmax(1) for h in (head, erm_head))
+    disagree = predicted != erm_predicted
+    if not disagree.any():
+        return None
+    right = row_weight[disagree] * (predicted[disagree] == y[disagree])
+    return float(right.sum() / row_weight[disagree].sum())
+
+
 def balanced_accuracy(correct: np.ndarray, y: np.ndarray, row_weight: np.ndarray) -> float:
     """Mean over classes of the weighted accuracy of each class's rows."""
     classes = np.unique(y)
@@ -139,7 +168,8 @@ def fit_without_groups(
     second_fold: np.ndarray | None,
     settings: GroupFreeSettings,
 ) -> GroupFreeResult:
-    """The ERM head, or the reweighted head where it stays close to the ERM head.
+    """The ERM head, or the reweighted head where it stays close to the ERM head and
+    gives up some of the rows it changes (the module's docstring).
 
     Parameters
     ----------
@@ -191,4 +221,11 @@ def fit_without_groups(
     if settings.tolerance is not None and cost > settings.tolerance:
         return GroupFreeResult(erm_head, erm_head, "erm", scores, converged)
     head, reweighted_converged = _fit(X, y, weight, n_classes, l2, erm_head)
-    return GroupFreeResult(head, erm_head, "reweighted", scores, converged and reweighted_converged)
+    converged = converged and reweighted_converged
+    right = right_where_heads_disagree(X, y, row_weight, head, erm_head)
+    scores["reweighted"]["right_where_heads_disagree"] = right
+    if settings.tolerance is not None and (
+        right is None or right >= MAX_RIGHT_WHERE_HEADS_DISAGREE
+    ):
+        return GroupFreeResult(erm_head, erm_head, "erm", scores, converged)
+    return GroupFreeResult(head, erm_head, "reweighted", scores, converged)
