@@ -138,7 +138,11 @@ def hard_row_weights(
 
 
 def right_where_heads_disagree(
-    X: np.ndarray, y: np.ndarray, row_weight: np.ndarray, head, erm_head
+    X: np.ndarray,
+    y: np.ndarray,
+    row_weight: np.ndarray,
+    head: tuple[np.ndarray, np.ndarray],
+    erm_head: tuple[np.ndarray, np.ndarray],
 ) -> float | None:
     """The weighted share of the rows where ``head`` and ``erm_head`` predict different
     classes that ``head`` predicts right; None where they agree on every row."""
