@@ -37,6 +37,31 @@ def test_regression_path_solves_weighted_multinomial_logistic_regression(n_rows)
         np.testing.assert_allclose(W, reference.coef_, atol=3e-3 * np.abs(reference.coef_).max())
 
 
+@pytest.mark.parametrize("scale", [0.1, 30.0])  # moderate logits, and |logits| in the hundreds
+def test_the_binary_form_is_the_softmax_form_with_the_first_row_held_at_zero(scale):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(50, 6))
+    y = rng.integers(0, 2, size=50)
+    row_weight = rng.uniform(0.5, 2, size=50) / 50
+    binary = _softmax.SoftmaxProblem(X, y, row_weight, 2, binary=True)
+    softmax = _softmax.SoftmaxProblem(X, y, row_weight, 2)
+    flat = rng.normal(size=7) * scale
+    loss, gradient = binary._loss_and_gradient(flat, 0.3)
+    softmax_loss, softmax_gradient = softmax._loss_and_gradient(np.r_[np.zeros(7), flat], 0.3)
+    assert np.isfinite(loss) and loss == pytest.approx(softmax_loss, rel=1e-12)
+    np.testing.assert_allclose(gradient, softmax_gradient[7:], rtol=1e-10, atol=1e-12)
+    step = 1e-6  # central differences, float64
+    numeric = [
+        (
+            binary._loss_and_gradient(flat + step * e, 0.3)[0]
+            - binary._loss_and_gradient(flat - step * e, 0.3)[0]
+        )
+        / (2 * step)
+        for e in np.eye(7)
+    ]
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-7)
+
+
 def test_a_longer_lbfgs_memory_reaches_the_same_head_in_fewer_evaluations():
     # ill-conditioned features (scales over three orders of magnitude), as the group-free
     # heads' slow approach to LogisticRegression's tolerance

@@ -89,7 +89,6 @@ class SoftmaxProblem:
         return product_over_row_blocks(left, X).numpy()
 
     def _loss_and_gradient(self, flat, l2):
-        Y, weight = self.Y, self.weight
         n_geometries, n_rows, n_columns = self.shape
         params = flat.reshape(self.shape)
         W, b = params[:, :, :-1], params[:, :, -1]
@@ -98,12 +97,9 @@ class SoftmaxProblem:
         logits = self._products(heads.reshape(-1, n_columns - 1), right_of_X=True)
         logits = logits.reshape(n_geometries, n_rows, -1) + b[:, :, None]
         if self.binary:
-            logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
-        logits -= logits.max(1, keepdims=True)
-        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-        residual = (np.exp(log_p) - Y) * weight
-        if self.binary:  # the first class's logit is no parameter
-            residual = residual[:, 1:]
+            loss, residual = self._binary_loss_and_residual(logits)
+        else:
+            loss, residual = self._loss_and_residual(logits)
         # below the smallest normal number of X's dtype a residual is rounding: zeroed, the
         # product with X never meets subnormal inputs (which x86 can process far slower)
         residual[np.abs(residual) < np.finfo(self.X.dtype).tiny] = 0.0
@@ -114,7 +110,22 @@ class SoftmaxProblem:
             products *= self.factors[:, None, :]
         gradient[:, :, :-1] = products + l2 * W
         gradient[:, :, -1] = residual.sum(2)
-        return -(weight * Y * log_p).sum() + 0.5 * l2 * np.square(W).sum(), gradient.ravel()
+        return loss + 0.5 * l2 * np.square(W).sum(), gradient.ravel()
+
+    def _loss_and_residual(self, logits):
+        """The cross-entropy and ``(p - Y) * weight`` of class-major logits."""
+        logits -= logits.max(1, keepdims=True)
+        log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+        residual = (np.exp(log_p) - self.Y) * self.weight
+        return -(self.weight * self.Y * log_p).sum(), residual
+
+    def _binary_loss_and_residual(self, logits):
+        """The same for the second class's logit against the first (``binary``), in the
+        logistic form: ``log(1 + e^z) - y z``, a third of the softmax form's arithmetic."""
+        positive = self.Y[1]
+        softplus = np.logaddexp(0.0, logits)
+        loss = (self.weight * (softplus - positive * logits)).sum()
+        return loss, (np.exp(logits - softplus) - positive) * self.weight
 
     def minimize(
         self,
