@@ -42,6 +42,39 @@ FLAT_HEAD_SPREAD = 1e-3
 """A head whose held-out logits vary by less than this is flat: its predictions are noise."""
 
 
+def check_parameter_combinations(estimator) -> None:
+    """What ``_parameter_constraints`` cannot say: ``max_epochs`` against ``n_epochs``, and
+    a sequence of ``reweight_gamma`` (:func:`reweight_strengths`)."""
+    if estimator.max_epochs is not None and estimator.max_epochs < estimator.n_epochs:
+        raise ValueError(
+            f"max_epochs={estimator.max_epochs} is below n_epochs={estimator.n_epochs}: every "
+            "run makes n_epochs epochs. Set max_epochs to at least n_epochs, or to None for "
+            "exactly n_epochs."
+        )
+    reweight_strengths(estimator.reweight_gamma)
+
+
+def reweight_strengths(reweight_gamma) -> tuple[float, ...]:
+    """``reweight_gamma`` as the strengths to try, weakest first (0: none).
+
+    A sequence must be non-empty, positive, finite and strictly increasing.
+    """
+    if np.ndim(reweight_gamma) == 0:
+        return () if reweight_gamma == 0 else (float(reweight_gamma),)
+    strengths = np.asarray(reweight_gamma, dtype=float)
+    if (
+        strengths.ndim != 1
+        or strengths.size == 0
+        or not np.all(np.isfinite(strengths) & (strengths > 0))
+        or np.any(np.diff(strengths) <= 0)
+    ):
+        raise ValueError(
+            "reweight_gamma must be a number >= 0 or a non-empty sequence of positive, finite, "
+            f"strictly increasing numbers; got {reweight_gamma!r}."
+        )
+    return tuple(strengths.tolist())
+
+
 def check_split(
     classes,
     y_encoded,

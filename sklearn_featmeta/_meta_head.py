@@ -18,7 +18,9 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from ._checks import (
+    check_parameter_combinations,
     check_split,
+    reweight_strengths,
     validated_rows,
     warn_about_runs,
     warn_degenerate,
@@ -79,9 +81,10 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     standardised and whitened features where the pool is large enough
     (``whitening_ridge="auto"``).
 
-    **Without any known group** (``fit(X, y)``): no run; the ERM head, or an
-    AFR-style reweighted head where it stays within ``reweight_tolerance`` of
-    it and gives up most of the rows it changes (``reweight_gamma``).
+    **Without any known group** (``fit(X, y)``): no run; the ERM head, or the
+    strongest AFR-style reweighted head (``reweight_gamma``) that, as each
+    weaker one, stays within ``reweight_tolerance`` of it on every class and
+    gives up most of the rows it changes.
 
     **The paper's step, opt-in** (``outer_steps > 0``): each epoch first edits
     the support in feature space so that a head adapted on it for a few
@@ -245,21 +248,22 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         (one). Also the class weights of the reweighted head (without group
         labels; None there: classes weighed equally, as AFR does). No effect on
         the group-balanced heads, which weigh every (class, group) cell equally.
-    reweight_gamma : float, default=1.0
+    reweight_gamma : float or sequence of float, default=(1.0, 2.0)
         Without group labels (``fit(X, y)``, or no known group): how strongly
-        the reweighted head weighs up the rows an out-of-fold ERM head gets
+        a reweighted head weighs up the rows an out-of-fold ERM head gets
         wrong or is unsure of: weight ``exp(-reweight_gamma * p)``, ``p`` the
         row's out-of-fold probability of its own class (AFR, Qiu et al. 2023);
-        two folds, drawn by row content. 0: no reweighted head. Ignored when
-        some group is known.
+        two folds, drawn by row content. A sequence (positive, increasing):
+        strengths tried in turn, each only where the one before was kept. 0:
+        no reweighted head. Ignored (but checked) when some group is known.
     reweight_tolerance : float or None, default=0.015
-        Without group labels: the most cross-fitted class-balanced accuracy
-        (on the two folds) the reweighted head may give up against the ERM
-        head, and be right on under half of the training rows whose class it
-        changes (winning most of them: a better fit of the training rows, not
-        less of a shortcut); otherwise the ERM head is. None: the reweighted
-        head in any case (for a search that chooses ``reweight_gamma`` with
-        group labels, README "No group labels?").
+        Without group labels: a reweighted head is kept only if it gives up
+        at most this much cross-fitted accuracy (on the two folds) on every
+        class against the ERM head, and is right on under half of the
+        training rows whose class it changes (winning most of them: a better
+        fit of the training rows, not less of a shortcut). None: the
+        strongest reweighted head in any case (for a search that chooses
+        ``reweight_gamma`` with group labels, README "No group labels?").
     standardize : bool, default=True
         Standardise the features with the training pool's (weighted) mean and
         standard deviation before fitting, so that the fit is the same for
@@ -347,15 +351,16 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         mean of the HSFM runs' heads), ``"balanced_standardised"`` or
         ``"balanced_isotropic"`` (a group-balanced logistic regression on
         every annotated row, in that geometry). Where no row has a known
-        group: ``"erm"`` (the ERM head on every row), ``"reweighted"`` (see
-        ``reweight_tolerance``) or ``"initial_head"`` (the one given).
+        group: ``"erm"`` (the ERM head on every row), ``"reweighted
+        (gamma=g)"`` (see ``reweight_tolerance``) or ``"initial_head"``.
     candidate_scores_ : dict or None
         With ``balanced_candidates``: each candidate's scores on the runs'
         selection rows (``worst_group_accuracy``, the mean over runs, and
         ``worst_group_loss``, at the best temperature), the balanced ones at
-        their best L2 strength. Where no group is known, the ``"erm"`` and
-        ``"reweighted"`` heads' cross-fitted ``balanced_accuracy`` (and the
-        latter's ``right_where_heads_disagree`` where it was fitted). None when
+        their best L2 strength. Where no group is known, the cross-fitted
+        ``balanced_accuracy`` of the ``"erm"`` head and of each reweighted head
+        tried, with its ``largest_class_cost`` and, where it was fitted on
+        every row, ``right_where_heads_disagree``. None when
         no candidate was weighed (one run, support from the pool, or
         ``reweight_gamma=0``).
     balanced_l2_ : float or None
@@ -424,7 +429,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         ],
         "erm_C": [Interval(Real, 0, None, closed="neither")],
         "class_weight": [None, dict, StrOptions({"balanced"})],
-        "reweight_gamma": [Interval(Real, 0, None, closed="left")],
+        "reweight_gamma": [Interval(Real, 0, None, closed="left"), "array-like"],
         "reweight_tolerance": [None, Interval(Real, 0, 1, closed="both")],
         "standardize": ["boolean"],
         "initial_head": [None, tuple],
@@ -460,7 +465,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         whitening_ridge="auto",
         erm_C=1.0,
         class_weight=None,
-        reweight_gamma=1.0,
+        reweight_gamma=(1.0, 2.0),
         reweight_tolerance=0.015,
         standardize=True,
         initial_head=None,
@@ -537,7 +542,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             Spurious group of each row; ``-1``, ``None`` or NaN where unknown.
             Known rows are held out (hard set, model selection); unknown rows
             form the training pool. None (or no known group): the ERM head on
-            every row (a standardised ``LogisticRegression(C=erm_C)``), or the
+            every row (a standardised ``LogisticRegression(C=erm_C)``), or a
             reweighted head where it stays within ``reweight_tolerance`` of it
             (``reweight_gamma``); no HSFM run is made.
         sample_weight : array-like of shape (n_samples,), default=None
@@ -551,7 +556,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self : object
             Fitted estimator.
         """
-        self._check_epochs()
+        check_parameter_combinations(self)
         X, y_encoded, self.classes_, groups, weights = validated_rows(
             self, X, y, groups, sample_weight
         )
@@ -577,14 +582,6 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         self._store_result(result, X, support_rows, data.mean, data.scale, device)
         warn_degenerate(self, X[annotated], y_encoded[annotated])
         return self
-
-    def _check_epochs(self) -> None:
-        if self.max_epochs is not None and self.max_epochs < self.n_epochs:
-            raise ValueError(
-                f"max_epochs={self.max_epochs} is below n_epochs={self.n_epochs}: every run "
-                "makes n_epochs epochs. Set max_epochs to at least n_epochs, or to None for "
-                "exactly n_epochs."
-            )
 
     def _split_rows(self, X, y, group_codes, weights, rng):
         """The pool, the annotated rows and their groups, checked (:func:`check_split`)."""
@@ -635,7 +632,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
         from . import _core
         from ._core import _groupfree
 
-        start = time.perf_counter()
+        start, gammas = time.perf_counter(), reweight_strengths(self.reweight_gamma)
         n_classes = self.classes_.shape[0]
         device = _core.resolve_device(self.device)  # an unavailable device is an error here too
         self.n_threads_ = auto_threads(X.size) if self.n_threads is None else self.n_threads
@@ -647,7 +644,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                 rng,
                 standardize=self.standardize,
                 n_threads=self.n_threads_,
-                draw_folds=self.initial_head is None and self.reweight_gamma > 0,
+                draw_folds=self.initial_head is None and bool(gammas),
             )
             mean, scale = rows.mean, rows.scale
             if self.initial_head is not None:
@@ -667,7 +664,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
                     second_fold=rows.second_fold,
                     settings=_groupfree.GroupFreeSettings(
                         l2_per_weight=1.0 / self.erm_C,
-                        gamma=self.reweight_gamma,
+                        gammas=gammas,
                         tolerance=self.reweight_tolerance,
                     ),
                 )

@@ -96,13 +96,17 @@ def report_fit_without_groups(estimator, result, n_rows: int, seconds: float) ->
     name, tolerance = type(estimator).__name__, estimator.reweight_tolerance
     scores = ""
     if result.scores:
-        scores = " (cross-fitted class-balanced accuracy: " + ", ".join(
-            f"{head} {score['balanced_accuracy']:.4f}" for head, score in result.scores.items()
-        )
+        parts = []
+        for head, score in result.scores.items():
+            part = f"{head} {score['balanced_accuracy']:.4f}"
+            if "largest_class_cost" in score:
+                part += f" (gives up at most {score['largest_class_cost']:.4f} on a class"
+                right = score.get("right_where_heads_disagree")
+                part += "" if right is None else f", right on {right:.0%} of the rows it changes"
+                part += ")"
+            parts.append(part)
+        scores = " (cross-fitted class-balanced accuracy: " + "; ".join(parts)
         scores += f"; tolerance {tolerance})"
-        right = result.scores["reweighted"].get("right_where_heads_disagree")
-        if right is not None:
-            scores += f"; reweighted head right on {right:.0%} of the rows it changes"
     print(
         f"[{name}] no known group, {n_rows} rows: fitted head "
         f"{result.chosen}{scores}, in {seconds:.2f}s"

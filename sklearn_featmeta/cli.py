@@ -71,6 +71,8 @@ def _allowed(constraints: list) -> str:
             words.append("a whole number (seed)")
         elif constraint is str:
             words.append("text")
+        elif constraint == "array-like":
+            words.append("numbers separated by commas")
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
@@ -96,6 +98,11 @@ def _parser_of(name: str, constraints: list):
                 return value
         if "random_state" in constraints and re.fullmatch(r"\d+", text.strip()):
             return int(text)
+        if "array-like" in constraints and "," in text:
+            try:
+                return tuple(float(part) for part in text.split(","))
+            except ValueError:
+                pass
         raise argparse.ArgumentTypeError(f"expected {_allowed(constraints)}, got {text!r}")
 
     convert.__name__ = name  # argparse names the converter in its messages
@@ -132,6 +139,8 @@ def _fit_options() -> list[tuple[str, str, object, str]]:
 
 def _metavar(constraints: list) -> str:
     """``{auto,none,X}``, ``{class,group}``, ``N`` ...: what an option's value looks like."""
+    if "array-like" in constraints:  # numbers only, here
+        return "X[,X...]"
     words = []
     for constraint in constraints:
         if constraint is None:

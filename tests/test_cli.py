@@ -142,6 +142,23 @@ def test_fit_passes_the_epoch_options(data_dir):
     assert "expected none or a whole number >= 0, got 'many'" in wrong.stderr
 
 
+def test_fit_passes_a_sequence_of_reweighting_strengths(data_dir):
+    fitted = featmeta(
+        "fit", "train.npz", "-o", "s.joblib", "--reweight-gamma", "0.5,3", cwd=data_dir
+    )
+    assert fitted.returncode == 0, fitted.stderr
+    assert joblib.load(data_dir / "s.joblib").reweight_gamma == (0.5, 3.0)
+    for text, message in (
+        ("3,0.5", "reweight_gamma must be"),
+        ("1,two", "expected a number >= 0 or numbers separated by commas, got '1,two'"),
+    ):
+        wrong = featmeta(
+            "fit", "train.npz", "-o", "m.joblib", "--reweight-gamma", text, cwd=data_dir
+        )
+        assert wrong.returncode == 2 and message in wrong.stderr
+        assert "Traceback" not in wrong.stderr
+
+
 def test_errors_are_reported_without_traceback(data_dir):
     missing = featmeta("fit", "no_y.npz", "-o", "m.joblib", cwd=data_dir)
     assert missing.returncode == 2

@@ -41,38 +41,74 @@ def test_without_reweighting_the_head_is_standardised_logistic_regression(class_
     assert model.coef_.shape == reference[-1].coef_.shape
 
 
-def test_the_reweighted_head_is_kept_exactly_when_its_cost_is_within_the_tolerance():
+GAMMA_1, GAMMA_2 = _groupfree.reweighted_key(1.0), _groupfree.reweighted_key(2.0)
+
+
+def _spurious_training_rows(n_samples=3000):
     X, y, groups = make_spurious_embeddings(
-        n_samples=3000, n_features=16, known_group_fraction=0.5, random_state=0
+        n_samples=n_samples, n_features=16, known_group_fraction=0.5, random_state=0
     )
-    X, y = X[groups == -1], y[groups == -1]
-    free = MetaAugmentedHeadClassifier(reweight_tolerance=None, random_state=0).fit(X, y)
-    assert free.selected_heads_ == "reweighted"
+    return X[groups == -1], y[groups == -1]
+
+
+def test_the_reweighted_head_is_kept_exactly_when_its_cost_is_within_the_tolerance():
+    X, y = _spurious_training_rows()
+    free = MetaAugmentedHeadClassifier(reweight_gamma=1.0, reweight_tolerance=None, random_state=0)
+    free.fit(X, y)
+    assert free.selected_heads_ == GAMMA_1
     scores = free.candidate_scores_
-    assert scores["reweighted"]["right_where_heads_disagree"] < 0.5  # the other test passes
-    cost = scores["erm"]["balanced_accuracy"] - scores["reweighted"]["balanced_accuracy"]
+    assert scores[GAMMA_1]["right_where_heads_disagree"] < 0.5  # the other test passes
+    cost = scores[GAMMA_1]["largest_class_cost"]
+    mean_cost = scores["erm"]["balanced_accuracy"] - scores[GAMMA_1]["balanced_accuracy"]
+    assert 0 < mean_cost < cost  # the bound holds every class, not only their mean
     erm = MetaAugmentedHeadClassifier(reweight_gamma=0, random_state=0).fit(X, y)
-    for tolerance, chosen in ((max(cost, 0) + 1e-9, "reweighted"), (cost - 1e-9, "erm")):
-        if tolerance < 0:
-            continue
-        model = MetaAugmentedHeadClassifier(reweight_tolerance=tolerance, random_state=0)
-        model.fit(X, y)
+    for tolerance, chosen in ((cost + 1e-9, GAMMA_1), (cost - 1e-9, "erm"), (mean_cost, "erm")):
+        model = MetaAugmentedHeadClassifier(
+            reweight_gamma=1.0, reweight_tolerance=tolerance, random_state=0
+        ).fit(X, y)
         assert model.selected_heads_ == chosen
         # the share of the rows it changes is weighed only where it passes the bound
-        expected = (
-            scores
-            if chosen == "reweighted"
-            else {
-                **scores,
-                "reweighted": {"balanced_accuracy": scores["reweighted"]["balanced_accuracy"]},
-            }
-        )
+        expected = dict(scores)
+        if chosen == "erm":
+            expected[GAMMA_1] = {k: v for k, v in scores[GAMMA_1].items() if "right" not in k}
         assert model.candidate_scores_ == expected
-        expected = free.coef_ if chosen == "reweighted" else free.initial_coef_
+        expected = free.coef_ if chosen == GAMMA_1 else free.initial_coef_
         np.testing.assert_array_equal(model.coef_, expected)
     # the ERM head is the same whether or not a reweighted head was weighed (within L-BFGS's tol)
     np.testing.assert_allclose(free.initial_coef_, erm.coef_, rtol=1e-2, atol=1e-3)
     assert not np.allclose(free.coef_, erm.coef_, rtol=1e-2, atol=1e-3)
+
+
+def test_a_stronger_head_is_tried_only_where_the_weaker_one_is_kept():
+    X, y = _spurious_training_rows()
+    # reweight_tolerance=None keeps the strongest; with a tolerance the rows decide
+    strongest = MetaAugmentedHeadClassifier(
+        reweight_gamma=(1.0, 2.0), reweight_tolerance=None, random_state=0
+    )
+    scores = strongest.fit(X, y).candidate_scores_
+    assert strongest.selected_heads_ == GAMMA_2 and list(scores) == ["erm", GAMMA_1, GAMMA_2]
+    alone = MetaAugmentedHeadClassifier(
+        reweight_gamma=2.0, reweight_tolerance=None, random_state=0
+    ).fit(X, y)
+    # the same head, started from the gamma-1 head instead of the ERM head
+    np.testing.assert_allclose(strongest.coef_, alone.coef_, rtol=1e-2, atol=1e-3)
+    # gamma 2 gives up more than gamma 1 on some class: a tolerance between them keeps gamma 1
+    costs = [scores[key]["largest_class_cost"] for key in (GAMMA_1, GAMMA_2)]
+    assert costs[0] < costs[1]
+    between = MetaAugmentedHeadClassifier(
+        reweight_gamma=(1.0, 2.0), reweight_tolerance=float(np.mean(costs)), random_state=0
+    ).fit(X, y)
+    assert between.selected_heads_ == GAMMA_1
+    assert "right_where_heads_disagree" not in between.candidate_scores_[GAMMA_2]
+    one = MetaAugmentedHeadClassifier(
+        reweight_gamma=1.0, reweight_tolerance=float(np.mean(costs)), random_state=0
+    )
+    np.testing.assert_array_equal(between.coef_, one.fit(X, y).coef_)
+    # below gamma 1's cost neither is kept, and gamma 2 is not fitted
+    below = MetaAugmentedHeadClassifier(
+        reweight_gamma=(1.0, 2.0), reweight_tolerance=costs[0] / 2, random_state=0
+    ).fit(X, y)
+    assert below.selected_heads_ == "erm" and list(below.candidate_scores_) == ["erm", GAMMA_1]
 
 
 def _easy_rows_far_and_a_tight_cluster_near_the_boundary(seed):
@@ -91,13 +127,14 @@ def _easy_rows_far_and_a_tight_cluster_near_the_boundary(seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_head_that_wins_the_rows_it_changes_is_not_chosen(seed):
     X, y = _easy_rows_far_and_a_tight_cluster_near_the_boundary(seed)
-    free = MetaAugmentedHeadClassifier(reweight_tolerance=None, random_state=0).fit(X, y)
-    scores = free.candidate_scores_
+    free = MetaAugmentedHeadClassifier(reweight_gamma=1.0, reweight_tolerance=None)
+    scores = free.set_params(random_state=0).fit(X, y).candidate_scores_
     # it beats the ERM head on cross-fitted rows and on the training rows it changes
-    assert scores["reweighted"]["balanced_accuracy"] >= scores["erm"]["balanced_accuracy"]
-    assert scores["reweighted"]["right_where_heads_disagree"] > 0.55
-    assert free.selected_heads_ == "reweighted"
+    assert scores[GAMMA_1]["balanced_accuracy"] >= scores["erm"]["balanced_accuracy"]
+    assert scores[GAMMA_1]["right_where_heads_disagree"] > 0.55
+    assert free.selected_heads_ == GAMMA_1
     model = MetaAugmentedHeadClassifier(random_state=0).fit(X, y)
+    # nor is a stronger one tried after it
     assert model.selected_heads_ == "erm" and model.candidate_scores_ == scores
     np.testing.assert_array_equal(model.coef_, free.initial_coef_)
 
@@ -108,8 +145,8 @@ def test_a_head_that_gives_up_majority_rows_for_the_minority_is_chosen():
     )
     train = groups == -1  # the spurious correlation; the known rows are group-balanced
     model = MetaAugmentedHeadClassifier(random_state=0).fit(X[train], y[train])
-    assert model.selected_heads_ == "reweighted"
-    assert model.candidate_scores_["reweighted"]["right_where_heads_disagree"] < 0.5
+    assert model.selected_heads_ != "erm"
+    assert model.candidate_scores_[model.selected_heads_]["right_where_heads_disagree"] < 0.5
     erm = (X[~train] @ model.initial_coef_.T + model.initial_intercept_).ravel() > 0
     worst = {
         name: worst_group_accuracy_score(y[~train], predicted, groups=groups[~train])
@@ -119,15 +156,13 @@ def test_a_head_that_gives_up_majority_rows_for_the_minority_is_chosen():
 
 
 def test_right_where_heads_disagree_counts_the_rows_by_weight():
-    X = np.array([[-1.2], [-1.0], [1.0], [2.0]])
     y = np.array([0, 1, 0, 1])
-    erm_head = (np.array([[0.0], [1.0]]), np.array([0.0, 0.0]))  # class 1 above 0
-    head = (np.array([[0.0], [1.0]]), np.array([0.0, 1.5]))  # class 1 above -1.5
-    # they disagree on the first two rows; head is right on the second only
+    erm_predicted = np.array([0, 0, 0, 1])
+    predicted = np.array([1, 1, 0, 1])  # they disagree on the first two rows, right on the second
     weight = np.array([1.0, 3.0, 1.0, 1.0])
-    right = _groupfree.right_where_heads_disagree(X, y, weight, head, erm_head)
+    right = _groupfree.right_where_heads_disagree(predicted, erm_predicted, y, weight)
     assert right == pytest.approx(0.75)
-    assert _groupfree.right_where_heads_disagree(X, y, weight, erm_head, erm_head) is None
+    assert _groupfree.right_where_heads_disagree(y, y, y, weight) is None
 
 
 def test_a_head_that_weighs_up_noise_is_not_chosen():
@@ -139,8 +174,8 @@ def test_a_head_that_weighs_up_noise_is_not_chosen():
     flipped = rng.random(3000) < 0.12
     y[flipped] = 1 - y[flipped]
     model = MetaAugmentedHeadClassifier(reweight_gamma=8.0, random_state=0).fit(X, y)
-    scores = model.candidate_scores_
-    assert scores["reweighted"]["balanced_accuracy"] < scores["erm"]["balanced_accuracy"] - 0.01
+    scores = model.candidate_scores_[_groupfree.reweighted_key(8.0)]
+    assert scores["balanced_accuracy"] < model.candidate_scores_["erm"]["balanced_accuracy"] - 0.01
     assert model.selected_heads_ == "erm"
     np.testing.assert_array_equal(model.coef_, model.initial_coef_)
 
@@ -213,6 +248,7 @@ def test_class_weight_weighs_the_erm_head_of_a_fit_with_groups():
     "params",
     [
         {"reweight_gamma": -1.0},
+        {"reweight_gamma": "1"},
         {"reweight_tolerance": 1.5},
         {"reweight_tolerance": -0.1},
         {"class_weight": "even"},
@@ -225,9 +261,23 @@ def test_group_free_parameters_are_validated(params):
         MetaAugmentedHeadClassifier(**params).fit(X, y)
 
 
+@pytest.mark.parametrize(
+    "reweight_gamma", [(2.0, 1.0), (1.0, 1.0), (), (0.0, 1.0), [[1.0, 2.0]], (1.0, np.inf)]
+)
+def test_a_sequence_of_strengths_must_be_positive_and_increasing(reweight_gamma):
+    X, y, groups = make_spurious_embeddings(
+        n_samples=200, n_features=4, known_group_fraction=0.5, random_state=0
+    )
+    model = MetaAugmentedHeadClassifier(reweight_gamma=reweight_gamma, max_epochs=1)
+    for fit_groups in (None, groups):  # ignored with groups, still checked
+        with pytest.raises(ValueError, match="reweight_gamma must be"):
+            model.fit(X, y, fit_groups)
+
+
 def test_verbose_says_which_head_and_why(capsys):
     X, y = _easy_rows_far_and_a_tight_cluster_near_the_boundary(0)
     MetaAugmentedHeadClassifier(verbose=1, random_state=0).fit(X, y)
     line = capsys.readouterr().out
     assert "no known group, 4000 rows: fitted head erm" in line
-    assert "reweighted head right on" in line and "of the rows it changes" in line
+    assert f"{GAMMA_1} " in line and "of the rows it changes" in line
+    assert GAMMA_2 not in line  # not tried: gamma 1 wins most of the rows it changes

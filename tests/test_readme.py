@@ -40,7 +40,8 @@ def _parameter_table() -> dict[str, str]:
             continue
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         names = [name.strip(" `") for name in cells[0].split(",")]
-        defaults = [value.strip(" `") for value in cells[1].split(", ")]
+        # a tuple default, "(1.0, 2.0)", is one value
+        defaults = [value.strip(" `") for value in re.split(r", (?![^(]*\))", cells[1])]
         assert len(names) == len(defaults), line
         table.update(zip(names, defaults, strict=True))
     return table

@@ -2,18 +2,21 @@
 
 Held-out rows drawn from the training distribution reward a head that leans
 on a shortcut, so nothing here selects by held-out accuracy. The fit keeps the
-ERM head (a multinomial logistic regression on every row) unless one bounded
+ERM head (a multinomial logistic regression on every row) unless a bounded
 alternative stays close to it: a head refitted with the rows an out-of-fold
 ERM head gets wrong or is unsure of weighed up (AFR, Qiu et al. 2023: weight
 ``exp(-gamma * p)``, ``p`` the out-of-fold probability of the row's class,
-classes weighed equally). The alternative is kept only if its cross-fitted
-class-balanced accuracy is within ``tolerance`` of the ERM head's
+classes weighed equally). A reweighted head is kept only if its cross-fitted
+accuracy on every class is within ``tolerance`` of the ERM head's
 (docs/decisions.md: why a bound on the loss, not a lead, decides) and if, on
 the training rows where the two heads predict differently, it is right on less
 than half (by weight): a head that leans less on a shortcut gives up some of
 the rows drawn with it, while one that wins most of the rows it changes has
 found a cheaper fit of the hard rows, on pretrained-CNN features the shortcut
-itself (docs/decisions.md, 2026-12-07 fourth).
+itself (docs/decisions.md, 2026-12-07 fourth). Strengths are tried weakest
+first, each only where the one before was kept: that last test of a weaker
+head is the gate a stronger one needs, whose own share test misses where the
+weaker head's does not (docs/decisions.md, 2026-12-08).
 
 NumPy arrays in, NumPy arrays out (heads in softmax form, on the standardised
 features given); no scikit-learn.
@@ -43,14 +46,16 @@ class GroupFreeSettings:
     ``l2_per_weight``: the ERM head's L2 strength times the total row weight
     (``1 / C`` for ``LogisticRegression(C)``); each fit divides it by its
     rows' total weight.
-    ``gamma``: the reweighting strength (0: no alternative, the ERM head).
-    ``tolerance``: how much cross-fitted class-balanced accuracy the
-    alternative may give up (None: kept whatever it costs and wherever it
-    wins, no bound and no :data:`MAX_RIGHT_WHERE_HEADS_DISAGREE` test).
+    ``gammas``: the reweighting strengths, increasing (empty: no alternative,
+    the ERM head).
+    ``tolerance``: how much cross-fitted accuracy a reweighted head may give
+    up on any class (None: the strongest is kept whatever it costs and
+    wherever it wins, no bound and no :data:`MAX_RIGHT_WHERE_HEADS_DISAGREE`
+    test).
     """
 
     l2_per_weight: float
-    gamma: float
+    gammas: tuple[float, ...]
     tolerance: float | None
 
 
@@ -60,7 +65,7 @@ class GroupFreeResult:
 
     head: tuple[np.ndarray, np.ndarray]
     erm_head: tuple[np.ndarray, np.ndarray]
-    chosen: str  # "erm" or "reweighted"
+    chosen: str  # "erm", "initial_head" or a reweighted head's key (reweighted_key)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     converged: bool = True
 
@@ -117,8 +122,14 @@ def _flat(head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return np.concatenate([head[0], head[1][:, None]], axis=1).ravel()
 
 
+def _logits(X, head):
+    """``X``'s logits under ``head``: the product in ``X``'s dtype, as the solves compute it
+    (float32 halves its memory traffic), the rest in float64."""
+    return (X @ head[0].T.astype(X.dtype)).astype(np.float64) + head[1]
+
+
 def _probabilities(X, head):
-    logits = X @ head[0].T + head[1]
+    logits = _logits(X, head)
     logits -= logits.max(1, keepdims=True)
     p = np.exp(logits)
     return p / p.sum(1, keepdims=True)
@@ -138,15 +149,11 @@ def hard_row_weights(
 
 
 def right_where_heads_disagree(
-    X: np.ndarray,
-    y: np.ndarray,
-    row_weight: np.ndarray,
-    head: tuple[np.ndarray, np.ndarray],
-    erm_head: tuple[np.ndarray, np.ndarray],
+    predicted: np.ndarray, erm_predicted: np.ndarray, y: np.ndarray, row_weight: np.ndarray
 ) -> float | None:
-    """The weighted share of the rows where ``head`` and ``erm_head`` predict different
-    classes that ``head`` predicts right; None where they agree on every row."""
-    predicted, erm_predicted = ((X @ h[0].T + h[1]).argmax(1) for h in (head, erm_head))
+    """The weighted share of the rows where a head's predicted classes ``predicted`` differ
+    from the ERM head's ``erm_predicted`` that it predicts right; None where they agree on
+    every row."""
     disagree = predicted != erm_predicted
     if not disagree.any():
         return None
@@ -154,11 +161,21 @@ def right_where_heads_disagree(
     return float(right.sum() / row_weight[disagree].sum())
 
 
-def balanced_accuracy(correct: np.ndarray, y: np.ndarray, row_weight: np.ndarray) -> float:
-    """Mean over classes of the weighted accuracy of each class's rows."""
+def class_accuracies(correct: np.ndarray, y: np.ndarray, row_weight: np.ndarray) -> np.ndarray:
+    """The weighted accuracy of each class's rows (classes present, in code order)."""
     classes = np.unique(y)
     hits = np.bincount(y, weights=row_weight * correct)[classes]
-    return float(np.mean(hits / np.bincount(y, weights=row_weight)[classes]))
+    return hits / np.bincount(y, weights=row_weight)[classes]
+
+
+def balanced_accuracy(correct: np.ndarray, y: np.ndarray, row_weight: np.ndarray) -> float:
+    """Mean over classes of the weighted accuracy of each class's rows."""
+    return float(np.mean(class_accuracies(correct, y, row_weight)))
+
+
+def reweighted_key(gamma: float) -> str:
+    """The key of the reweighted head of strength ``gamma`` in :attr:`GroupFreeResult.scores`."""
+    return f"reweighted (gamma={gamma:g})"
 
 
 def fit_without_groups(
@@ -172,8 +189,8 @@ def fit_without_groups(
     second_fold: np.ndarray | None,
     settings: GroupFreeSettings,
 ) -> GroupFreeResult:
-    """The ERM head, or the reweighted head where it stays close to the ERM head and
-    gives up some of the rows it changes (the module's docstring).
+    """The ERM head, or the strongest reweighted head of a chain that each stays close to
+    the ERM head and gives up some of the rows it changes (the module's docstring).
 
     Parameters
     ----------
@@ -186,50 +203,65 @@ def fit_without_groups(
     n_classes : int
     erm_class_factor, reweighted_class_factor : ndarray of shape (n_classes,)
         Weight of each class's rows in the ERM head's loss and in the
-        reweighted head's (times the sample weight).
+        reweighted heads' (times the sample weight).
     second_fold : bool ndarray of shape (n_samples,) or None
         The two folds of the out-of-fold predictions; None (a fold would miss
         a class): the ERM head, no alternative.
     settings : GroupFreeSettings
     """
     erm_weight, l2 = row_weight * erm_class_factor[y], settings.l2_per_weight
-    if settings.gamma == 0 or second_fold is None:
+    if not settings.gammas or second_fold is None:
         erm_head, converged = _fit(X, y, erm_weight, n_classes, l2)
         return GroupFreeResult(erm_head, erm_head, "erm", converged=converged)
 
-    folds = [(~second_fold, second_fold), (second_fold, ~second_fold)]
-    fold_rows = [X[train] for train, _ in folds]  # a copy each, for both heads of the fold
+    # fold k trains on rows_of[k] and predicts rows_of[1 - k]; a copy of each fold's rows
+    # serves every head of the folds
+    rows_of = [~second_fold, second_fold]
+    fold_X = [X[rows] for rows in rows_of]
     fold_heads, p_true, erm_correct = [], np.empty(y.size), np.empty(y.size, dtype=bool)
-    for (train, test), X_train in zip(folds, fold_rows, strict=True):
-        fold_weight = erm_weight[train]
-        head, _ = _fit(X_train, y[train], fold_weight, n_classes, l2, tol=FOLD_TOLERANCE)
+    for k in (0, 1):
+        train, test = rows_of[k], rows_of[1 - k]
+        head, _ = _fit(fold_X[k], y[train], erm_weight[train], n_classes, l2, tol=FOLD_TOLERANCE)
         fold_heads.append(head)
-        p = _probabilities(X[test], head)
+        p = _probabilities(fold_X[1 - k], head)
         p_true[test] = p[np.arange(test.sum()), y[test]]
         erm_correct[test] = p.argmax(1) == y[test]
-    weight = hard_row_weights(p_true, y, row_weight, reweighted_class_factor, settings.gamma)
-    reweighted_correct = np.empty(y.size, dtype=bool)
-    for (train, test), X_train, start in zip(folds, fold_rows, fold_heads, strict=True):
-        fold_weight = weight[train]
-        head, _ = _fit(X_train, y[train], fold_weight, n_classes, l2, start, FOLD_TOLERANCE)
-        reweighted_correct[test] = _probabilities(X[test], head).argmax(1) == y[test]
-    del fold_rows  # the full fits need only X
     # the folds' mean head is close to the ERM head on every row: a warm start
     start = tuple(np.mean([head[part] for head in fold_heads], axis=0) for part in (0, 1))
     erm_head, converged = _fit(X, y, erm_weight, n_classes, l2, start)
-    scores = {
-        "erm": {"balanced_accuracy": balanced_accuracy(erm_correct, y, row_weight)},
-        "reweighted": {"balanced_accuracy": balanced_accuracy(reweighted_correct, y, row_weight)},
-    }
-    cost = scores["erm"]["balanced_accuracy"] - scores["reweighted"]["balanced_accuracy"]
-    if settings.tolerance is not None and cost > settings.tolerance:
-        return GroupFreeResult(erm_head, erm_head, "erm", scores, converged)
-    head, reweighted_converged = _fit(X, y, weight, n_classes, l2, erm_head)
-    converged = converged and reweighted_converged
-    right = right_where_heads_disagree(X, y, row_weight, head, erm_head)
-    scores["reweighted"]["right_where_heads_disagree"] = right
-    if settings.tolerance is not None and (
-        right is None or right >= MAX_RIGHT_WHERE_HEADS_DISAGREE
-    ):
-        return GroupFreeResult(erm_head, erm_head, "erm", scores, converged)
-    return GroupFreeResult(head, erm_head, "reweighted", scores, converged)
+    erm_accuracies = class_accuracies(erm_correct, y, row_weight)
+    scores = {"erm": {"balanced_accuracy": float(np.mean(erm_accuracies))}}
+    result = GroupFreeResult(erm_head, erm_head, "erm", scores, converged)
+    erm_predicted = None  # on every row, once a head needs the share
+    for gamma in settings.gammas:  # each head starts from the last one kept, in folds and in full
+        weight = hard_row_weights(p_true, y, row_weight, reweighted_class_factor, gamma)
+        correct = np.empty(y.size, dtype=bool)
+        for k in (0, 1):
+            train, test = rows_of[k], rows_of[1 - k]
+            fold_heads[k], _ = _fit(
+                fold_X[k], y[train], weight[train], n_classes, l2, fold_heads[k], FOLD_TOLERANCE
+            )
+            correct[test] = _logits(fold_X[1 - k], fold_heads[k]).argmax(1) == y[test]
+        accuracies = class_accuracies(correct, y, row_weight)
+        key = reweighted_key(gamma)
+        scores[key] = {
+            "balanced_accuracy": float(np.mean(accuracies)),
+            "largest_class_cost": float(np.max(erm_accuracies - accuracies)),
+        }
+        if (
+            settings.tolerance is not None
+            and scores[key]["largest_class_cost"] > settings.tolerance
+        ):
+            break
+        head, head_converged = _fit(X, y, weight, n_classes, l2, result.head)
+        if erm_predicted is None:
+            erm_predicted = _logits(X, erm_head).argmax(1)
+        right = right_where_heads_disagree(_logits(X, head).argmax(1), erm_predicted, y, row_weight)
+        scores[key]["right_where_heads_disagree"] = right
+        if settings.tolerance is not None and (
+            right is None or right >= MAX_RIGHT_WHERE_HEADS_DISAGREE
+        ):
+            break
+        result.head, result.chosen = head, key
+        result.converged = converged and head_converged
+    return result
