@@ -16,7 +16,7 @@ found a cheaper fit of the hard rows, on pretrained-CNN features the shortcut
 itself (docs/decisions.md, 2026-12-07 fourth). Strengths are tried weakest
 first, each only where the one before was kept: that last test of a weaker
 head is the gate a stronger one needs, whose own share test misses where the
-weaker head's does not (docs/decisions.md, 2026-12-08).
+weaker head's does not (docs/decisions.md, 2026-12-07 fifth).
 
 NumPy arrays in, NumPy arrays out (heads in softmax form, on the standardised
 features given); no scikit-learn.
@@ -35,6 +35,7 @@ __all__ = [
     "GroupFreeResult",
     "fit_without_groups",
     "hard_row_weights",
+    "reweighted_key",
     "right_where_heads_disagree",
 ]
 
@@ -166,11 +167,6 @@ def class_accuracies(correct: np.ndarray, y: np.ndarray, row_weight: np.ndarray)
     classes = np.unique(y)
     hits = np.bincount(y, weights=row_weight * correct)[classes]
     return hits / np.bincount(y, weights=row_weight)[classes]
-
-
-def balanced_accuracy(correct: np.ndarray, y: np.ndarray, row_weight: np.ndarray) -> float:
-    """Mean over classes of the weighted accuracy of each class's rows."""
-    return float(np.mean(class_accuracies(correct, y, row_weight)))
 
 
 def reweighted_key(gamma: float) -> str:

@@ -121,7 +121,8 @@ class SoftmaxProblem:
 
     def _binary_loss_and_residual(self, logits):
         """The same for the second class's logit against the first (``binary``), in the
-        logistic form: ``log(1 + e^z) - y z``, a third of the softmax form's arithmetic."""
+        logistic form ``log(1 + e^z) - y z``: one row of arithmetic where the softmax form
+        has two, and no normalisation."""
         positive = self.Y[1]
         softplus = np.logaddexp(0.0, logits)
         loss = (self.weight * (softplus - positive * logits)).sum()
