@@ -626,7 +626,7 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     def _fit_without_groups(self, X, y, weights, rng) -> MetaAugmentedHeadClassifier:
         """``fit`` where no row has a known group: :func:`._groupfree.fit_without_groups`.
 
-        The ERM head on every row, or the reweighted head where it stays
+        The ERM head on every row, or a reweighted head where it stays
         within ``reweight_tolerance`` of it; no pool / held-out split, no run.
         """
         from . import _core
