@@ -61,7 +61,10 @@ def reweight_strengths(reweight_gamma) -> tuple[float, ...]:
     """
     if np.ndim(reweight_gamma) == 0:
         return () if reweight_gamma == 0 else (float(reweight_gamma),)
-    strengths = np.asarray(reweight_gamma, dtype=float)
+    try:
+        strengths = np.asarray(reweight_gamma, dtype=float)
+    except (TypeError, ValueError):
+        strengths = np.empty(0)  # not numbers: the message below
     if (
         strengths.ndim != 1
         or strengths.size == 0

@@ -262,7 +262,8 @@ def test_group_free_parameters_are_validated(params):
 
 
 @pytest.mark.parametrize(
-    "reweight_gamma", [(2.0, 1.0), (1.0, 1.0), (), (0.0, 1.0), [[1.0, 2.0]], (1.0, np.inf)]
+    "reweight_gamma",
+    [(2.0, 1.0), (1.0, 1.0), (), (0.0, 1.0), [[1.0, 2.0]], (1.0, np.inf), ["a", "b"]],
 )
 def test_a_sequence_of_strengths_must_be_positive_and_increasing(reweight_gamma):
     X, y, groups = make_spurious_embeddings(
