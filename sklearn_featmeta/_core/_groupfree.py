@@ -62,7 +62,15 @@ class GroupFreeSettings:
 
 @dataclass
 class GroupFreeResult:
-    """The fitted head, the ERM head, which was chosen and the cross-fitted scores."""
+    """The fitted head, the ERM head, which was chosen and the cross-fitted scores.
+
+    ``scores``: ``"erm"``'s ``balanced_accuracy``; for each reweighted head
+    tried (:func:`reweighted_key`), its ``balanced_accuracy`` and
+    ``largest_class_cost`` (the most cross-fitted accuracy it gives up on a
+    class against the ERM head), and ``right_where_heads_disagree`` where it
+    passed the bound and was fitted on every row. ``converged``: the solves
+    of the ERM head and of the head returned reached their tolerance.
+    """
 
     head: tuple[np.ndarray, np.ndarray]
     erm_head: tuple[np.ndarray, np.ndarray]
