@@ -543,8 +543,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
             Known rows are held out (hard set, model selection); unknown rows
             form the training pool. None (or no known group): the ERM head on
             every row (a standardised ``LogisticRegression(C=erm_C)``), or a
-            reweighted head where it stays within ``reweight_tolerance`` of it
-            (``reweight_gamma``); no HSFM run is made.
+            reweighted head (``reweight_gamma``) that passes the tests of
+            ``reweight_tolerance``; no HSFM run is made.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative weight of each row, in the ERM head's loss, the
             support and hard-set losses, the standardisation and the
@@ -626,8 +626,8 @@ class MetaAugmentedHeadClassifier(LinearHeadMixin, ClassifierMixin, BaseEstimato
     def _fit_without_groups(self, X, y, weights, rng) -> MetaAugmentedHeadClassifier:
         """``fit`` where no row has a known group: :func:`._groupfree.fit_without_groups`.
 
-        The ERM head on every row, or a reweighted head where it stays
-        within ``reweight_tolerance`` of it; no pool / held-out split, no run.
+        The ERM head on every row, or a reweighted head that passes the tests
+        of ``reweight_tolerance``; no pool / held-out split, no run.
         """
         from . import _core
         from ._core import _groupfree
